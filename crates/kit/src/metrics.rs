@@ -1,0 +1,259 @@
+//! Each service's own Prometheus registry, the admin endpoints (`/metrics`, `/healthz`,
+//! `/readyz`) and a recent-window quantile for the `*_p95` gauges operators alert on.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+
+static METADATA: Metadata<'static> = Metadata::new("qmtl", metrics::Level::INFO, Some("qmtl"));
+
+/// Why a registry could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("histogram buckets for `{metric}` are invalid")]
+pub struct BucketError {
+    metric: String,
+    #[source]
+    source: metrics_exporter_prometheus::BuildError,
+}
+
+/// Builds a [`MetricsRegistry`] with explicit histogram buckets per metric name.
+#[derive(Debug, Default)]
+pub struct MetricsRegistryBuilder {
+    buckets: Vec<(String, Vec<f64>)>,
+}
+
+impl MetricsRegistryBuilder {
+    pub fn histogram_buckets(mut self, metric: &str, buckets: &[f64]) -> Self {
+        self.buckets.push((metric.to_owned(), buckets.to_vec()));
+        self
+    }
+
+    pub fn build(self) -> Result<MetricsRegistry, BucketError> {
+        let mut builder = PrometheusBuilder::new();
+        for (metric, buckets) in self.buckets {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(metric.clone()), &buckets)
+                .map_err(|source| BucketError { metric, source })?;
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        Ok(MetricsRegistry {
+            recorder: Arc::new(recorder),
+            handle,
+        })
+    }
+}
+
+/// One service's registry. Services hold metric handles taken from it, so two services in one
+/// test process never see each other's families.
+#[derive(Clone)]
+pub struct MetricsRegistry {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsRegistry")
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+impl MetricsRegistry {
+    pub fn builder() -> MetricsRegistryBuilder {
+        MetricsRegistryBuilder::default()
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder.register_counter(&key(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder.register_histogram(&key(name, labels), &METADATA)
+    }
+
+    pub fn describe_counter(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
+        self.recorder.describe_counter(name.into(), unit, help.into());
+    }
+
+    pub fn describe_gauge(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
+        self.recorder.describe_gauge(name.into(), unit, help.into());
+    }
+
+    pub fn describe_histogram(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
+        self.recorder.describe_histogram(name.into(), unit, help.into());
+    }
+
+    /// The Prometheus text exposition of everything registered so far.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// Whether a service is ready to take traffic; flipped by the service as dependencies come and go.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Called before each scrape so gauges derived from state (windows, store sizes) are current.
+pub type RefreshHook = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    registry: MetricsRegistry,
+    readiness: Readiness,
+    refresh: RefreshHook,
+}
+
+/// `/metrics`, `/healthz` (the process answers) and `/readyz` (the service can do its work).
+pub fn admin_router(registry: MetricsRegistry, readiness: Readiness, refresh: RefreshHook) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(AdminState {
+            registry,
+            readiness,
+            refresh,
+        })
+}
+
+async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    (state.refresh)();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.registry.render(),
+    )
+}
+
+async fn readyz_handler(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// A quantile over the samples of a recent time window (at most `capacity` of them), so a
+/// `*_p95` gauge decays once traffic stops instead of holding its last value forever.
+#[derive(Debug)]
+pub struct RecentQuantile {
+    window: Duration,
+    capacity: usize,
+    clock: Arc<dyn Clock>,
+    samples: Mutex<VecDeque<(Instant, f64)>>,
+}
+
+impl RecentQuantile {
+    pub fn new(window: Duration, capacity: usize, clock: Arc<dyn Clock>) -> RecentQuantile {
+        RecentQuantile {
+            window,
+            capacity: capacity.max(1),
+            clock,
+            samples: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn record(&self, value: f64) {
+        let now = self.clock.now();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples.len() == self.capacity {
+            samples.pop_front();
+        }
+        samples.push_back((now, value));
+    }
+
+    /// The `q` quantile (nearest rank) of the samples still in the window; 0 when there are none.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let now = self.clock.now();
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        while samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.window)
+        {
+            samples.pop_front();
+        }
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let mut values: Vec<f64> = samples.iter().map(|(_, v)| *v).collect();
+        values.sort_unstable_by(f64::total_cmp);
+        let rank = ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        values[rank - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::time::SystemTime;
+
+    #[test]
+    fn the_recent_p95_forgets_samples_older_than_the_window() {
+        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH));
+        let window = RecentQuantile::new(Duration::from_secs(60), 1000, clock.clone());
+        for v in 1..=100 {
+            window.record(f64::from(v));
+        }
+        assert_eq!(window.quantile(0.95), 95.0);
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(window.quantile(0.95), 0.0);
+        window.record(7.0);
+        assert_eq!(window.quantile(0.95), 7.0);
+    }
+
+    #[test]
+    fn two_registries_do_not_share_families() {
+        let a = MetricsRegistry::builder().build().unwrap();
+        let b = MetricsRegistry::builder().build().unwrap();
+        a.counter("only_in_a_total", &[]).increment(1);
+        assert!(a.render().contains("only_in_a_total 1"));
+        assert!(!b.render().contains("only_in_a_total"));
+    }
+
+    #[test]
+    fn histograms_use_the_buckets_given() {
+        let registry = MetricsRegistry::builder()
+            .histogram_buckets("h_seconds", &[0.1, 1.0])
+            .build()
+            .unwrap();
+        registry.histogram("h_seconds", &[]).record(0.5);
+        let text = registry.render();
+        assert!(text.contains("h_seconds_bucket{le=\"1\"} 1"), "{text}");
+        assert!(text.contains("h_seconds_bucket{le=\"0.1\"} 0"), "{text}");
+    }
+}

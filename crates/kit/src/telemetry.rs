@@ -1,0 +1,174 @@
+//! Logs and traces: a `tracing` subscriber for logs, and, when `telemetry.otel_exporter_endpoint`
+//! is set, OpenTelemetry spans exported over OTLP/HTTP (or to stdout with `console`). Export runs
+//! on a background batch with a bounded queue and timeout, so a collector that is down or slow
+//! costs dropped spans, never a blocked request or start-up.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use serde::Deserialize;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The `telemetry` section of `qmtl.yml`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP traces URL (`http://localhost:4318/v1/traces`), `console`, or unset for no export.
+    pub otel_exporter_endpoint: Option<String>,
+    /// `tracing` filter directives, e.g. `info` or `info,dagmanager=debug`; `RUST_LOG` wins.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Longest a single export to the collector may take.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otel_exporter_endpoint: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            export_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.otel_exporter_endpoint {endpoint:?} is neither an http(s) URL nor `console`")]
+    BadEndpoint { endpoint: String },
+    #[error("the OTLP exporter could not be built")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
+}
+
+/// Flushes and shuts the span exporter down when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(error) = provider.shutdown() {
+                tracing::warn!(error = %error, "Span exporter did not shut down cleanly.");
+            }
+        }
+    }
+}
+
+/// Builds the tracer provider for `service_name`, or `None` when export is off.
+pub fn tracer_provider(
+    service_name: &'static str,
+    settings: &TelemetrySettings,
+) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    let Some(endpoint) = settings.otel_exporter_endpoint.as_deref().map(str::trim) else {
+        return Ok(None);
+    };
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    let resource = Resource::builder().with_service_name(service_name).build();
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(4096)
+        .with_scheduled_delay(Duration::from_millis(500))
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let provider = if endpoint.eq_ignore_ascii_case("console") {
+        let exporter = opentelemetry_stdout::SpanExporter::default();
+        builder
+            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+            .build()
+    } else if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_millis(settings.export_timeout_ms))
+            .with_headers(Default::default())
+            .build()
+            .map_err(TelemetryError::Exporter)?;
+        builder
+            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+            .build()
+    } else {
+        return Err(TelemetryError::BadEndpoint {
+            endpoint: endpoint.to_owned(),
+        });
+    };
+    Ok(Some(provider))
+}
+
+/// Installs the global log subscriber (and span export when configured) for one service process.
+pub fn init(service_name: &'static str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    let provider = tracer_provider(service_name, settings)?;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_target(false)), None),
+        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json())),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otel_layer)
+        .try_init()
+        .map_err(TelemetryError::AlreadyInstalled)?;
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_endpoint_means_no_export_and_a_bad_one_is_refused() {
+        let off = TelemetrySettings::default();
+        assert!(tracer_provider("svc", &off).unwrap().is_none());
+        let bad = TelemetrySettings {
+            otel_exporter_endpoint: Some("localhost:4318".into()),
+            ..TelemetrySettings::default()
+        };
+        assert!(matches!(tracer_provider("svc", &bad), Err(TelemetryError::BadEndpoint { .. })));
+    }
+
+    #[test]
+    fn a_closed_collector_port_neither_blocks_nor_fails_span_creation() {
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+        let settings = TelemetrySettings {
+            otel_exporter_endpoint: Some("http://127.0.0.1:9/v1/traces".into()),
+            export_timeout_ms: 200,
+            ..TelemetrySettings::default()
+        };
+        let provider = tracer_provider("svc", &settings).unwrap().unwrap();
+        let tracer = provider.tracer("svc");
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            tracer.in_span("work", |_| {});
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "span creation must not wait on export");
+        let _ = provider.shutdown();
+    }
+}

@@ -1,0 +1,203 @@
+//! Canonical JSON as the Python reference writes it for node identity: sorted keys, compact
+//! separators, non-ASCII as is, floats in Python's `repr`, execution-context keys removed.
+
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// Keys that describe where or when a computation runs, never what it computes; they are dropped
+/// at every depth before hashing so that one computation has one node id in every world.
+const CONTEXT_KEYS: &[&str] = &[
+    "world",
+    "world_id",
+    "world_ids",
+    "execution_world",
+    "execution_domain",
+    "domain",
+    "domains",
+    "as_of",
+    "partition",
+    "dataset_fingerprint",
+    "timestamp",
+    "seed",
+    "random_state",
+    "env",
+];
+
+fn is_context_key(key: &str) -> bool {
+    let lower = key.to_lowercase();
+    lower.starts_with("env_") || CONTEXT_KEYS.contains(&lower.as_str())
+}
+
+/// Writes `value` as canonical JSON, dropping execution-context keys from every object.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::with_capacity(64);
+    write_value(&mut out, value, true);
+    out
+}
+
+/// Writes canonical JSON without dropping any key (used for values the caller already shaped).
+pub(crate) fn write_plain(out: &mut String, value: &Value) {
+    write_value(out, value, false);
+}
+
+fn write_value(out: &mut String, value: &Value, drop_context: bool) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        Value::Number(number) => {
+            if let Some(i) = number.as_i64() {
+                let _ = write!(out, "{i}");
+            } else if let Some(u) = number.as_u64() {
+                let _ = write!(out, "{u}");
+            } else if let Some(f) = number.as_f64() {
+                out.push_str(&python_float_repr(f));
+            }
+        }
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item, drop_context);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map
+                .iter()
+                .filter(|(key, _)| !(drop_context && is_context_key(key)))
+                .collect();
+            // Python sorts str keys by code point, which is UTF-8 byte order.
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(out, key);
+                out.push(':');
+                write_value(out, item, drop_context);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Escapes a string as Python's `json.dumps(..., ensure_ascii=False)` does.
+pub(crate) fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Formats a float exactly as Python's `repr(float)`: the shortest round-trip digits, fixed
+/// notation when the decimal exponent is in (-4, 16], scientific (`1e-05`, `1e+16`) otherwise.
+pub fn python_float_repr(value: f64) -> String {
+    if value.is_nan() {
+        return "NaN".to_owned();
+    }
+    if value.is_infinite() {
+        return if value > 0.0 { "Infinity" } else { "-Infinity" }.to_owned();
+    }
+    // Rust's `{:e}` yields the shortest round-trip digits as `d.ddde<exp>`.
+    let sci = format!("{value:e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let decimal_point = exponent + 1;
+    let mut out = String::with_capacity(digits.len() + 8);
+    if negative {
+        out.push('-');
+    }
+    if -4 < decimal_point && decimal_point <= 16 {
+        if decimal_point <= 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', decimal_point.unsigned_abs() as usize));
+            out.push_str(&digits);
+        } else {
+            let point = decimal_point as usize;
+            if point >= digits.len() {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', point - digits.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..point]);
+                out.push('.');
+                out.push_str(&digits[point..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(
+            out,
+            "e{}{:02}",
+            if exponent < 0 { '-' } else { '+' },
+            exponent.unsigned_abs()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floats_are_written_as_python_repr_writes_them() {
+        let cases = [
+            (1e-05, "1e-05"),
+            (1e21, "1e+21"),
+            (3.0, "3.0"),
+            (-0.0, "-0.0"),
+            (0.0001, "0.0001"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (123456789.125, "123456789.125"),
+            (-106.81, "-106.81"),
+            (1.5e-7, "1.5e-07"),
+            (2.5e300, "2.5e+300"),
+            (0.1, "0.1"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(python_float_repr(value), expected, "repr of {value}");
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_and_drops_context_keys_at_every_depth() {
+        let value = json!({"b": 1, "a": {"World": 3, "z": [1.0, {"env_x": 1, "k": "naïve"}]}, "Seed": 4});
+        assert_eq!(canonical_json(&value), r#"{"a":{"z":[1.0,{"k":"naïve"}]},"b":1}"#);
+    }
+
+    #[test]
+    fn strings_escape_like_python_json_dumps() {
+        let value = json!("a\"b\\c\n\u{1}\u{7f}é");
+        assert_eq!(canonical_json(&value), "\"a\\\"b\\\\c\\n\\u0001\u{7f}é\"");
+    }
+}

@@ -1,0 +1,282 @@
+//! Parsing and checking a whole DAG document: schema version, nodes, sentinel, dependencies,
+//! topological order and the version label its topics carry.
+
+use crate::context::ComputeContext;
+use crate::error::DagError;
+use crate::node::{Node, crc32_chain};
+use crate::topic::TopicNamespace;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+/// Size limits a parser enforces before doing any real work.
+#[derive(Debug, Clone, Copy)]
+pub struct DagLimits {
+    pub max_bytes: usize,
+    pub max_nodes: usize,
+}
+
+impl Default for DagLimits {
+    fn default() -> Self {
+        DagLimits {
+            max_bytes: 16 * 1024 * 1024,
+            max_nodes: 50_000,
+        }
+    }
+}
+
+/// The version sentinel a strategy's DAG may carry. It is not a compute node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sentinel {
+    pub node_id: String,
+    pub version: Option<String>,
+    pub weight: Option<f64>,
+}
+
+/// A parsed, checked DAG document.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    /// Compute nodes in submission order.
+    pub nodes: Vec<Node>,
+    pub sentinel: Option<Sentinel>,
+    pub meta: Map<String, Value>,
+    top_level: Map<String, Value>,
+}
+
+impl Dag {
+    /// CRC32 over the compute nodes' ids in submission order (our documented order).
+    pub fn crc32(&self) -> u32 {
+        crc32_chain(self.nodes.iter().map(|n| n.node_id.as_str()))
+    }
+
+    /// The version label topics carry: the sentinel's, else the document's, else `v1`;
+    /// characters other than alphanumerics, `-`, `_` and `.` become `-`.
+    pub fn version(&self) -> String {
+        let pick = |map: &Map<String, Value>, keys: &[&str]| {
+            keys.iter().find_map(|k| match map.get(*k) {
+                Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        let keys = ["version", "strategy_version", "build_version"];
+        let raw = self
+            .sentinel
+            .as_ref()
+            .and_then(|s| s.version.clone())
+            .or_else(|| pick(&self.top_level, &keys))
+            .or_else(|| pick(&self.meta, &keys))
+            .unwrap_or_else(|| "v1".to_owned());
+        raw.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+            .collect()
+    }
+
+    /// The compute context the document itself declares (`compute_context` at the top level or in
+    /// `meta`, plus `meta.execution_domain` and `meta.dataset_fingerprint`).
+    pub fn declared_context(&self) -> ComputeContext {
+        let section = self
+            .top_level
+            .get("compute_context")
+            .or_else(|| self.meta.get("compute_context"))
+            .and_then(Value::as_object);
+        let get = |key: &str| -> String {
+            section
+                .and_then(|s| s.get(key))
+                .or_else(|| self.meta.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        ComputeContext {
+            world_id: get("world_id"),
+            execution_domain: get("execution_domain"),
+            as_of: get("as_of"),
+            partition: get("partition"),
+            dataset_fingerprint: get("dataset_fingerprint"),
+        }
+    }
+
+    /// `meta.topic_namespace`, when the document sets one.
+    pub fn declared_namespace(&self) -> Option<TopicNamespace> {
+        match self.meta.get("topic_namespace")? {
+            Value::String(prefix) if !prefix.is_empty() => Some(TopicNamespace::Prefix(prefix.clone())),
+            Value::Object(map) => {
+                let world = map.get("world").and_then(Value::as_str)?.to_owned();
+                let domain = map.get("domain").and_then(Value::as_str).unwrap_or("backtest").to_owned();
+                Some(TopicNamespace::WorldDomain { world, domain })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Parses a DAG document, enforcing the limits, then checks it: node fields, node ids (when
+/// `verify_ids`), unique ids, dependencies present. Cycles are found by [`topological_order`].
+pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag, DagError> {
+    if text.len() > limits.max_bytes {
+        return Err(DagError::TooLarge {
+            what: "dag_json size in bytes",
+            actual: text.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let document: Value =
+        serde_json::from_str(text).map_err(|e| DagError::InvalidJson { reason: e.to_string() })?;
+    let Value::Object(mut top_level) = document else {
+        return Err(DagError::SchemaInvalid {
+            reason: "the DAG document is not a JSON object".into(),
+        });
+    };
+    match top_level.get("schema_version") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(v)) if matches!(v.as_str(), "v1" | "1" | "1.0") => {}
+        Some(Value::Number(n)) if n.as_f64() == Some(1.0) => {}
+        Some(other) => {
+            return Err(DagError::SchemaInvalid {
+                reason: format!("schema_version {other} is not supported (expected \"v1\")"),
+            });
+        }
+    }
+    let raw_nodes = match top_level.remove("nodes") {
+        Some(Value::Array(nodes)) => nodes,
+        _ => {
+            return Err(DagError::SchemaInvalid {
+                reason: "field `nodes` is missing or not a list".into(),
+            });
+        }
+    };
+    if raw_nodes.len() > limits.max_nodes {
+        return Err(DagError::TooLarge {
+            what: "node count",
+            actual: raw_nodes.len(),
+            limit: limits.max_nodes,
+        });
+    }
+    let meta = match top_level.get("meta") {
+        Some(Value::Object(meta)) => meta.clone(),
+        _ => Map::new(),
+    };
+
+    let mut nodes = Vec::with_capacity(raw_nodes.len());
+    let mut sentinel = None;
+    for (position, raw) in raw_nodes.iter().enumerate() {
+        if raw.get("node_type").and_then(Value::as_str) == Some("VersionSentinel") {
+            sentinel = Some(parse_sentinel(raw, position));
+            continue;
+        }
+        let node = Node::from_json(raw, position)?;
+        if verify_ids {
+            node.verify_id()?;
+        }
+        nodes.push(node);
+    }
+
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        if index.insert(node.node_id.as_str(), i).is_some() {
+            return Err(DagError::DuplicateNode {
+                node: node.node_id.clone(),
+            });
+        }
+    }
+    for node in &nodes {
+        if let Some(missing) = node.dependencies().iter().find(|d| !index.contains_key(d.as_str())) {
+            return Err(DagError::MissingDependency {
+                node: node.node_id.clone(),
+                dependency: missing.clone(),
+            });
+        }
+    }
+    Ok(Dag {
+        nodes,
+        sentinel,
+        meta,
+        top_level,
+    })
+}
+
+fn parse_sentinel(raw: &Value, position: usize) -> Sentinel {
+    let text = |key: &str| match raw.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    Sentinel {
+        node_id: text("node_id").unwrap_or_else(|| format!("nodes[{position}]")),
+        version: text("version")
+            .or_else(|| text("strategy_version"))
+            .or_else(|| text("build_version")),
+        weight: ["traffic_weight", "sentinel_weight", "weight"]
+            .iter()
+            .find_map(|k| raw.get(*k).and_then(Value::as_f64))
+            .map(|w| w.clamp(0.0, 1.0)),
+    }
+}
+
+/// Indices of `dag.nodes` in topological order (dependencies first, ties in submission order).
+/// A cycle is an error naming the nodes on it.
+pub fn topological_order(dag: &Dag) -> Result<Vec<usize>, DagError> {
+    let count = dag.nodes.len();
+    let index: HashMap<&str, usize> = dag
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.node_id.as_str(), i))
+        .collect();
+    let mut indegree = vec![0usize; count];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (i, node) in dag.nodes.iter().enumerate() {
+        for dep in node.dependencies() {
+            if let Some(&d) = index.get(dep.as_str()) {
+                indegree[i] += 1;
+                dependents[d].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..count)
+        .filter(|&i| indegree[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(count);
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &next in &dependents[i] {
+            indegree[next] -= 1;
+            if indegree[next] == 0 {
+                ready.push(std::cmp::Reverse(next));
+            }
+        }
+    }
+    if order.len() == count {
+        return Ok(order);
+    }
+    Err(DagError::Cycle {
+        nodes: find_cycle(dag, &index, &indegree),
+    })
+}
+
+/// Walks dependencies among the nodes left with a non-zero in-degree until one repeats.
+fn find_cycle(dag: &Dag, index: &HashMap<&str, usize>, indegree: &[usize]) -> Vec<String> {
+    let Some(start) = (0..indegree.len()).find(|&i| indegree[i] > 0) else {
+        return Vec::new();
+    };
+    let mut path = vec![start];
+    let mut seen_at: HashMap<usize, usize> = HashMap::from([(start, 0)]);
+    let mut current = start;
+    loop {
+        let next = dag.nodes[current]
+            .dependencies()
+            .iter()
+            .filter_map(|d| index.get(d.as_str()).copied())
+            .find(|&d| indegree[d] > 0);
+        let Some(next) = next else {
+            return path.iter().map(|&i| dag.nodes[i].node_id.clone()).collect();
+        };
+        if let Some(&at) = seen_at.get(&next) {
+            return path[at..].iter().map(|&i| dag.nodes[i].node_id.clone()).collect();
+        }
+        seen_at.insert(next, path.len());
+        path.push(next);
+        current = next;
+    }
+}
