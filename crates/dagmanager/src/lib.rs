@@ -1,1 +1,17 @@
-//! placeholder
+//! The DAG Manager: owns the global graph of compute nodes and their queues, answers diffs over
+//! gRPC, garbage-collects orphan queues, and serves its own metrics and admin endpoints.
+
+pub mod admin;
+pub mod app;
+pub mod client;
+pub mod diff;
+pub mod embedded;
+pub mod gc;
+pub mod grpc;
+pub mod metrics;
+pub mod queues;
+pub mod settings;
+pub mod store;
+
+pub use app::{App, BuildError, RunError};
+pub use settings::DagManagerSettings;

@@ -186,7 +186,8 @@ impl CircuitBreaker {
     pub fn record_failure(&self) {
         let mut inner = self.lock();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-        self.failures_gauge.set(f64::from(inner.consecutive_failures));
+        self.failures_gauge
+            .set(f64::from(inner.consecutive_failures));
         if inner.opened_at.is_none() && inner.consecutive_failures >= self.threshold {
             inner.opened_at = Some(self.clock.now());
             self.open_total.increment(1);
@@ -207,7 +208,10 @@ impl CircuitBreaker {
         self.state_gauge.set(0.0);
         self.failures_gauge.set(0.0);
         if was_open {
-            tracing::info!(dependency = self.dependency, "Circuit breaker closed by a healthy probe.");
+            tracing::info!(
+                dependency = self.dependency,
+                "Circuit breaker closed by a healthy probe."
+            );
         }
     }
 }
@@ -246,16 +250,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn three_consecutive_failures_open_it_and_then_calls_fail_without_reaching_the_dependency() {
+    async fn three_consecutive_failures_open_it_and_then_calls_fail_without_reaching_the_dependency()
+     {
         let (breaker, registry, clock) = setup();
         let dependency = FakeDependency::default();
         for _ in 0..3 {
-            assert!(matches!(breaker.call(dependency.answer(false)).await, Err(BreakerError::Call(_))));
+            assert!(matches!(
+                breaker.call(dependency.answer(false)).await,
+                Err(BreakerError::Call(_))
+            ));
         }
         assert!(breaker.is_open());
         let before = dependency.calls.load(Ordering::SeqCst);
         let result = breaker.call(dependency.answer(true)).await;
-        assert!(matches!(result, Err(BreakerError::Open { dependency: "dep" })));
+        assert!(matches!(
+            result,
+            Err(BreakerError::Open { dependency: "dep" })
+        ));
         assert_eq!(dependency.calls.load(Ordering::SeqCst), before);
         clock.advance(Duration::from_secs(3600));
         assert!(breaker.is_open(), "time alone never closes it");

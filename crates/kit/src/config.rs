@@ -12,7 +12,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: config::ConfigError,
+        source: Box<config::ConfigError>,
     },
     #[error("invalid setting `{path}`: {message}")]
     Invalid { path: String, message: String },
@@ -31,7 +31,9 @@ impl ConfigSources {
     pub fn from_process(file: Option<&Path>) -> ConfigSources {
         ConfigSources {
             file: file.map(Path::to_path_buf),
-            env: std::env::vars().filter(|(k, _)| k.starts_with("QMTL__")).collect(),
+            env: std::env::vars()
+                .filter(|(k, _)| k.starts_with("QMTL__"))
+                .collect(),
         }
     }
 
@@ -45,7 +47,8 @@ impl ConfigSources {
 pub fn load<T: DeserializeOwned>(sources: &ConfigSources) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
     if let Some(path) = &sources.file {
-        builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml));
+        builder =
+            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml));
     }
     builder = builder.add_source(
         config::Environment::with_prefix("QMTL")
@@ -56,7 +59,7 @@ pub fn load<T: DeserializeOwned>(sources: &ConfigSources) -> Result<T, ConfigErr
     );
     let merged = builder.build().map_err(|source| ConfigError::Read {
         path: sources.file.clone().unwrap_or_default(),
-        source,
+        source: Box::new(source),
     })?;
     serde_path_to_error::deserialize(merged).map_err(|error| ConfigError::Invalid {
         path: error.path().to_string(),
@@ -107,8 +110,7 @@ mod tests {
             env: HashMap::new(),
         };
         let error = load::<Tree>(&sources).unwrap_err().to_string();
-        assert!(error.contains("`service`") || error.contains("service.prot"), "{error}");
-        eprintln!("{error}");
+        assert!(error.contains("`service.prot`"), "{error}");
         assert!(error.contains("prot"), "{error}");
     }
 }

@@ -7,7 +7,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,7 +86,8 @@ impl MetricsRegistry {
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.recorder.register_counter(&key(name, labels), &METADATA)
+        self.recorder
+            .register_counter(&key(name, labels), &METADATA)
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
@@ -92,11 +95,13 @@ impl MetricsRegistry {
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder.register_histogram(&key(name, labels), &METADATA)
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
     }
 
     pub fn describe_counter(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
-        self.recorder.describe_counter(name.into(), unit, help.into());
+        self.recorder
+            .describe_counter(name.into(), unit, help.into());
     }
 
     pub fn describe_gauge(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
@@ -104,7 +109,8 @@ impl MetricsRegistry {
     }
 
     pub fn describe_histogram(&self, name: &'static str, unit: Option<Unit>, help: &'static str) {
-        self.recorder.describe_histogram(name.into(), unit, help.into());
+        self.recorder
+            .describe_histogram(name.into(), unit, help.into());
     }
 
     /// The Prometheus text exposition of everything registered so far.
@@ -139,7 +145,11 @@ struct AdminState {
 }
 
 /// `/metrics`, `/healthz` (the process answers) and `/readyz` (the service can do its work).
-pub fn admin_router(registry: MetricsRegistry, readiness: Readiness, refresh: RefreshHook) -> Router {
+pub fn admin_router(
+    registry: MetricsRegistry,
+    readiness: Readiness,
+    refresh: RefreshHook,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
@@ -154,7 +164,10 @@ pub fn admin_router(registry: MetricsRegistry, readiness: Readiness, refresh: Re
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
     (state.refresh)();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.registry.render(),
     )
 }
@@ -211,7 +224,8 @@ impl RecentQuantile {
         }
         let mut values: Vec<f64> = samples.iter().map(|(_, v)| *v).collect();
         values.sort_unstable_by(f64::total_cmp);
-        let rank = ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        let rank =
+            ((q.clamp(0.0, 1.0) * values.len() as f64).ceil() as usize).clamp(1, values.len());
         values[rank - 1]
     }
 }

@@ -47,7 +47,9 @@ pub enum LogFormat {
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("telemetry.otel_exporter_endpoint {endpoint:?} is neither an http(s) URL nor `console`")]
+    #[error(
+        "telemetry.otel_exporter_endpoint {endpoint:?} is neither an http(s) URL nor `console`"
+    )]
     BadEndpoint { endpoint: String },
     #[error("the OTLP exporter could not be built")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
@@ -63,10 +65,10 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(error) = provider.shutdown() {
-                tracing::warn!(error = %error, "Span exporter did not shut down cleanly.");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(error = %error, "Span exporter did not shut down cleanly.");
         }
     }
 }
@@ -91,7 +93,11 @@ pub fn tracer_provider(
     let provider = if endpoint.eq_ignore_ascii_case("console") {
         let exporter = opentelemetry_stdout::SpanExporter::default();
         builder
-            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch)
+                    .build(),
+            )
             .build()
     } else if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
@@ -103,7 +109,11 @@ pub fn tracer_provider(
             .build()
             .map_err(TelemetryError::Exporter)?;
         builder
-            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch)
+                    .build(),
+            )
             .build()
     } else {
         return Err(TelemetryError::BadEndpoint {
@@ -114,7 +124,10 @@ pub fn tracer_provider(
 }
 
 /// Installs the global log subscriber (and span export when configured) for one service process.
-pub fn init(service_name: &'static str, settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    service_name: &'static str,
+    settings: &TelemetrySettings,
+) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(service_name, settings)?;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
@@ -123,7 +136,10 @@ pub fn init(service_name: &'static str, settings: &TelemetrySettings) -> Result<
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
     let (text, json) = match settings.log_format {
-        LogFormat::Text => (Some(tracing_subscriber::fmt::layer().with_target(false)), None),
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_target(false)),
+            None,
+        ),
         LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json())),
     };
     tracing_subscriber::registry()
@@ -151,7 +167,10 @@ mod tests {
             otel_exporter_endpoint: Some("localhost:4318".into()),
             ..TelemetrySettings::default()
         };
-        assert!(matches!(tracer_provider("svc", &bad), Err(TelemetryError::BadEndpoint { .. })));
+        assert!(matches!(
+            tracer_provider("svc", &bad),
+            Err(TelemetryError::BadEndpoint { .. })
+        ));
     }
 
     #[test]
@@ -168,7 +187,10 @@ mod tests {
         for _ in 0..1000 {
             tracer.in_span("work", |_| {});
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "span creation must not wait on export");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "span creation must not wait on export"
+        );
         let _ = provider.shutdown();
     }
 }

@@ -1,1 +1,237 @@
-//! placeholder
+//! Fixtures shared by the integration tests and benches: HTTP calls, a Prometheus exposition
+//! parser, `assert_eventually!`, the spec vectors and synthetic DAGs with real node ids.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use wire::NodeFields;
+
+/// Status and body of an HTTP request.
+pub async fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))?;
+    let response = client.request(request).await?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    http("GET", url, "").await
+}
+
+/// One sample line of an exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text exposition.
+#[derive(Debug, Clone, Default)]
+pub struct Exposition {
+    /// family name -> TYPE.
+    pub types: BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> anyhow::Result<Exposition> {
+        let mut exposition = Exposition::default();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| anyhow::anyhow!("bad TYPE line: {line}"))?;
+                exposition.types.insert(name.to_owned(), kind.to_owned());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .ok_or_else(|| anyhow::anyhow!("bad sample line: {line}"))?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))?),
+                None => (series, BTreeMap::new()),
+            };
+            exposition.samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse()?,
+            });
+        }
+        Ok(exposition)
+    }
+
+    /// The value of the series `name` whose labels include all of `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// The TYPE of a family.
+    pub fn kind(&self, family: &str) -> Option<&str> {
+        self.types.get(family).map(String::as_str)
+    }
+
+    /// Label names of the first sample of `name`.
+    pub fn label_names(&self, name: &str) -> Option<Vec<String>> {
+        self.samples
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.labels.keys().cloned().collect())
+    }
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (key, after) = rest
+            .split_once("=\"")
+            .ok_or_else(|| anyhow::anyhow!("bad labels: {text}"))?;
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = end.ok_or_else(|| anyhow::anyhow!("unterminated label value: {text}"))?;
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = after[end + 1..].trim_start_matches(',');
+    }
+    Ok(labels)
+}
+
+/// Scrapes and parses `/metrics`.
+pub async fn scrape(url: &str) -> anyhow::Result<Exposition> {
+    let (status, body) = http_get(url).await?;
+    anyhow::ensure!(status == 200, "scrape of {url} answered {status}");
+    Exposition::parse(&body)
+}
+
+/// Retries an async condition until it holds or the time runs out.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($condition:expr, $timeout:expr, $($message:tt)+) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $condition {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!($($message)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// The text of a file under the repository's `testdata/`.
+pub fn testdata(name: &str) -> String {
+    let path = format!("{}/../../testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A node object with a correct node id.
+pub fn node(
+    node_type: &str,
+    interval: i64,
+    period: i64,
+    params: Value,
+    inputs: &[String],
+    tags: &[&str],
+    code_hash: &str,
+) -> Value {
+    let fields = NodeFields {
+        node_type: node_type.to_owned(),
+        interval,
+        period,
+        params_blob: wire::canonical_json(&params),
+        dependencies: inputs.to_vec(),
+        schema_compat_id: "s1".to_owned(),
+        code_hash: code_hash.to_owned(),
+    };
+    json!({
+        "node_type": node_type,
+        "node_id": fields.node_id(),
+        "interval": interval,
+        "period": period,
+        "params": params,
+        "inputs": inputs,
+        "schema_compat_id": "s1",
+        "schema_hash": "schema-1",
+        "code_hash": code_hash,
+        "tags": tags,
+    })
+}
+
+/// A DAG of `count` nodes: one price feed, then layers where each node reads one or two
+/// earlier nodes. `salt` makes the ids distinct from another DAG of the same size.
+pub fn synthetic_dag(count: usize, salt: &str) -> Value {
+    let mut nodes: Vec<Value> = Vec::with_capacity(count);
+    for i in 0..count {
+        let node = if i == 0 {
+            node(
+                "PriceFeed",
+                60,
+                20,
+                json!({"symbol": salt}),
+                &[],
+                &["btc", "ohlcv"],
+                "price-v1",
+            )
+        } else {
+            let id = |j: usize| nodes[j]["node_id"].as_str().unwrap_or_default().to_owned();
+            let mut inputs = vec![id(i - 1)];
+            if i >= 3 {
+                inputs.push(id(i / 2));
+            }
+            node(
+                "Indicator",
+                60,
+                (i % 30) as i64 + 1,
+                json!({"step": i, "salt": salt}),
+                &inputs,
+                &["btc"],
+                "indicator-v1",
+            )
+        };
+        nodes.push(node);
+    }
+    json!({"schema_version": "v1", "nodes": nodes, "meta": {"strategy_version": "v1"}})
+}
+
+/// Replaces one node's field and recomputes nothing: for tests that need a wrong id.
+pub fn with_field(mut dag: Value, index: usize, field: &str, value: Value) -> Value {
+    dag["nodes"][index][field] = value;
+    dag
+}

@@ -133,7 +133,10 @@ pub fn python_float_repr(value: f64) -> String {
     if -4 < decimal_point && decimal_point <= 16 {
         if decimal_point <= 0 {
             out.push_str("0.");
-            out.extend(std::iter::repeat_n('0', decimal_point.unsigned_abs() as usize));
+            out.extend(std::iter::repeat_n(
+                '0',
+                decimal_point.unsigned_abs() as usize,
+            ));
             out.push_str(&digits);
         } else {
             let point = decimal_point as usize;
@@ -191,8 +194,12 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_drops_context_keys_at_every_depth() {
-        let value = json!({"b": 1, "a": {"World": 3, "z": [1.0, {"env_x": 1, "k": "naïve"}]}, "Seed": 4});
-        assert_eq!(canonical_json(&value), r#"{"a":{"z":[1.0,{"k":"naïve"}]},"b":1}"#);
+        let value =
+            json!({"b": 1, "a": {"World": 3, "z": [1.0, {"env_x": 1, "k": "naïve"}]}, "Seed": 4});
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"a":{"z":[1.0,{"k":"naïve"}]},"b":1}"#
+        );
     }
 
     #[test]

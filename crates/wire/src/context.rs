@@ -67,10 +67,23 @@ impl ComputeContext {
 
 /// `blake3:` + hex BLAKE3 of node id, world, domain (default `backtest`), as_of and partition
 /// joined by U+001F. `dataset_fingerprint` is deliberately left out.
-pub fn compute_key(node_id: &str, world_id: &str, domain: &str, as_of: &str, partition: &str) -> String {
-    let domain = if domain.is_empty() { "backtest" } else { domain };
+pub fn compute_key(
+    node_id: &str,
+    world_id: &str,
+    domain: &str,
+    as_of: &str,
+    partition: &str,
+) -> String {
+    let domain = if domain.is_empty() {
+        "backtest"
+    } else {
+        domain
+    };
     let mut hasher = blake3::Hasher::new();
-    for (i, part) in [node_id, world_id, domain, as_of, partition].into_iter().enumerate() {
+    for (i, part) in [node_id, world_id, domain, as_of, partition]
+        .into_iter()
+        .enumerate()
+    {
         if i > 0 {
             hasher.update(b"\x1f");
         }
@@ -80,7 +93,12 @@ pub fn compute_key(node_id: &str, world_id: &str, domain: &str, as_of: &str, par
 }
 
 /// The `queue_map` key: `{node_id}:{interval}:{bucket}`, with `#ck={compute_key}` when one applies.
-pub fn partition_key(node_id: &str, interval: i64, bucket: i64, compute_key: Option<&str>) -> String {
+pub fn partition_key(
+    node_id: &str,
+    interval: i64,
+    bucket: i64,
+    compute_key: Option<&str>,
+) -> String {
     match compute_key {
         Some(key) => format!("{node_id}:{interval}:{bucket}#ck={key}"),
         None => format!("{node_id}:{interval}:{bucket}"),

@@ -67,7 +67,13 @@ impl Dag {
             .or_else(|| pick(&self.meta, &keys))
             .unwrap_or_else(|| "v1".to_owned());
         raw.chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect()
     }
 
@@ -96,13 +102,45 @@ impl Dag {
         }
     }
 
+    /// The CRC32 the document says its node ids have (`node_ids_crc32` at the top level or in
+    /// `meta`), when it says one.
+    pub fn declared_crc32(&self) -> Option<u32> {
+        self.top_level
+            .get("node_ids_crc32")
+            .or_else(|| self.meta.get("node_ids_crc32"))
+            .and_then(Value::as_u64)
+            .and_then(|crc| u32::try_from(crc).ok())
+    }
+
+    /// Recomputes every node id and checks it against the one sent.
+    pub fn verify_node_ids(&self) -> Result<(), DagError> {
+        self.nodes.iter().try_for_each(Node::verify_id)
+    }
+
+    /// Checks a declared CRC32 against the one computed in our documented order.
+    pub fn verify_crc32(&self) -> Result<(), DagError> {
+        match self.declared_crc32() {
+            Some(client) if client != self.crc32() => Err(DagError::ChecksumMismatch {
+                client,
+                server: self.crc32(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// `meta.topic_namespace`, when the document sets one.
     pub fn declared_namespace(&self) -> Option<TopicNamespace> {
         match self.meta.get("topic_namespace")? {
-            Value::String(prefix) if !prefix.is_empty() => Some(TopicNamespace::Prefix(prefix.clone())),
+            Value::String(prefix) if !prefix.is_empty() => {
+                Some(TopicNamespace::Prefix(prefix.clone()))
+            }
             Value::Object(map) => {
                 let world = map.get("world").and_then(Value::as_str)?.to_owned();
-                let domain = map.get("domain").and_then(Value::as_str).unwrap_or("backtest").to_owned();
+                let domain = map
+                    .get("domain")
+                    .and_then(Value::as_str)
+                    .unwrap_or("backtest")
+                    .to_owned();
                 Some(TopicNamespace::WorldDomain { world, domain })
             }
             _ => None,
@@ -120,8 +158,9 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             limit: limits.max_bytes,
         });
     }
-    let document: Value =
-        serde_json::from_str(text).map_err(|e| DagError::InvalidJson { reason: e.to_string() })?;
+    let document: Value = serde_json::from_str(text).map_err(|e| DagError::InvalidJson {
+        reason: e.to_string(),
+    })?;
     let Value::Object(mut top_level) = document else {
         return Err(DagError::SchemaInvalid {
             reason: "the DAG document is not a JSON object".into(),
@@ -180,7 +219,11 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
         }
     }
     for node in &nodes {
-        if let Some(missing) = node.dependencies().iter().find(|d| !index.contains_key(d.as_str())) {
+        if let Some(missing) = node
+            .dependencies()
+            .iter()
+            .find(|d| !index.contains_key(d.as_str()))
+        {
             return Err(DagError::MissingDependency {
                 node: node.node_id.clone(),
                 dependency: missing.clone(),
@@ -273,7 +316,10 @@ fn find_cycle(dag: &Dag, index: &HashMap<&str, usize>, indegree: &[usize]) -> Ve
             return path.iter().map(|&i| dag.nodes[i].node_id.clone()).collect();
         };
         if let Some(&at) = seen_at.get(&next) {
-            return path[at..].iter().map(|&i| dag.nodes[i].node_id.clone()).collect();
+            return path[at..]
+                .iter()
+                .map(|&i| dag.nodes[i].node_id.clone())
+                .collect();
         }
         seen_at.insert(next, path.len());
         path.push(next);

@@ -53,7 +53,9 @@ pub enum DagError {
     },
     #[error("node_ids_crc32 mismatch: client sent {client}, server computed {server}")]
     ChecksumMismatch { client: u32, server: u32 },
-    #[error("node {node}: schema_compat_id {schema_compat_id:?} and schema_id {schema_id:?} differ")]
+    #[error(
+        "node {node}: schema_compat_id {schema_compat_id:?} and schema_id {schema_id:?} differ"
+    )]
     SchemaCompatMismatch {
         node: String,
         schema_compat_id: String,

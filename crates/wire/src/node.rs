@@ -1,8 +1,8 @@
 //! One node of a DAG document, its seven identity fields and its node id (wire.md section 2).
 
+use crate::HASH_PREFIX;
 use crate::canonical::{canonical_json, write_plain, write_string};
 use crate::error::DagError;
-use crate::HASH_PREFIX;
 use serde_json::{Map, Value};
 
 /// The seven fields a node id is computed from, already in canonical form.

@@ -1,10 +1,15 @@
 //! Every compatibility vector the Python reference computed, reproduced byte for byte.
 
 use serde_json::Value;
-use wire::{DagLimits, TopicNamespace, compute_key, crc32_chain, node_id_of, parse_dag, topic_name};
+use wire::{
+    DagLimits, TopicNamespace, compute_key, crc32_chain, node_id_of, parse_dag, topic_name,
+};
 
 fn vectors() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/qmtl-compat.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/qmtl-compat.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("testdata/qmtl-compat.json"))
         .expect("vectors parse")
 }
@@ -20,23 +25,47 @@ fn node_ids_match_every_python_vector() {
     assert!(cases.len() >= 60);
     for (i, case) in cases.iter().enumerate() {
         let computed = node_id_of(&case["node"]).unwrap_or_else(|e| panic!("case {i}: {e}"));
-        assert_eq!(computed, text(&case["node_id"]), "nodeid case {i}: {}", case["node"]);
+        assert_eq!(
+            computed,
+            text(&case["node_id"]),
+            "nodeid case {i}: {}",
+            case["node"]
+        );
     }
 }
 
 #[test]
 fn crc32_chains_match_every_python_vector() {
     let vectors = vectors();
-    for (i, case) in vectors["crc32"].as_array().expect("crc32 cases").iter().enumerate() {
-        let ids: Vec<&str> = case["node_ids"].as_array().unwrap().iter().map(text).collect();
-        assert_eq!(u64::from(crc32_chain(ids)), case["crc32"].as_u64().unwrap(), "crc32 case {i}");
+    for (i, case) in vectors["crc32"]
+        .as_array()
+        .expect("crc32 cases")
+        .iter()
+        .enumerate()
+    {
+        let ids: Vec<&str> = case["node_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect();
+        assert_eq!(
+            u64::from(crc32_chain(ids)),
+            case["crc32"].as_u64().unwrap(),
+            "crc32 case {i}"
+        );
     }
 }
 
 #[test]
 fn compute_keys_match_every_python_vector() {
     let vectors = vectors();
-    for (i, case) in vectors["compute_key"].as_array().unwrap().iter().enumerate() {
+    for (i, case) in vectors["compute_key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let key = compute_key(
             text(&case["node_hash"]),
             text(&case["world_id"]),
@@ -60,7 +89,12 @@ fn topic_names_match_every_python_vector() {
             }),
             _ => None,
         };
-        let existing: Vec<&str> = case["existing"].as_array().unwrap().iter().map(text).collect();
+        let existing: Vec<&str> = case["existing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(text)
+            .collect();
         let name = topic_name(
             text(&case["asset"]),
             text(&case["node_type"]),
@@ -78,8 +112,12 @@ fn topic_names_match_every_python_vector() {
 fn sdk_serialised_dags_parse_verify_and_order() {
     for file in ["sdk-dag-10.json", "sdk-dag-100.json"] {
         let path = format!("{}/../../testdata/{file}", env!("CARGO_MANIFEST_DIR"));
-        let dag = parse_dag(&std::fs::read_to_string(path).unwrap(), DagLimits::default(), true)
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let dag = parse_dag(
+            &std::fs::read_to_string(path).unwrap(),
+            DagLimits::default(),
+            true,
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
         let order = wire::topological_order(&dag).unwrap();
         assert_eq!(order.len(), dag.nodes.len(), "{file}");
     }

@@ -1,0 +1,243 @@
+//! Builds the DAG Manager from its settings (binding every listener, port 0 allowed) and runs it
+//! until shutdown, then drains.
+
+use kit::clock::{Clock, SystemClock};
+use kit::metrics::{Readiness, admin_router};
+use kit::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::diff::{DiffEngine, DiffSettings};
+use crate::gc::GarbageCollector;
+use crate::grpc::{
+    AckRegistry, AdminServer, DiffServer, HealthServer, StreamSettings, TagQueryServer,
+};
+use crate::metrics::DagManagerMetrics;
+use crate::queues::{EmbeddedQueueAdmin, QueueAdmin, QueueAdminError};
+use crate::settings::DagManagerSettings;
+use crate::store::{GraphStore, RedbGraphStore, StoreError};
+
+/// Why the service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("metrics registry could not be built")]
+    Metrics(#[from] kit::metrics::BucketError),
+    #[error("graph store could not be opened")]
+    Store(#[from] StoreError),
+    #[error("queue registry could not be opened")]
+    Queues(#[from] QueueAdminError),
+    #[error("could not listen on {address}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("gRPC server failed")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin HTTP server failed")]
+    Admin(#[source] std::io::Error),
+}
+
+/// A built, bound, not yet running DAG Manager.
+#[derive(Debug)]
+pub struct App {
+    settings: DagManagerSettings,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+    metrics: DagManagerMetrics,
+    store: Arc<dyn GraphStore>,
+    queues: Arc<dyn QueueAdmin>,
+    engine: Arc<DiffEngine>,
+    gc: Arc<GarbageCollector>,
+    clock: Arc<dyn Clock>,
+}
+
+async fn bind(host: &str, port: u16) -> Result<TcpListener, BuildError> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|source| BuildError::Bind {
+            address: format!("{host}:{port}"),
+            source,
+        })
+}
+
+impl App {
+    /// Opens the embedded stores under `data_dir` and binds both listeners.
+    pub async fn build(settings: DagManagerSettings) -> Result<App, BuildError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let metrics = DagManagerMetrics::new()?;
+        let store: Arc<dyn GraphStore> = Arc::new(RedbGraphStore::open(&settings.data_dir)?);
+        let queues: Arc<dyn QueueAdmin> = Arc::new(EmbeddedQueueAdmin::open(&settings.data_dir)?);
+        let (nodes, queue_count) = store.counts().await?;
+        metrics.compute_nodes_total.set(nodes as f64);
+        metrics.queues_total.set(queue_count as f64);
+        let engine = Arc::new(DiffEngine::new(
+            store.clone(),
+            queues.clone(),
+            metrics.clone(),
+            DiffSettings::from(&settings),
+            clock.clone(),
+        ));
+        let gc = Arc::new(GarbageCollector::new(
+            store.clone(),
+            queues.clone(),
+            metrics.clone(),
+            settings.gc.clone(),
+            clock.clone(),
+        ));
+        let grpc_listener = bind(&settings.host, settings.grpc_port).await?;
+        let admin_listener = bind(&settings.host, settings.admin_port).await?;
+        Ok(App {
+            settings,
+            grpc_listener,
+            admin_listener,
+            metrics,
+            store,
+            queues,
+            engine,
+            gc,
+            clock,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves gRPC and admin HTTP, runs GC and the readiness probe, until `shutdown` fires; then
+    /// stops taking requests and lets in-flight ones finish within the grace period.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), RunError> {
+        let readiness = Readiness::default();
+        let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
+        let max_message = self
+            .settings
+            .max_dag_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        let stream = StreamSettings {
+            chunk_size: self.settings.chunk_size,
+            ack_window: self.settings.ack_window,
+            ack_timeout: Duration::from_millis(self.settings.ack_timeout_ms),
+            ack_retries: self.settings.ack_retries,
+        };
+        let diff = DiffServer {
+            engine: self.engine.clone(),
+            acks: Arc::new(AckRegistry::default()),
+            stream,
+        };
+        let grpc = tonic::transport::Server::builder()
+            .add_service(
+                proto::diff_service_server::DiffServiceServer::new(diff)
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(proto::tag_query_server::TagQueryServer::new(
+                TagQueryServer {
+                    store: self.store.clone(),
+                },
+            ))
+            .add_service(
+                proto::admin_service_server::AdminServiceServer::new(AdminServer {
+                    engine: self.engine.clone(),
+                    store: self.store.clone(),
+                    queues: self.queues.clone(),
+                    gc: self.gc.clone(),
+                    clock: self.clock.clone(),
+                })
+                .max_decoding_message_size(max_message),
+            )
+            .add_service(proto::health_check_server::HealthCheckServer::new(
+                HealthServer {
+                    store: self.store.clone(),
+                    shutdown: shutdown.clone(),
+                },
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.grpc_listener),
+                shutdown.triggered(),
+            );
+
+        let engine = self.engine.clone();
+        let admin = admin_router(
+            self.metrics.registry().clone(),
+            readiness.clone(),
+            Arc::new(move || engine.refresh_p95()),
+        )
+        .merge(crate::admin::router(crate::admin::AdminState {
+            store: self.store.clone(),
+            queues: self.queues.clone(),
+            gc: self.gc.clone(),
+            shutdown: shutdown.clone(),
+        }))
+        .fallback(crate::admin::not_found);
+        let admin =
+            axum::serve(self.admin_listener, admin).with_graceful_shutdown(shutdown.triggered());
+
+        let gc_task = tokio::spawn(self.gc.clone().run_scheduled(shutdown.clone()));
+        let probe_task = tokio::spawn(readiness_probe(
+            self.store.clone(),
+            self.queues.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+
+        let servers = async {
+            tokio::try_join!(async { grpc.await.map_err(RunError::Grpc) }, async {
+                admin.await.map_err(RunError::Admin)
+            })
+        };
+        tokio::pin!(servers);
+        let result = tokio::select! {
+            result = &mut servers => result.map(|_| ()),
+            () = async {
+                shutdown.triggered().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "Shutdown grace period over; dropping in-flight requests.");
+                Ok(())
+            }
+        };
+        shutdown.trigger();
+        readiness.set(false);
+        let _ = gc_task.await;
+        let _ = probe_task.await;
+        result
+    }
+}
+
+/// Marks the service ready while its graph store and queue admin answer.
+async fn readiness_probe(
+    store: Arc<dyn GraphStore>,
+    queues: Arc<dyn QueueAdmin>,
+    readiness: Readiness,
+    shutdown: Shutdown,
+) {
+    let stop = shutdown.triggered();
+    tokio::pin!(stop);
+    loop {
+        let ready = store.health().await.is_ok() && queues.health().await.is_ok();
+        if readiness.is_ready() != ready {
+            tracing::info!(ready, "Readiness changed.");
+        }
+        readiness.set(ready);
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

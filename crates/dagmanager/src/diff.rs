@@ -1,0 +1,445 @@
+//! The diff: which nodes of a submitted DAG already exist (their queues are reused) and which
+//! need new queues; persisted so that reuse survives restarts (wire.md section 5).
+
+use kit::clock::Clock;
+use kit::metrics::RecentQuantile;
+use proto::BufferInstruction;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wire::{
+    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, parse_dag,
+    partition_key, topic_asset, topic_name, topological_order,
+};
+
+use crate::metrics::DagManagerMetrics;
+use crate::queues::{QueueAdmin, QueueAdminError, QueueSpec};
+use crate::settings::{DagManagerSettings, TopicSettings};
+use crate::store::{GraphChanges, GraphStore, NodeRecord, QueueRecord, SentinelRecord, StoreError};
+
+/// One diff request, transport aside.
+#[derive(Debug, Clone, Default)]
+pub struct DiffInput {
+    pub strategy_id: String,
+    pub dag_json: String,
+    /// Context fields from the request; non-empty ones override what the DAG declares.
+    pub context: ComputeContext,
+}
+
+/// What a diff decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffOutcome {
+    pub sentinel_id: String,
+    pub version: String,
+    pub crc32: u32,
+    /// (partition key, topic) in topological order.
+    pub queue_map: Vec<(String, String)>,
+    pub buffer_nodes: Vec<BufferInstruction>,
+    pub new_nodes: usize,
+    pub reused_nodes: usize,
+}
+
+/// Why a diff failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffError {
+    #[error("strategy_id is empty")]
+    MissingStrategyId,
+    #[error(transparent)]
+    Dag(#[from] DagError),
+    #[error(
+        "execution_domain {domain:?} is not one of backtest, dryrun, live, shadow (or an alias)"
+    )]
+    UnknownDomain { domain: String },
+    #[error(
+        "node {node_id}: its queue {queue} is bound to another compute context; reusing it under compute key {compute_key} would mix contexts ({others} more nodes likewise)"
+    )]
+    CrossContext {
+        node_id: String,
+        queue: String,
+        compute_key: String,
+        others: usize,
+    },
+    #[error("queues could not be created")]
+    QueueCreate(#[source] QueueAdminError),
+    #[error("the graph store failed")]
+    Store(#[from] StoreError),
+}
+
+impl DiffError {
+    /// The bounded reason code logged with every counted failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DiffError::MissingStrategyId => "E_STRATEGY_ID_REQUIRED",
+            DiffError::Dag(error) => error.code().as_str(),
+            DiffError::UnknownDomain { .. } => "E_EXECUTION_DOMAIN_INVALID",
+            DiffError::CrossContext { .. } => "E_CROSS_CONTEXT",
+            DiffError::QueueCreate(QueueAdminError::ConfigMismatch { .. }) => {
+                "E_QUEUE_CONFIG_MISMATCH"
+            }
+            DiffError::QueueCreate(_) => "E_QUEUE_CREATE",
+            DiffError::Store(_) => "E_GRAPH_STORE",
+        }
+    }
+}
+
+/// The limits and naming rules a diff applies.
+#[derive(Debug, Clone)]
+pub struct DiffSettings {
+    pub limits: DagLimits,
+    pub topic_namespace: bool,
+    pub topics: BTreeMap<String, TopicSettings>,
+}
+
+impl From<&DagManagerSettings> for DiffSettings {
+    fn from(settings: &DagManagerSettings) -> Self {
+        DiffSettings {
+            limits: DagLimits {
+                max_bytes: settings.max_dag_bytes,
+                max_nodes: settings.max_nodes,
+            },
+            topic_namespace: settings.topic_namespace,
+            topics: settings.topics.clone(),
+        }
+    }
+}
+
+/// Runs diffs against the graph store and the queue admin.
+#[derive(Debug)]
+pub struct DiffEngine {
+    store: Arc<dyn GraphStore>,
+    queues: Arc<dyn QueueAdmin>,
+    metrics: DagManagerMetrics,
+    settings: DiffSettings,
+    clock: Arc<dyn Clock>,
+    /// Serialises the read-plan-write part of diffs so two diffs never name or create one queue twice.
+    write_lock: tokio::sync::Mutex<()>,
+    recent_ms: RecentQuantile,
+}
+
+/// Window of `diff_duration_ms_p95`.
+pub const P95_WINDOW: Duration = Duration::from_secs(300);
+
+impl DiffEngine {
+    pub fn new(
+        store: Arc<dyn GraphStore>,
+        queues: Arc<dyn QueueAdmin>,
+        metrics: DagManagerMetrics,
+        settings: DiffSettings,
+        clock: Arc<dyn Clock>,
+    ) -> DiffEngine {
+        DiffEngine {
+            store,
+            queues,
+            metrics,
+            settings,
+            recent_ms: RecentQuantile::new(P95_WINDOW, 10_000, clock.clone()),
+            clock,
+            write_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn settings(&self) -> &DiffSettings {
+        &self.settings
+    }
+
+    /// Refreshes `diff_duration_ms_p95` so it decays once diffs stop.
+    pub fn refresh_p95(&self) {
+        self.metrics
+            .diff_duration_ms_p95
+            .set(self.recent_ms.quantile(0.95));
+    }
+
+    /// Runs one diff, counting and timing it.
+    pub async fn diff(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
+        self.metrics.diff_requests_total.increment(1);
+        let started = Instant::now();
+        let strategy_id = input.strategy_id.clone();
+        let result = self.run(input).await;
+        let elapsed = started.elapsed();
+        self.metrics
+            .diff_duration_seconds
+            .record(elapsed.as_secs_f64());
+        self.recent_ms.record(elapsed.as_secs_f64() * 1000.0);
+        self.refresh_p95();
+        match &result {
+            Ok(outcome) => tracing::debug!(
+                strategy_id = %strategy_id,
+                new_nodes = outcome.new_nodes,
+                reused_nodes = outcome.reused_nodes,
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "Diff done."
+            ),
+            Err(error) => {
+                self.metrics.diff_failures_total.increment(1);
+                tracing::warn!(strategy_id = %strategy_id, code = error.code(), error = %error, "Diff failed.");
+            }
+        }
+        result
+    }
+
+    fn resolve_context(
+        declared: ComputeContext,
+        request: ComputeContext,
+    ) -> Result<ComputeContext, DiffError> {
+        let pick = |req: String, dec: String| if req.trim().is_empty() { dec } else { req };
+        let raw_domain = pick(request.execution_domain, declared.execution_domain);
+        let domain =
+            Domain::parse(&raw_domain).ok_or(DiffError::UnknownDomain { domain: raw_domain })?;
+        Ok(ComputeContext {
+            world_id: pick(request.world_id, declared.world_id),
+            execution_domain: domain.as_str().to_owned(),
+            as_of: pick(request.as_of, declared.as_of),
+            partition: pick(request.partition, declared.partition),
+            dataset_fingerprint: pick(request.dataset_fingerprint, declared.dataset_fingerprint),
+        })
+    }
+
+    fn topic_settings(&self, tag: &str) -> TopicSettings {
+        self.settings
+            .topics
+            .get(tag)
+            .cloned()
+            .unwrap_or(TopicSettings {
+                partitions: 1,
+                replication_factor: 1,
+                retention_ms: 7 * 24 * 3600 * 1000,
+            })
+    }
+
+    async fn run(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
+        if input.strategy_id.trim().is_empty() {
+            return Err(DiffError::MissingStrategyId);
+        }
+        // Structure first (a cycle is reported as a cycle, not as the id mismatch it implies),
+        // then identity.
+        let dag = parse_dag(&input.dag_json, self.settings.limits, false)?;
+        let order = topological_order(&dag)?;
+        dag.verify_node_ids()?;
+        dag.verify_crc32()?;
+        let context = Self::resolve_context(dag.declared_context(), input.context)?;
+        let version = dag.version();
+        let namespace = if self.settings.topic_namespace && context.applies() {
+            Some(
+                dag.declared_namespace()
+                    .unwrap_or_else(|| TopicNamespace::WorldDomain {
+                        world: context.world_id.clone(),
+                        domain: context.execution_domain.clone(),
+                    }),
+            )
+        } else {
+            None
+        };
+        let namespace_key = namespace
+            .as_ref()
+            .map(TopicNamespace::prefix)
+            .unwrap_or_default();
+        let sentinel_id = format!("{}-sentinel", input.strategy_id);
+        let node_ids: Vec<&str> = order
+            .iter()
+            .map(|&i| dag.nodes[i].node_id.as_str())
+            .collect();
+
+        let _write = self.write_lock.lock().await;
+        let stored = self.store.nodes(&node_ids, &namespace_key).await?;
+        let now = self.clock.unix_seconds();
+        let mut changes = GraphChanges::default();
+        let mut new_specs: Vec<QueueSpec> = Vec::new();
+        let mut planned_names: HashSet<String> = HashSet::new();
+        let mut queue_map = Vec::with_capacity(order.len());
+        let mut buffer_nodes = Vec::new();
+        let mut violations: Vec<(String, String, String)> = Vec::new();
+        let (mut new_nodes, mut reused_nodes) = (0usize, 0usize);
+
+        for &i in &order {
+            let node = &dag.nodes[i];
+            let compute_key = context
+                .applies()
+                .then(|| context.compute_key(&node.node_id));
+            let key = partition_key(
+                &node.node_id,
+                node.fields.interval,
+                0,
+                compute_key.as_deref(),
+            );
+            let existing = stored.get(node.node_id.as_str());
+            match existing {
+                Some(found) => {
+                    reused_nodes += 1;
+                    if found.node.schema_hash != node.schema_hash {
+                        buffer_nodes.push(BufferInstruction {
+                            node_id: node.node_id.clone(),
+                            node_type: node.node_type().to_owned(),
+                            code_hash: node.fields.code_hash.clone(),
+                            schema_hash: node.schema_hash.clone(),
+                            interval: node.fields.interval,
+                            period: i32::try_from(node.fields.period).unwrap_or(i32::MAX),
+                            tags: node.tags.clone(),
+                            lag: i32::try_from(node.fields.period).unwrap_or(i32::MAX),
+                            schema_compat_id: node.fields.schema_compat_id.clone(),
+                        });
+                        changes.nodes.push(NodeRecord {
+                            schema_hash: node.schema_hash.clone(),
+                            buffering_since: found.node.buffering_since.or(Some(now)),
+                            ..found.node.clone()
+                        });
+                    }
+                }
+                None => {
+                    new_nodes += 1;
+                    changes.nodes.push(NodeRecord {
+                        node_id: node.node_id.clone(),
+                        node_type: node.node_type().to_owned(),
+                        code_hash: node.fields.code_hash.clone(),
+                        schema_hash: node.schema_hash.clone(),
+                        schema_compat_id: node.fields.schema_compat_id.clone(),
+                        interval: node.fields.interval,
+                        period: node.fields.period,
+                        tags: node.tags.clone(),
+                        created_at: now,
+                        buffering_since: None,
+                    });
+                }
+            }
+            match existing.and_then(|found| found.queue.as_ref()) {
+                Some(queue) => {
+                    if let Some(compute_key) = &compute_key {
+                        if queue.compute_keys.is_empty() {
+                            changes.queues.push(QueueRecord {
+                                compute_keys: vec![compute_key.clone()],
+                                ..queue.clone()
+                            });
+                        } else if !queue.compute_keys.contains(compute_key) {
+                            violations.push((
+                                node.node_id.clone(),
+                                queue.name.clone(),
+                                compute_key.clone(),
+                            ));
+                        }
+                    }
+                    queue_map.push((key, queue.name.clone()));
+                }
+                None => {
+                    let tag = TopicKind::of_node_type(node.node_type()).as_str();
+                    let asset = topic_asset(&node.tags);
+                    let digest = node
+                        .node_id
+                        .strip_prefix(wire::HASH_PREFIX)
+                        .unwrap_or(&node.node_id);
+                    let stem = format!(
+                        "{}{asset}_{}_{}",
+                        if namespace_key.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{namespace_key}.")
+                        },
+                        node.node_type(),
+                        &digest[..digest.len().min(8)]
+                    );
+                    let taken: HashSet<String> = self
+                        .store
+                        .queue_names_with_prefix(&stem)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    let name = topic_name(
+                        &asset,
+                        node.node_type(),
+                        &node.node_id,
+                        &version,
+                        false,
+                        namespace.as_ref(),
+                        |candidate| taken.contains(candidate) || planned_names.contains(candidate),
+                    );
+                    planned_names.insert(name.clone());
+                    let topic = self.topic_settings(tag);
+                    new_specs.push(QueueSpec {
+                        name: name.clone(),
+                        tag: tag.to_owned(),
+                        partitions: topic.partitions,
+                        replication_factor: topic.replication_factor,
+                        retention_ms: topic.retention_ms,
+                    });
+                    changes.queues.push(QueueRecord {
+                        name: name.clone(),
+                        node_id: Some(node.node_id.clone()),
+                        namespace: namespace_key.clone(),
+                        tag: tag.to_owned(),
+                        interval: node.fields.interval,
+                        tags: node.tags.clone(),
+                        created_at: now,
+                        compute_keys: compute_key.iter().cloned().collect(),
+                        orphaned_at: None,
+                    });
+                    queue_map.push((key, name));
+                }
+            }
+        }
+
+        if let Some((node_id, queue, compute_key)) = violations.first().cloned() {
+            for (node_id, _, _) in &violations {
+                self.metrics.cross_context_cache_hit(
+                    node_id,
+                    &context.world_id,
+                    &context.execution_domain,
+                    &context.as_of,
+                    &context.partition,
+                );
+            }
+            return Err(DiffError::CrossContext {
+                node_id,
+                queue,
+                compute_key,
+                others: violations.len() - 1,
+            });
+        }
+
+        if !new_specs.is_empty()
+            && let Err(error) = self.queues.create_queues(&new_specs, now).await
+        {
+            self.metrics
+                .queue_create_error_total
+                .increment(new_specs.len() as u64);
+            return Err(DiffError::QueueCreate(error));
+        }
+
+        let mut sorted_ids: Vec<String> = node_ids.iter().map(|s| (*s).to_owned()).collect();
+        sorted_ids.sort_unstable();
+        let sentinel = SentinelRecord {
+            sentinel_id: sentinel_id.clone(),
+            strategy_id: input.strategy_id.clone(),
+            version: version.clone(),
+            weight: dag.sentinel.as_ref().and_then(|s| s.weight),
+            node_ids: sorted_ids,
+            updated_at: now,
+        };
+        let unchanged = self.store.sentinel(&sentinel_id).await?.is_some_and(|old| {
+            old.version == sentinel.version
+                && old.weight == sentinel.weight
+                && old.node_ids == sentinel.node_ids
+        });
+        if !unchanged {
+            changes.sentinel = Some(sentinel);
+        }
+        let wrote = !changes.is_empty();
+        self.store.apply(changes).await?;
+        drop(_write);
+
+        if dag.sentinel.is_some() && new_nodes == 0 {
+            self.metrics.sentinel_gap_count.increment(1.0);
+        }
+        if wrote {
+            let (nodes, queues) = self.store.counts().await?;
+            self.metrics.compute_nodes_total.set(nodes as f64);
+            self.metrics.queues_total.set(queues as f64);
+        }
+        Ok(DiffOutcome {
+            sentinel_id,
+            version,
+            crc32: dag.crc32(),
+            queue_map,
+            buffer_nodes,
+            new_nodes,
+            reused_nodes,
+        })
+    }
+}

@@ -1,0 +1,488 @@
+//! The gRPC services: DiffService (chunked, acknowledged streams), TagQuery, AdminService and
+//! HealthCheck, wire-identical to the Python QMTL's `qmtl.services.dagmanager`.
+
+use proto::admin_service_server::AdminService;
+use proto::diff_service_server::DiffService;
+use proto::health_check_server::HealthCheck;
+use proto::tag_query_server::TagQuery;
+use proto::{
+    ChunkAck, CleanupRequest, CleanupResponse, DiffChunk, DiffRequest, DiffResult, QueueDescriptor,
+    QueueStats, QueueStatsRequest, RedoDiffRequest, StatusReply, StatusRequest, TagQueryReply,
+    TagQueryRequest,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::diff::{DiffEngine, DiffError, DiffInput, DiffOutcome};
+use crate::gc::GarbageCollector;
+use crate::queues::{QueueAdmin, QueueAdminError};
+use crate::store::GraphStore;
+
+/// Most nodes one chunk carries (wire.md).
+pub const MAX_CHUNK_NODES: usize = 100;
+
+impl From<&DiffError> for Status {
+    fn from(error: &DiffError) -> Status {
+        let message = format!("{}: {error}", error.code());
+        match error {
+            DiffError::MissingStrategyId | DiffError::UnknownDomain { .. } => {
+                Status::invalid_argument(message)
+            }
+            DiffError::Dag(wire::DagError::TooLarge { .. }) => Status::resource_exhausted(message),
+            DiffError::Dag(_) => Status::invalid_argument(message),
+            DiffError::CrossContext { .. } => Status::failed_precondition(message),
+            DiffError::QueueCreate(QueueAdminError::ConfigMismatch { .. }) => {
+                Status::failed_precondition(message)
+            }
+            DiffError::QueueCreate(_) | DiffError::Store(_) => Status::unavailable(message),
+        }
+    }
+}
+
+/// How diff streams wait for acknowledgements.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    pub chunk_size: usize,
+    pub ack_window: usize,
+    pub ack_timeout: Duration,
+    pub ack_retries: u32,
+}
+
+/// One open diff stream's ack counter.
+#[derive(Debug)]
+struct StreamAcks {
+    sent: AtomicU32,
+    acked: watch::Sender<u32>,
+}
+
+/// Open streams by sentinel id. Clients ack with the sentinel id (the Python Gateway always sends
+/// chunk_id 0), so an ack goes to the oldest stream of that sentinel still waiting for one.
+#[derive(Debug, Default)]
+pub struct AckRegistry {
+    streams: Mutex<HashMap<String, VecDeque<Arc<StreamAcks>>>>,
+}
+
+impl AckRegistry {
+    fn register(&self, sentinel_id: &str) -> Arc<StreamAcks> {
+        let stream = Arc::new(StreamAcks {
+            sent: AtomicU32::new(0),
+            acked: watch::channel(0).0,
+        });
+        self.lock()
+            .entry(sentinel_id.to_owned())
+            .or_default()
+            .push_back(stream.clone());
+        stream
+    }
+
+    fn unregister(&self, sentinel_id: &str, stream: &Arc<StreamAcks>) {
+        let mut streams = self.lock();
+        if let Some(list) = streams.get_mut(sentinel_id) {
+            list.retain(|s| !Arc::ptr_eq(s, stream));
+            if list.is_empty() {
+                streams.remove(sentinel_id);
+            }
+        }
+    }
+
+    fn ack(&self, sentinel_id: &str) -> bool {
+        let streams = self.lock();
+        let Some(list) = streams.get(sentinel_id) else {
+            return false;
+        };
+        let waiting = list
+            .iter()
+            .find(|s| *s.acked.borrow() < s.sent.load(Ordering::SeqCst))
+            .or_else(|| list.front());
+        match waiting {
+            Some(stream) => {
+                stream.acked.send_modify(|acked| *acked += 1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Arc<StreamAcks>>>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Splits a diff into chunks of at most `chunk_size` queue-map entries and buffer instructions;
+/// every chunk carries the sentinel, version and the DAG's CRC32.
+pub fn chunks_of(outcome: &DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
+    let size = chunk_size.clamp(1, MAX_CHUNK_NODES);
+    let count = outcome
+        .queue_map
+        .len()
+        .div_ceil(size)
+        .max(outcome.buffer_nodes.len().div_ceil(size))
+        .max(1);
+    (0..count)
+        .map(|i| {
+            let range = |len: usize| (i * size).min(len)..((i + 1) * size).min(len);
+            DiffChunk {
+                queue_map: outcome.queue_map[range(outcome.queue_map.len())]
+                    .iter()
+                    .cloned()
+                    .collect(),
+                sentinel_id: outcome.sentinel_id.clone(),
+                buffer_nodes: outcome.buffer_nodes[range(outcome.buffer_nodes.len())].to_vec(),
+                version: outcome.version.clone(),
+                crc32: Some(outcome.crc32),
+            }
+        })
+        .collect()
+}
+
+/// Sends chunks keeping at most `ack_window` unacknowledged; on an ack timeout re-sends the
+/// unacknowledged ones, and after `ack_retries` timeouts in a row ends with DEADLINE_EXCEEDED.
+async fn send_with_acks(
+    chunks: Vec<DiffChunk>,
+    sender: mpsc::Sender<Result<DiffChunk, Status>>,
+    stream: Arc<StreamAcks>,
+    settings: StreamSettings,
+) {
+    let total = chunks.len();
+    let window = settings.ack_window.max(1);
+    let mut acked_rx = stream.acked.subscribe();
+    let mut sent = 0usize;
+    let mut timeouts = 0u32;
+    loop {
+        let acked = (*acked_rx.borrow_and_update() as usize).min(total);
+        while sent < total && sent - acked.min(sent) < window {
+            if sender.send(Ok(chunks[sent].clone())).await.is_err() {
+                return;
+            }
+            sent += 1;
+            stream.sent.store(sent as u32, Ordering::SeqCst);
+        }
+        if acked >= total {
+            return;
+        }
+        match tokio::time::timeout(settings.ack_timeout, acked_rx.changed()).await {
+            Ok(Ok(())) => timeouts = 0,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                timeouts += 1;
+                if timeouts > settings.ack_retries {
+                    tracing::warn!(
+                        code = "E_ACK_TIMEOUT",
+                        acked,
+                        total,
+                        "Client did not acknowledge diff chunks; ending the stream."
+                    );
+                    let _ = sender
+                        .send(Err(Status::deadline_exceeded(format!(
+                            "E_ACK_TIMEOUT: client acknowledged {acked} of {total} diff chunks"
+                        ))))
+                        .await;
+                    return;
+                }
+                for chunk in &chunks[acked..sent] {
+                    if sender.send(Ok(chunk.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// DiffService.
+#[derive(Debug, Clone)]
+pub struct DiffServer {
+    pub engine: Arc<DiffEngine>,
+    pub acks: Arc<AckRegistry>,
+    pub stream: StreamSettings,
+}
+
+fn input_of(request: DiffRequest) -> DiffInput {
+    DiffInput {
+        strategy_id: request.strategy_id,
+        dag_json: request.dag_json,
+        context: wire::ComputeContext {
+            world_id: request.world_id,
+            execution_domain: request.execution_domain,
+            as_of: request.as_of,
+            partition: request.partition,
+            dataset_fingerprint: request.dataset_fingerprint,
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl DiffService for DiffServer {
+    type DiffStream = ReceiverStream<Result<DiffChunk, Status>>;
+
+    #[tracing::instrument(name = "dagmanager.diff", skip_all, fields(strategy_id = %request.get_ref().strategy_id))]
+    async fn diff(
+        &self,
+        request: Request<DiffRequest>,
+    ) -> Result<Response<Self::DiffStream>, Status> {
+        let outcome = self
+            .engine
+            .diff(input_of(request.into_inner()))
+            .await
+            .map_err(|e| Status::from(&e))?;
+        let chunks = chunks_of(&outcome, self.stream.chunk_size);
+        let (sender, receiver) = mpsc::channel(self.stream.ack_window.max(1) + 1);
+        let acks = self.acks.clone();
+        let stream = acks.register(&outcome.sentinel_id);
+        let settings = self.stream;
+        let sentinel_id = outcome.sentinel_id;
+        tokio::spawn(async move {
+            send_with_acks(chunks, sender, stream.clone(), settings).await;
+            acks.unregister(&sentinel_id, &stream);
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn ack_chunk(&self, request: Request<ChunkAck>) -> Result<Response<ChunkAck>, Status> {
+        let ack = request.into_inner();
+        self.acks.ack(&ack.sentinel_id);
+        Ok(Response::new(ack))
+    }
+}
+
+/// TagQuery.
+#[derive(Debug, Clone)]
+pub struct TagQueryServer {
+    pub store: Arc<dyn GraphStore>,
+}
+
+#[tonic::async_trait]
+impl TagQuery for TagQueryServer {
+    async fn get_queues(
+        &self,
+        request: Request<TagQueryRequest>,
+    ) -> Result<Response<TagQueryReply>, Status> {
+        let request = request.into_inner();
+        let match_all = match request.match_mode.trim().to_ascii_lowercase().as_str() {
+            "" | "any" => false,
+            "all" => true,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "E_MATCH_MODE_INVALID: match_mode {other:?} is neither \"any\" nor \"all\""
+                )));
+            }
+        };
+        let queues = self
+            .store
+            .queues_by_tags(&request.tags, request.interval, match_all)
+            .await
+            .map_err(|e| Status::unavailable(format!("E_GRAPH_STORE: {e}")))?;
+        Ok(Response::new(TagQueryReply {
+            queues: queues
+                .into_iter()
+                .map(|q| QueueDescriptor {
+                    global: q.namespace.is_empty(),
+                    queue: q.name,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// A `GetQueueStats` filter: `tag=a,b;interval=60`, both parts optional.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct QueueFilter {
+    pub tags: Vec<String>,
+    pub interval: i64,
+}
+
+impl QueueFilter {
+    pub fn parse(text: &str) -> Result<QueueFilter, String> {
+        let mut filter = QueueFilter::default();
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("filter part {part:?} is not key=value"))?;
+            match key.trim() {
+                "tag" | "tags" => {
+                    filter.tags = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                "interval" => {
+                    filter.interval = value.trim().parse().map_err(|_| {
+                        format!("interval {value:?} is not a whole number of seconds")
+                    })?;
+                }
+                other => {
+                    return Err(format!(
+                        "unknown filter key {other:?} (expected tag or interval)"
+                    ));
+                }
+            }
+        }
+        Ok(filter)
+    }
+}
+
+/// AdminService.
+#[derive(Debug, Clone)]
+pub struct AdminServer {
+    pub engine: Arc<DiffEngine>,
+    pub store: Arc<dyn GraphStore>,
+    pub queues: Arc<dyn QueueAdmin>,
+    pub gc: Arc<GarbageCollector>,
+    pub clock: Arc<dyn kit::clock::Clock>,
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn cleanup(
+        &self,
+        request: Request<CleanupRequest>,
+    ) -> Result<Response<CleanupResponse>, Status> {
+        let strategy_id = request.into_inner().strategy_id;
+        if !strategy_id.trim().is_empty() {
+            let orphaned = self
+                .store
+                .release_strategy(&strategy_id, self.clock.unix_seconds())
+                .await
+                .map_err(|e| Status::unavailable(format!("E_GRAPH_STORE: {e}")))?;
+            tracing::info!(strategy_id = %strategy_id, orphaned = orphaned.len(), "Strategy released.");
+        }
+        self.gc
+            .run_once()
+            .await
+            .map_err(|e| Status::unavailable(format!("E_GC: {e}")))?;
+        Ok(Response::new(CleanupResponse {}))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<QueueStatsRequest>,
+    ) -> Result<Response<QueueStats>, Status> {
+        let filter = QueueFilter::parse(&request.into_inner().filter)
+            .map_err(|e| Status::invalid_argument(format!("E_FILTER_INVALID: {e}")))?;
+        let queues = if filter.tags.is_empty() {
+            self.store.queues().await
+        } else {
+            self.store
+                .queues_by_tags(&filter.tags, filter.interval, false)
+                .await
+        }
+        .map_err(|e| Status::unavailable(format!("E_GRAPH_STORE: {e}")))?;
+        let names: Vec<String> = queues
+            .into_iter()
+            .filter(|q| filter.interval == 0 || q.interval == filter.interval)
+            .map(|q| q.name)
+            .collect();
+        let sizes = self
+            .queues
+            .queue_sizes(&names)
+            .await
+            .map_err(|e| Status::unavailable(format!("E_QUEUE_ADMIN: {e}")))?;
+        Ok(Response::new(QueueStats {
+            sizes: sizes.into_iter().collect(),
+        }))
+    }
+
+    async fn redo_diff(
+        &self,
+        request: Request<RedoDiffRequest>,
+    ) -> Result<Response<DiffResult>, Status> {
+        let request = request.into_inner();
+        let strategy_id = request
+            .sentinel_id
+            .strip_suffix("-sentinel")
+            .unwrap_or(&request.sentinel_id)
+            .to_owned();
+        let outcome = self
+            .engine
+            .diff(DiffInput {
+                strategy_id,
+                dag_json: request.dag_json,
+                context: wire::ComputeContext::default(),
+            })
+            .await
+            .map_err(|e| Status::from(&e))?;
+        Ok(Response::new(DiffResult {
+            queue_map: outcome.queue_map.into_iter().collect(),
+            sentinel_id: outcome.sentinel_id,
+            version: outcome.version,
+        }))
+    }
+}
+
+/// HealthCheck. `neo4j` reports the graph store (whatever backs it), `state` the service.
+#[derive(Debug, Clone)]
+pub struct HealthServer {
+    pub store: Arc<dyn GraphStore>,
+    pub shutdown: kit::shutdown::Shutdown,
+}
+
+#[tonic::async_trait]
+impl HealthCheck for HealthServer {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let neo4j = match self.store.health().await {
+            Ok(()) => "ok",
+            Err(_) => "error",
+        };
+        let state = if self.shutdown.is_triggered() {
+            "stopping"
+        } else {
+            "running"
+        };
+        Ok(Response::new(StatusReply {
+            neo4j: neo4j.to_owned(),
+            state: state.to_owned(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_filters_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            QueueFilter::parse("tag=a, b;interval=60").unwrap(),
+            QueueFilter {
+                tags: vec!["a".into(), "b".into()],
+                interval: 60
+            }
+        );
+        assert_eq!(QueueFilter::parse("").unwrap(), QueueFilter::default());
+        assert!(QueueFilter::parse("interval=1h").is_err());
+        assert!(QueueFilter::parse("colour=red").is_err());
+    }
+
+    #[test]
+    fn chunks_hold_at_most_one_hundred_nodes_and_all_carry_the_crc() {
+        let outcome = DiffOutcome {
+            sentinel_id: "s-sentinel".into(),
+            version: "v1".into(),
+            crc32: 42,
+            queue_map: (0..250)
+                .map(|i| (format!("k{i}"), format!("t{i}")))
+                .collect(),
+            buffer_nodes: Vec::new(),
+            new_nodes: 250,
+            reused_nodes: 0,
+        };
+        let chunks = chunks_of(&outcome, 500);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks.iter().map(|c| c.queue_map.len()).sum::<usize>(), 250);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.crc32 == Some(42) && c.queue_map.len() <= 100)
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Queue (topic) administration behind the `QueueAdmin` trait. `EmbeddedQueueAdmin` records
+//! queues in its own redb file and stands in for a broker when none is configured; it holds no
+//! messages, so every size it reports is 0.
+
+use async_trait::async_trait;
+use redb::TableDefinition;
+
+use crate::embedded::{self, EmbeddedError, Table};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// A queue to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    pub name: String,
+    /// The GC tag (`raw`, `indicator`, `trade_exec`).
+    pub tag: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub retention_ms: i64,
+}
+
+/// A queue as the broker knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerQueue {
+    pub spec: QueueSpec,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueAdminError {
+    /// The queue exists with another configuration: the caller's problem, not the broker's.
+    #[error("queue {name} exists with a different configuration ({detail})")]
+    ConfigMismatch { name: String, detail: String },
+    #[error("embedded queue registry failed")]
+    Embedded(#[from] EmbeddedError),
+    #[error("archive of queue {name} could not be written to {path}")]
+    Archive {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates, lists, sizes and deletes queues.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
+    /// Creates the queues that do not exist; an existing one with the same config is fine.
+    async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError>;
+    async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError>;
+    async fn delete_queues(&self, names: &[String]) -> Result<(), QueueAdminError>;
+    /// Approximate message counts of the named queues that exist.
+    async fn queue_sizes(&self, names: &[String]) -> Result<HashMap<String, i64>, QueueAdminError>;
+    /// Keeps what a queue holds somewhere durable before it is dropped.
+    async fn archive_queue(
+        &self,
+        name: &str,
+        archive_dir: &Path,
+        now: f64,
+    ) -> Result<PathBuf, QueueAdminError>;
+    async fn health(&self) -> Result<(), QueueAdminError>;
+}
+
+const QUEUES: Table = TableDefinition::new("queues");
+
+/// A broker-less queue registry in `dir/queues.redb`.
+#[derive(Debug, Clone)]
+pub struct EmbeddedQueueAdmin {
+    db: Arc<redb::Database>,
+    queues: Arc<RwLock<HashMap<String, BrokerQueue>>>,
+}
+
+impl EmbeddedQueueAdmin {
+    pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
+        let db = embedded::open(dir, "queues.redb", &[QUEUES])?;
+        let queues = embedded::read_all::<BrokerQueue>(&db, QUEUES)?
+            .into_iter()
+            .map(|q| (q.spec.name.clone(), q))
+            .collect();
+        Ok(EmbeddedQueueAdmin {
+            db,
+            queues: Arc::new(RwLock::new(queues)),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, BrokerQueue>> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn write_rows(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
+        Ok(embedded::write(self.db.clone(), vec![(QUEUES, rows)]).await?)
+    }
+}
+
+#[async_trait]
+impl QueueAdmin for EmbeddedQueueAdmin {
+    async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError> {
+        let mut new = Vec::new();
+        {
+            let queues = self.read();
+            for spec in specs {
+                match queues.get(&spec.name) {
+                    Some(existing) if existing.spec == *spec => {}
+                    Some(existing) => {
+                        return Err(QueueAdminError::ConfigMismatch {
+                            name: spec.name.clone(),
+                            detail: format!(
+                                "partitions {}/{}, replication {}/{}, retention_ms {}/{}",
+                                existing.spec.partitions,
+                                spec.partitions,
+                                existing.spec.replication_factor,
+                                spec.replication_factor,
+                                existing.spec.retention_ms,
+                                spec.retention_ms
+                            ),
+                        });
+                    }
+                    None => new.push(BrokerQueue {
+                        spec: spec.clone(),
+                        created_at: now,
+                    }),
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.write_rows(embedded::rows(&new, |q| q.spec.name.clone())?)
+            .await?;
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        for queue in new {
+            queues.insert(queue.spec.name.clone(), queue);
+        }
+        Ok(())
+    }
+
+    async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError> {
+        let mut queues: Vec<BrokerQueue> = self.read().values().cloned().collect();
+        queues.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        Ok(queues)
+    }
+
+    async fn delete_queues(&self, names: &[String]) -> Result<(), QueueAdminError> {
+        self.write_rows(embedded::deletions(names)).await?;
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        for name in names {
+            queues.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn queue_sizes(&self, names: &[String]) -> Result<HashMap<String, i64>, QueueAdminError> {
+        let queues = self.read();
+        Ok(names
+            .iter()
+            .filter(|n| queues.contains_key(*n))
+            .map(|n| (n.clone(), 0))
+            .collect())
+    }
+
+    async fn archive_queue(
+        &self,
+        name: &str,
+        archive_dir: &Path,
+        now: f64,
+    ) -> Result<PathBuf, QueueAdminError> {
+        let record = self.read().get(name).cloned();
+        let path = archive_dir.join(format!("{name}-{}.json", now as i64));
+        let body = serde_json::to_vec_pretty(&serde_json::json!({
+            "queue": name,
+            "archived_at": now,
+            "broker": "embedded",
+            "config": record,
+            "messages": [],
+        }))
+        .map_err(EmbeddedError::from)?;
+        let error = |source| QueueAdminError::Archive {
+            name: name.to_owned(),
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(archive_dir).map_err(error)?;
+        std::fs::write(&path, body).map_err(error)?;
+        Ok(path)
+    }
+
+    async fn health(&self) -> Result<(), QueueAdminError> {
+        Ok(embedded::probe(self.db.clone(), QUEUES).await?)
+    }
+}

@@ -1,0 +1,419 @@
+//! The global graph of compute nodes, their queues and the strategies that use them, behind the
+//! `GraphStore` trait. `RedbGraphStore` is the default: an embedded, crash-safe redb file with an
+//! in-memory index in front, so reads never touch the disk and only changes are written.
+
+use async_trait::async_trait;
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::embedded::{self, EmbeddedError, Table};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// A compute node as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub node_type: String,
+    pub code_hash: String,
+    pub schema_hash: String,
+    pub schema_compat_id: String,
+    pub interval: i64,
+    pub period: i64,
+    pub tags: Vec<String>,
+    pub created_at: f64,
+    /// Set when a schema change asked consumers to rebuffer.
+    pub buffering_since: Option<f64>,
+}
+
+/// A queue (topic) as stored. `node_id` is `None` once no compute node owns it (an orphan).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub name: String,
+    pub node_id: Option<String>,
+    /// The topic namespace (`w1.backtest`), empty for a queue shared by every world.
+    pub namespace: String,
+    /// The GC tag: `raw`, `indicator`, `trade_exec` or `sentinel`.
+    pub tag: String,
+    pub interval: i64,
+    pub tags: Vec<String>,
+    pub created_at: f64,
+    /// Compute keys bound to this queue; more than one would mix contexts.
+    pub compute_keys: Vec<String>,
+    pub orphaned_at: Option<f64>,
+}
+
+/// A strategy's version sentinel and the nodes its DAG holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentinelRecord {
+    pub sentinel_id: String,
+    pub strategy_id: String,
+    pub version: String,
+    pub weight: Option<f64>,
+    pub node_ids: Vec<String>,
+    pub updated_at: f64,
+}
+
+/// Everything one diff changes, applied atomically.
+#[derive(Debug, Clone, Default)]
+pub struct GraphChanges {
+    pub nodes: Vec<NodeRecord>,
+    pub queues: Vec<QueueRecord>,
+    pub sentinel: Option<SentinelRecord>,
+}
+
+impl GraphChanges {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.queues.is_empty() && self.sentinel.is_none()
+    }
+}
+
+/// A stored node with its queue in the namespace asked for.
+#[derive(Debug, Clone)]
+pub struct StoredNode {
+    pub node: NodeRecord,
+    pub queue: Option<QueueRecord>,
+}
+
+/// Why the graph store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("embedded graph store failed")]
+    Embedded(#[from] EmbeddedError),
+}
+
+/// The graph the DAG Manager owns.
+#[async_trait]
+pub trait GraphStore: Send + Sync + std::fmt::Debug {
+    /// The stored nodes among `node_ids`, each with its queue in `namespace`.
+    async fn nodes(
+        &self,
+        node_ids: &[&str],
+        namespace: &str,
+    ) -> Result<HashMap<String, StoredNode>, StoreError>;
+    /// Names of recorded queues (owned or orphan) that start with `prefix`.
+    async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError>;
+    /// Queues of nodes whose tags match (`any` or `all`) and whose interval is `interval` (0: any).
+    async fn queues_by_tags(
+        &self,
+        tags: &[String],
+        interval: i64,
+        match_all: bool,
+    ) -> Result<Vec<QueueRecord>, StoreError>;
+    async fn queues(&self) -> Result<Vec<QueueRecord>, StoreError>;
+    async fn sentinel(&self, sentinel_id: &str) -> Result<Option<SentinelRecord>, StoreError>;
+    /// Forgets a strategy; nodes no other strategy uses are removed and their queues orphaned.
+    /// Returns the queues orphaned.
+    async fn release_strategy(
+        &self,
+        strategy_id: &str,
+        now: f64,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn remove_queues(&self, names: &[String]) -> Result<(), StoreError>;
+    /// (compute nodes, queues).
+    async fn counts(&self) -> Result<(usize, usize), StoreError>;
+    async fn health(&self) -> Result<(), StoreError>;
+}
+
+const NODES: Table = TableDefinition::new("nodes");
+const QUEUES: Table = TableDefinition::new("queues");
+const SENTINELS: Table = TableDefinition::new("sentinels");
+
+#[derive(Debug, Default)]
+struct Index {
+    nodes: HashMap<String, NodeRecord>,
+    queues: HashMap<String, QueueRecord>,
+    sentinels: HashMap<String, SentinelRecord>,
+    /// (node_id, namespace) -> queue name.
+    bindings: HashMap<(String, String), String>,
+    /// node_id -> sentinels that reference it.
+    users: HashMap<String, BTreeSet<String>>,
+    /// Every queue name, ordered for prefix scans when naming new topics.
+    queue_names: BTreeSet<String>,
+}
+
+impl Index {
+    fn put_queue(&mut self, queue: QueueRecord) {
+        if let Some(old) = self.queues.get(&queue.name)
+            && let Some(node_id) = &old.node_id
+        {
+            self.bindings
+                .remove(&(node_id.clone(), old.namespace.clone()));
+        }
+        if let Some(node_id) = &queue.node_id {
+            self.bindings.insert(
+                (node_id.clone(), queue.namespace.clone()),
+                queue.name.clone(),
+            );
+        }
+        self.queue_names.insert(queue.name.clone());
+        self.queues.insert(queue.name.clone(), queue);
+    }
+
+    fn put_sentinel(&mut self, sentinel: SentinelRecord) {
+        self.drop_sentinel_refs(&sentinel.sentinel_id);
+        for node_id in &sentinel.node_ids {
+            self.users
+                .entry(node_id.clone())
+                .or_default()
+                .insert(sentinel.sentinel_id.clone());
+        }
+        self.sentinels
+            .insert(sentinel.sentinel_id.clone(), sentinel);
+    }
+
+    fn drop_sentinel_refs(&mut self, sentinel_id: &str) {
+        if let Some(old) = self.sentinels.get(sentinel_id) {
+            for node_id in &old.node_ids {
+                if let Some(users) = self.users.get_mut(node_id) {
+                    users.remove(sentinel_id);
+                    if users.is_empty() {
+                        self.users.remove(node_id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The embedded default: a redb database file plus an in-memory index of it.
+#[derive(Debug, Clone)]
+pub struct RedbGraphStore {
+    db: Arc<redb::Database>,
+    index: Arc<RwLock<Index>>,
+}
+
+impl RedbGraphStore {
+    /// Opens (or creates) `dir/graph.redb` and loads its index.
+    pub fn open(dir: &Path) -> Result<RedbGraphStore, StoreError> {
+        let db = embedded::open(dir, "graph.redb", &[NODES, QUEUES, SENTINELS])?;
+        let mut index = Index::default();
+        for node in embedded::read_all::<NodeRecord>(&db, NODES)? {
+            index.nodes.insert(node.node_id.clone(), node);
+        }
+        for queue in embedded::read_all(&db, QUEUES)? {
+            index.put_queue(queue);
+        }
+        for sentinel in embedded::read_all(&db, SENTINELS)? {
+            index.put_sentinel(sentinel);
+        }
+        Ok(RedbGraphStore {
+            db,
+            index: Arc::new(RwLock::new(index)),
+        })
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn commit(&self, batches: Vec<(Table, Vec<embedded::Row>)>) -> Result<(), StoreError> {
+        Ok(embedded::write(self.db.clone(), batches).await?)
+    }
+}
+
+fn tags_match(node_tags: &[String], wanted: &[String], match_all: bool) -> bool {
+    if wanted.is_empty() {
+        return false;
+    }
+    if match_all {
+        wanted.iter().all(|t| node_tags.contains(t))
+    } else {
+        wanted.iter().any(|t| node_tags.contains(t))
+    }
+}
+
+#[async_trait]
+impl GraphStore for RedbGraphStore {
+    async fn nodes(
+        &self,
+        node_ids: &[&str],
+        namespace: &str,
+    ) -> Result<HashMap<String, StoredNode>, StoreError> {
+        let index = self.read_index();
+        let mut found = HashMap::with_capacity(node_ids.len());
+        for &node_id in node_ids {
+            if let Some(node) = index.nodes.get(node_id) {
+                let queue = index
+                    .bindings
+                    .get(&(node_id.to_owned(), namespace.to_owned()))
+                    .and_then(|name| index.queues.get(name))
+                    .cloned();
+                found.insert(
+                    node_id.to_owned(),
+                    StoredNode {
+                        node: node.clone(),
+                        queue,
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let index = self.read_index();
+        Ok(index
+            .queue_names
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|name| name.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let nodes = embedded::rows(&changes.nodes, |n| n.node_id.clone())?;
+        let queues = embedded::rows(&changes.queues, |q| q.name.clone())?;
+        let sentinels = embedded::rows(changes.sentinel.as_slice(), |s| s.sentinel_id.clone())?;
+        self.commit(vec![
+            (NODES, nodes),
+            (QUEUES, queues),
+            (SENTINELS, sentinels),
+        ])
+        .await?;
+        let mut index = self.write_index();
+        for node in changes.nodes {
+            index.nodes.insert(node.node_id.clone(), node);
+        }
+        for queue in changes.queues {
+            index.put_queue(queue);
+        }
+        if let Some(sentinel) = changes.sentinel {
+            index.put_sentinel(sentinel);
+        }
+        Ok(())
+    }
+
+    async fn queues_by_tags(
+        &self,
+        tags: &[String],
+        interval: i64,
+        match_all: bool,
+    ) -> Result<Vec<QueueRecord>, StoreError> {
+        let index = self.read_index();
+        let mut queues: Vec<QueueRecord> = index
+            .queues
+            .values()
+            .filter(|q| q.node_id.is_some())
+            .filter(|q| interval == 0 || q.interval == interval)
+            .filter(|q| tags_match(&q.tags, tags, match_all))
+            .cloned()
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(queues)
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueRecord>, StoreError> {
+        let mut queues: Vec<QueueRecord> = self.read_index().queues.values().cloned().collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(queues)
+    }
+
+    async fn sentinel(&self, sentinel_id: &str) -> Result<Option<SentinelRecord>, StoreError> {
+        Ok(self.read_index().sentinels.get(sentinel_id).cloned())
+    }
+
+    async fn release_strategy(
+        &self,
+        strategy_id: &str,
+        now: f64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (removed_nodes, orphaned, sentinel_ids) = {
+            let index = self.read_index();
+            let sentinel_ids: Vec<String> = index
+                .sentinels
+                .values()
+                .filter(|s| s.strategy_id == strategy_id)
+                .map(|s| s.sentinel_id.clone())
+                .collect();
+            let mut removed_nodes = Vec::new();
+            for sentinel_id in &sentinel_ids {
+                for node_id in &index.sentinels[sentinel_id].node_ids {
+                    let still_used = index
+                        .users
+                        .get(node_id)
+                        .is_some_and(|users| users.iter().any(|u| !sentinel_ids.contains(u)));
+                    if !still_used && !removed_nodes.contains(node_id) {
+                        removed_nodes.push(node_id.clone());
+                    }
+                }
+            }
+            let orphaned: Vec<QueueRecord> = index
+                .queues
+                .values()
+                .filter(|q| {
+                    q.node_id
+                        .as_ref()
+                        .is_some_and(|n| removed_nodes.contains(n))
+                })
+                .map(|q| QueueRecord {
+                    node_id: None,
+                    orphaned_at: Some(now),
+                    ..q.clone()
+                })
+                .collect();
+            (removed_nodes, orphaned, sentinel_ids)
+        };
+        if sentinel_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.commit(vec![
+            (NODES, embedded::deletions(&removed_nodes)),
+            (QUEUES, embedded::rows(&orphaned, |q| q.name.clone())?),
+            (SENTINELS, embedded::deletions(&sentinel_ids)),
+        ])
+        .await?;
+        let mut index = self.write_index();
+        for sentinel_id in &sentinel_ids {
+            index.drop_sentinel_refs(sentinel_id);
+            index.sentinels.remove(sentinel_id);
+        }
+        for node_id in &removed_nodes {
+            index.nodes.remove(node_id);
+        }
+        let names = orphaned.iter().map(|q| q.name.clone()).collect();
+        for queue in orphaned {
+            index.put_queue(queue);
+        }
+        Ok(names)
+    }
+
+    async fn remove_queues(&self, names: &[String]) -> Result<(), StoreError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.commit(vec![(QUEUES, embedded::deletions(names))])
+            .await?;
+        let mut index = self.write_index();
+        for name in names {
+            index.queue_names.remove(name);
+            if let Some(queue) = index.queues.remove(name)
+                && let Some(node_id) = queue.node_id
+            {
+                index.bindings.remove(&(node_id, queue.namespace));
+            }
+        }
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<(usize, usize), StoreError> {
+        let index = self.read_index();
+        Ok((index.nodes.len(), index.queues.len()))
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(embedded::probe(self.db.clone(), NODES).await?)
+    }
+}

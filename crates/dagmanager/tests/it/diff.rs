@@ -1,0 +1,242 @@
+//! Diff semantics: reuse, restarts, buffering, sentinels, chunking, acks and compute contexts.
+
+use crate::support::{request, spawn_app, temp_dir, test_settings};
+use proto::DiffRequest;
+use serde_json::json;
+use std::collections::BTreeSet;
+use test_support::{synthetic_dag, testdata};
+
+fn topics(diff: &dagmanager::client::CollectedDiff) -> BTreeSet<String> {
+    diff.queue_map.values().cloned().collect()
+}
+
+#[tokio::test]
+async fn a_repeated_diff_reuses_every_queue_and_a_second_strategy_shares_them() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let dag = synthetic_dag(20, "share");
+    let first = app.diff("alpha", &dag).await.unwrap();
+    assert_eq!(first.queue_map.len(), 20);
+    assert_eq!(first.sentinel_id, "alpha-sentinel");
+    let again = app.diff("alpha", &dag).await.unwrap();
+    assert_eq!(again.queue_map, first.queue_map);
+    let other = app.diff("beta", &dag).await.unwrap();
+    assert_eq!(topics(&other), topics(&first));
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.value("queues_total", &[]), Some(20.0));
+    assert_eq!(metrics.value("compute_nodes_total", &[]), Some(20.0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_server_reuses_every_queue() {
+    let (_dir, path) = temp_dir();
+    let dag = synthetic_dag(50, "restart");
+    let app = spawn_app(test_settings(&path)).await;
+    let before = app.diff("gamma", &dag).await.unwrap();
+    let settings = app.stop().await;
+
+    let app = spawn_app(settings).await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.value("queues_total", &[]),
+        Some(50.0),
+        "the store survived the restart"
+    );
+    let after = app.diff("gamma", &dag).await.unwrap();
+    assert_eq!(after.queue_map, before.queue_map);
+    let other = app.diff("delta", &dag).await.unwrap();
+    assert_eq!(topics(&other), topics(&before));
+    assert_eq!(app.metrics().await.value("queues_total", &[]), Some(50.0));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_schema_hash_reuses_the_queue_and_asks_for_a_rebuffer_of_period_bars() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let dag = synthetic_dag(3, "schema");
+    let first = app.diff("s", &dag).await.unwrap();
+    assert!(first.buffer_nodes.is_empty());
+    let changed = test_support::with_field(dag, 1, "schema_hash", json!("schema-2"));
+    let second = app.diff("s", &changed).await.unwrap();
+    assert_eq!(second.queue_map, first.queue_map);
+    assert_eq!(second.buffer_nodes.len(), 1);
+    let buffer = &second.buffer_nodes[0];
+    assert_eq!(
+        buffer.node_id,
+        changed["nodes"][1]["node_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        i64::from(buffer.lag),
+        changed["nodes"][1]["period"].as_i64().unwrap()
+    );
+    assert_eq!(buffer.schema_hash, "schema-2");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_sentinel_diff_that_creates_no_node_counts_a_sentinel_gap() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let mut dag = synthetic_dag(3, "gap");
+    dag["nodes"].as_array_mut().unwrap().push(
+        json!({"node_type": "VersionSentinel", "node_id": "g-sentinel", "version": "2025.1"}),
+    );
+    let first = app.diff("g", &dag).await.unwrap();
+    assert_eq!(first.version, "2025.1");
+    assert!(
+        first.queue_map.values().all(|t| t.ends_with("_2025.1")),
+        "{:?}",
+        first.queue_map
+    );
+    assert_eq!(
+        app.metrics().await.value("sentinel_gap_count", &[]),
+        Some(0.0)
+    );
+    app.diff("g", &dag).await.unwrap();
+    assert_eq!(
+        app.metrics().await.value("sentinel_gap_count", &[]),
+        Some(1.0)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_diff_streams_chunks_of_at_most_one_hundred_nodes_with_one_crc() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let dag = synthetic_dag(250, "chunks");
+    let parsed = wire::parse_dag(&dag.to_string(), wire::DagLimits::default(), true).unwrap();
+    let diff = app.diff("c", &dag).await.unwrap();
+    assert_eq!(diff.chunks, 3);
+    assert_eq!(diff.queue_map.len(), 250);
+    assert_eq!(diff.crc32, Some(parsed.crc32()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_acks_gets_the_chunks_again_then_deadline_exceeded() {
+    let (_dir, path) = temp_dir();
+    let mut settings = test_settings(&path);
+    settings.ack_timeout_ms = 50;
+    settings.ack_retries = 1;
+    let app = spawn_app(settings).await;
+    let mut client = app.diff_client().await;
+    let mut stream = client
+        .diff(request("n", &synthetic_dag(5, "noack")))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    let error = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ended without acks"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(received, 2, "the unacknowledged chunk is sent once more");
+    assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_python_sdk_dags_are_accepted_as_they_are() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    for file in ["sdk-dag-10.json", "sdk-dag-100.json"] {
+        let dag: serde_json::Value = serde_json::from_str(&testdata(file)).unwrap();
+        let diff = app
+            .diff(file, &dag)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let compute_nodes = dag["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["node_type"] != "VersionSentinel")
+            .count();
+        assert_eq!(diff.queue_map.len(), compute_nodes, "{file}");
+    }
+    app.stop().await;
+}
+
+fn in_world(strategy_id: &str, dag: &serde_json::Value, world: &str, as_of: &str) -> DiffRequest {
+    DiffRequest {
+        world_id: world.to_owned(),
+        execution_domain: "backtest".to_owned(),
+        as_of: as_of.to_owned(),
+        ..request(strategy_id, dag)
+    }
+}
+
+#[tokio::test]
+async fn each_world_gets_its_own_queues_keyed_by_compute_key() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let dag = synthetic_dag(4, "worlds");
+    let w1 = app
+        .diff_request(in_world("a", &dag, "w1", "2025-01-01"))
+        .await
+        .unwrap();
+    let w2 = app
+        .diff_request(in_world("b", &dag, "W2", "2025-01-01"))
+        .await
+        .unwrap();
+    assert!(
+        w1.queue_map.values().all(|t| t.starts_with("w1.backtest.")),
+        "{:?}",
+        w1.queue_map
+    );
+    assert!(
+        w2.queue_map.values().all(|t| t.starts_with("w2.backtest.")),
+        "{:?}",
+        w2.queue_map
+    );
+    let node_id = dag["nodes"][0]["node_id"].as_str().unwrap();
+    let expected_key = wire::compute_key(node_id, "w1", "backtest", "2025-01-01", "");
+    assert!(
+        w1.queue_map
+            .contains_key(&format!("{node_id}:60:0#ck={expected_key}"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reusing_a_queue_under_another_compute_context_fails_and_is_counted() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let dag = synthetic_dag(2, "isolation");
+    app.diff_request(in_world("a", &dag, "w1", "2025-01-01"))
+        .await
+        .unwrap();
+    let error = app
+        .diff_request(in_world("b", &dag, "w1", "2025-06-01"))
+        .await
+        .unwrap_err();
+    let dagmanager::client::ClientError::Status(status) = error else {
+        panic!("expected a gRPC status, got {error}");
+    };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().contains("E_CROSS_CONTEXT"),
+        "{}",
+        status.message()
+    );
+    let node_id = dag["nodes"][0]["node_id"].as_str().unwrap();
+    let metrics = app.metrics().await;
+    let labels = [
+        ("node_id", node_id),
+        ("world_id", "w1"),
+        ("execution_domain", "backtest"),
+        ("as_of", "2025-06-01"),
+        ("partition", "__unset__"),
+    ];
+    assert_eq!(
+        metrics.value("cross_context_cache_hit_total", &labels),
+        Some(1.0)
+    );
+    assert_eq!(metrics.value("diff_failures_total", &[]), Some(1.0));
+    app.stop().await;
+}

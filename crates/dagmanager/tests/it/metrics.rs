@@ -1,0 +1,45 @@
+//! The scraped exposition carries every family of this service's catalogue, with the spec's
+//! names, types and labels.
+
+use crate::support::{spawn_app, temp_dir, test_settings};
+use test_support::synthetic_dag;
+
+#[tokio::test]
+async fn every_catalogue_family_is_exposed_with_its_type_and_labels() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    app.diff("m", &synthetic_dag(5, "metrics")).await.unwrap();
+    app.diff("m", &synthetic_dag(5, "metrics")).await.unwrap();
+    let metrics = app.metrics().await;
+    let expected = [
+        ("diff_requests_total", "counter"),
+        ("diff_failures_total", "counter"),
+        ("diff_duration_ms_p95", "gauge"),
+        ("diff_duration_seconds", "histogram"),
+        ("queue_create_error_total", "counter"),
+        ("sentinel_gap_count", "gauge"),
+        ("orphan_queue_total", "gauge"),
+        ("gc_last_run_timestamp", "gauge"),
+        ("gc_queues_dropped_total", "counter"),
+        ("gc_queues_archived_total", "counter"),
+        ("gc_failures_total", "counter"),
+        ("compute_nodes_total", "gauge"),
+        ("queues_total", "gauge"),
+    ];
+    for (family, kind) in expected {
+        assert_eq!(metrics.kind(family), Some(kind), "{family}");
+    }
+    assert_eq!(metrics.value("diff_requests_total", &[]), Some(2.0));
+    assert_eq!(metrics.value("diff_duration_seconds_count", &[]), Some(2.0));
+    assert!(metrics.value("diff_duration_ms_p95", &[]).unwrap() > 0.0);
+    assert_eq!(
+        metrics.value("diff_duration_seconds_bucket", &[("le", "0.2")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        metrics.label_names("gc_failures_total"),
+        Some(vec!["stage".to_owned()])
+    );
+    assert_eq!(metrics.label_names("diff_requests_total"), Some(vec![]));
+    app.stop().await;
+}

@@ -1,0 +1,118 @@
+//! `spawn_app()` and gRPC helpers.
+
+use dagmanager::client::{CollectedDiff, collect_diff};
+use dagmanager::{App, DagManagerSettings};
+use kit::shutdown::Shutdown;
+use proto::DiffRequest;
+use proto::admin_service_client::AdminServiceClient;
+use proto::diff_service_client::DiffServiceClient;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+/// A running DAG Manager and what a test needs to reach and stop it.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub settings: DagManagerSettings,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<Result<(), dagmanager::RunError>>,
+}
+
+/// Settings for a test: ports 0, stores under `dir`.
+pub fn test_settings(dir: &std::path::Path) -> DagManagerSettings {
+    let mut settings = DagManagerSettings {
+        grpc_port: 0,
+        admin_port: 0,
+        data_dir: dir.join("data"),
+        shutdown_grace_ms: 2_000,
+        ..DagManagerSettings::default()
+    };
+    settings.gc.archive_dir = dir.join("archive");
+    settings.gc.interval_secs = 3600;
+    settings
+}
+
+pub async fn spawn_app(settings: DagManagerSettings) -> TestApp {
+    let app = App::build(settings.clone())
+        .await
+        .expect("the DAG Manager builds");
+    let (grpc_addr, admin_addr) = (app.grpc_addr(), app.admin_addr());
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        grpc_addr,
+        admin_addr,
+        settings,
+        shutdown,
+        task,
+    }
+}
+
+impl TestApp {
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .expect("a valid uri")
+            .connect()
+            .await
+            .expect("the gRPC port answers")
+    }
+
+    pub async fn diff_client(&self) -> DiffServiceClient<Channel> {
+        DiffServiceClient::new(self.channel().await)
+    }
+
+    pub async fn admin_client(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    /// Diffs `dag` for `strategy_id` with no world.
+    pub async fn diff(
+        &self,
+        strategy_id: &str,
+        dag: &serde_json::Value,
+    ) -> Result<CollectedDiff, dagmanager::client::ClientError> {
+        self.diff_request(request(strategy_id, dag)).await
+    }
+
+    pub async fn diff_request(
+        &self,
+        request: DiffRequest,
+    ) -> Result<CollectedDiff, dagmanager::client::ClientError> {
+        collect_diff(&mut self.diff_client().await, request).await
+    }
+
+    pub async fn metrics(&self) -> test_support::Exposition {
+        test_support::scrape(&self.admin_url("/metrics"))
+            .await
+            .expect("metrics scrape")
+    }
+
+    /// Stops the service and waits until it has drained, so its files can be reopened.
+    pub async fn stop(self) -> DagManagerSettings {
+        self.shutdown.trigger();
+        self.task
+            .await
+            .expect("the service task ends")
+            .expect("the service stops cleanly");
+        self.settings
+    }
+}
+
+pub fn request(strategy_id: &str, dag: &serde_json::Value) -> DiffRequest {
+    DiffRequest {
+        strategy_id: strategy_id.to_owned(),
+        dag_json: dag.to_string(),
+        ..DiffRequest::default()
+    }
+}
+
+pub fn temp_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}

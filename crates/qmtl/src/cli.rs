@@ -1,0 +1,230 @@
+//! The command tree and what each command does.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use dagmanager::client::collect_diff;
+use kit::shutdown::Shutdown;
+use proto::admin_service_client::AdminServiceClient;
+use proto::diff_service_client::DiffServiceClient;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "qmtl", version, about = "QMTL services and tools")]
+pub struct Cli {
+    /// Settings file (default: ./qmtl.yml when present).
+    #[arg(long, global = true, env = "QMTL_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run or drive a service.
+    Service {
+        #[command(subcommand)]
+        service: Service,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Service {
+    /// The DAG Manager.
+    Dagmanager {
+        #[command(subcommand)]
+        command: DagManagerCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// DAG Manager gRPC address (default: dagmanager.host:grpc_port from the settings).
+    #[arg(long)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagManagerCommand {
+    /// Run the DAG Manager (gRPC and admin HTTP) until SIGINT or SIGTERM.
+    Server,
+    /// Diff a DAG file and print the queue map.
+    Diff {
+        /// The DAG document (JSON).
+        #[arg(long)]
+        file: PathBuf,
+        /// Strategy id (default: derived from the file's content).
+        #[arg(long)]
+        strategy_id: Option<String>,
+        #[arg(long, default_value = "")]
+        world_id: String,
+        #[arg(long, default_value = "")]
+        execution_domain: String,
+        #[arg(long, default_value = "")]
+        as_of: String,
+        #[arg(long, default_value = "")]
+        partition: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print queue sizes, optionally filtered (`tag=a,b;interval=60`).
+    QueueStats {
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run garbage collection now (after releasing a strategy, when one is named).
+    Gc {
+        #[arg(long, default_value = "")]
+        strategy_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Re-run the diff of a strategy by its sentinel id.
+    RedoDiff {
+        #[arg(long)]
+        sentinel_id: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let Command::Service {
+        service: Service::Dagmanager { command },
+    } = command;
+    match command {
+        DagManagerCommand::Server => serve_dagmanager(settings).await,
+        DagManagerCommand::Diff {
+            file,
+            strategy_id,
+            world_id,
+            execution_domain,
+            as_of,
+            partition,
+            target,
+        } => {
+            let dag_json = read(&file)?;
+            let strategy_id = strategy_id
+                .unwrap_or_else(|| format!("cli-{:08x}", wire::crc32_chain([dag_json.as_str()])));
+            let mut client = DiffServiceClient::new(connect(&settings, &target).await?);
+            let diff = collect_diff(
+                &mut client,
+                proto::DiffRequest {
+                    strategy_id,
+                    dag_json,
+                    world_id,
+                    execution_domain,
+                    as_of,
+                    partition,
+                    dataset_fingerprint: String::new(),
+                },
+            )
+            .await?;
+            let buffer: Vec<_> = diff
+                .buffer_nodes
+                .iter()
+                .map(|b| serde_json::json!({"node_id": b.node_id, "lag": b.lag, "schema_hash": b.schema_hash}))
+                .collect();
+            print_json(&serde_json::json!({
+                "sentinel_id": diff.sentinel_id,
+                "version": diff.version,
+                "crc32": diff.crc32,
+                "chunks": diff.chunks,
+                "queue_map": diff.queue_map,
+                "buffer_nodes": buffer,
+            }))
+        }
+        DagManagerCommand::QueueStats { filter, target } => {
+            let mut client = AdminServiceClient::new(connect(&settings, &target).await?);
+            let stats = client
+                .get_queue_stats(proto::QueueStatsRequest { filter })
+                .await?
+                .into_inner();
+            let sizes: std::collections::BTreeMap<_, _> = stats.sizes.into_iter().collect();
+            print_json(&serde_json::json!({ "sizes": sizes }))
+        }
+        DagManagerCommand::Gc {
+            strategy_id,
+            target,
+        } => {
+            let mut client = AdminServiceClient::new(connect(&settings, &target).await?);
+            client
+                .cleanup(proto::CleanupRequest { strategy_id })
+                .await?;
+            println!("GC ran.");
+            Ok(())
+        }
+        DagManagerCommand::RedoDiff {
+            sentinel_id,
+            file,
+            target,
+        } => {
+            let dag_json = read(&file)?;
+            let mut client = AdminServiceClient::new(connect(&settings, &target).await?);
+            let result = client
+                .redo_diff(proto::RedoDiffRequest {
+                    sentinel_id,
+                    dag_json,
+                })
+                .await?
+                .into_inner();
+            let queue_map: std::collections::BTreeMap<_, _> =
+                result.queue_map.into_iter().collect();
+            print_json(&serde_json::json!({
+                "sentinel_id": result.sentinel_id,
+                "version": result.version,
+                "queue_map": queue_map,
+            }))
+        }
+    }
+}
+
+async fn serve_dagmanager(settings: Settings) -> anyhow::Result<()> {
+    let _telemetry = kit::telemetry::init("dagmanager", &settings.telemetry)?;
+    let app = dagmanager::App::build(settings.dagmanager).await?;
+    tracing::info!(
+        grpc = %app.grpc_addr(),
+        admin = %app.admin_addr(),
+        version = env!("CARGO_PKG_VERSION"),
+        "DAG Manager listening."
+    );
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_os_signals();
+    app.run_until_stopped(shutdown).await?;
+    tracing::info!("DAG Manager stopped.");
+    Ok(())
+}
+
+async fn connect(settings: &Settings, target: &Target) -> anyhow::Result<Channel> {
+    let address = target.target.clone().unwrap_or_else(|| {
+        format!(
+            "{}:{}",
+            settings.dagmanager.host, settings.dagmanager.grpc_port
+        )
+    });
+    let uri = if address.contains("://") {
+        address.clone()
+    } else {
+        format!("http://{address}")
+    };
+    Channel::from_shared(uri)
+        .with_context(|| format!("{address} is not a valid address"))?
+        .connect()
+        .await
+        .with_context(|| format!("could not reach the DAG Manager at {address}"))
+}
+
+fn read(file: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("could not read {}", file.display()))
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
