@@ -1,1 +1,143 @@
-fn main() {}
+//! Diff latency over gRPC on loopback, client and server in one process as the Gateway would
+//! call them: a fresh 1000-node DAG (every queue created and persisted), a repeated 1000-node
+//! DAG and a repeated 100-node DAG (every queue reused). Prints percentiles and machine facts.
+//!
+//! Run: `cargo bench -p dagmanager --bench diff_grpc`
+
+use dagmanager::client::collect_diff;
+use dagmanager::{App, DagManagerSettings};
+use kit::shutdown::Shutdown;
+use proto::DiffRequest;
+use proto::diff_service_client::DiffServiceClient;
+use std::time::{Duration, Instant};
+use test_support::synthetic_dag;
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort_unstable();
+    println!(
+        "{name:<34} n={:<5} p50={:>8.3} ms  p95={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms",
+        samples.len(),
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.95),
+        percentile(&samples, 0.99),
+        percentile(&samples, 1.0),
+    );
+}
+
+fn machine_facts() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!(
+        "machine: {model}; {cores} cores; {rustc}; profile: {}",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+}
+
+async fn diff(
+    client: &mut DiffServiceClient<tonic::transport::Channel>,
+    strategy_id: &str,
+    dag_json: &str,
+) -> Duration {
+    let started = Instant::now();
+    let collected = collect_diff(
+        client,
+        DiffRequest {
+            strategy_id: strategy_id.to_owned(),
+            dag_json: dag_json.to_owned(),
+            world_id: "bench".into(),
+            execution_domain: "backtest".into(),
+            as_of: "2025-01-01".into(),
+            ..DiffRequest::default()
+        },
+    )
+    .await
+    .expect("diff succeeds");
+    let elapsed = started.elapsed();
+    assert!(!collected.queue_map.is_empty());
+    elapsed
+}
+
+fn main() {
+    machine_facts();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = DagManagerSettings {
+            grpc_port: 0,
+            admin_port: 0,
+            data_dir: dir.path().join("data"),
+            ..DagManagerSettings::default()
+        };
+        let app = App::build(settings).await.expect("app builds");
+        let address = format!("http://{}", app.grpc_addr());
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let channel = tonic::transport::Channel::from_shared(address)
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = DiffServiceClient::new(channel);
+
+        let fresh: Vec<Duration> = {
+            let mut samples = Vec::new();
+            for i in 0..20 {
+                let dag = synthetic_dag(1000, &format!("fresh-{i}")).to_string();
+                samples.push(diff(&mut client, &format!("fresh-{i}"), &dag).await);
+            }
+            samples
+        };
+        report("fresh 1000-node diff", fresh);
+
+        let dag_1000 = synthetic_dag(1000, "repeat-1000").to_string();
+        diff(&mut client, "repeat-1000", &dag_1000).await;
+        let mut samples = Vec::new();
+        for _ in 0..300 {
+            samples.push(diff(&mut client, "repeat-1000", &dag_1000).await);
+        }
+        report("repeated 1000-node diff", samples);
+
+        let dag_100 = synthetic_dag(100, "repeat-100").to_string();
+        diff(&mut client, "repeat-100", &dag_100).await;
+        let mut samples = Vec::new();
+        for _ in 0..1000 {
+            samples.push(diff(&mut client, "repeat-100", &dag_100).await);
+        }
+        report("repeated 100-node diff", samples);
+
+        let mut samples = Vec::new();
+        for i in 0..300 {
+            samples.push(diff(&mut client, &format!("new-strategy-{i}"), &dag_1000).await);
+        }
+        report("1000 nodes reused, new strategy", samples);
+
+        shutdown.trigger();
+        let _ = server.await;
+    });
+}

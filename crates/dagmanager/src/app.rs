@@ -167,10 +167,7 @@ impl App {
                     shutdown: shutdown.clone(),
                 },
             ))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc_listener),
-                shutdown.triggered(),
-            );
+            .serve_with_incoming_shutdown(no_delay(self.grpc_listener), shutdown.triggered());
 
         let engine = self.engine.clone();
         let admin = admin_router(
@@ -218,6 +215,22 @@ impl App {
         let _ = probe_task.await;
         result
     }
+}
+
+/// Accepted gRPC connections with Nagle's algorithm off: a diff stream is many small frames
+/// answered by small acks, which Nagle and delayed ACKs would hold back by tens of milliseconds.
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(error) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %error, "Could not turn Nagle off on a gRPC connection.");
+        }
+        accepted
+    })
 }
 
 /// Marks the service ready while its graph store and queue admin answer.

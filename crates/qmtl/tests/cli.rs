@@ -1,0 +1,188 @@
+//! The `qmtl` binary as a user runs it: settings errors, the DAG Manager server and its CLI.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn qmtl() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qmtl"));
+    command.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn the_shipped_qmtl_yml_loads_and_an_unknown_key_exits_64_naming_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, "dagmanager:\n  grpc_prot: 1\n").unwrap();
+    let output = qmtl()
+        .args([
+            "--config",
+            bad.to_str().unwrap(),
+            "service",
+            "dagmanager",
+            "queue-stats",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("dagmanager.grpc_prot"), "{stderr}");
+
+    let output = qmtl()
+        .args([
+            "service",
+            "dagmanager",
+            "queue-stats",
+            "--target",
+            "127.0.0.1:1",
+        ])
+        .env("QMTL__DAGMANAGER__BOGUS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "environment keys are checked too"
+    );
+    let output = qmtl()
+        .args([
+            "service",
+            "dagmanager",
+            "queue-stats",
+            "--target",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "qmtl.yml loads; the closed port is the error"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("could not reach the DAG Manager"));
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let mut server = Server(
+        qmtl()
+            .args(["service", "dagmanager", "server"])
+            .env("QMTL__DAGMANAGER__GRPC_PORT", grpc.to_string())
+            .env("QMTL__DAGMANAGER__ADMIN_PORT", admin.to_string())
+            .env("QMTL__DAGMANAGER__DATA_DIR", dir.path().join("data"))
+            .env("QMTL__TELEMETRY__LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = server.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = lines
+            .next()
+            .expect("the server logs until it listens")
+            .unwrap();
+        if line.contains("DAG Manager listening") {
+            assert!(line.contains(&grpc.to_string()), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not start");
+    }
+    let target = format!("127.0.0.1:{grpc}");
+    let diff = |world: &str| {
+        qmtl()
+            .args([
+                "service",
+                "dagmanager",
+                "diff",
+                "--file",
+                "examples/ma-crossover.json",
+            ])
+            .args(["--target", &target, "--world-id", world])
+            .output()
+            .unwrap()
+    };
+    let first = diff("w1");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let queue_map = printed["queue_map"].as_object().unwrap();
+    assert_eq!(queue_map.len(), 4);
+    assert!(
+        queue_map
+            .values()
+            .all(|t| t.as_str().unwrap().starts_with("w1.backtest.btc_"))
+    );
+    let again = diff("w1");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap()["queue_map"],
+        printed["queue_map"]
+    );
+
+    let stats = qmtl()
+        .args([
+            "service",
+            "dagmanager",
+            "queue-stats",
+            "--target",
+            &target,
+            "--filter",
+            "tag=btc;interval=60",
+        ])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["sizes"].as_object().unwrap().len(), 4);
+    let gc = qmtl()
+        .args(["service", "dagmanager", "gc", "--target", &target])
+        .output()
+        .unwrap();
+    assert!(gc.status.success());
+
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            assert!(status.success(), "a drained shutdown exits 0: {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

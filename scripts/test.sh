@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it and CI runs it: formatting, lints, then every
+# test of every crate with cargo-nextest. Installs what the tests need on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-nextest (once)"
+  cargo install cargo-nextest --locked
+fi
+
+echo "test.sh: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test.sh: cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test.sh: cargo nextest"
+cargo nextest run --workspace --locked --no-fail-fast "$@"
