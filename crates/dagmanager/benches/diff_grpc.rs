@@ -1,6 +1,8 @@
 //! Diff latency over gRPC on loopback, client and server in one process as the Gateway would
-//! call them: a fresh 1000-node DAG (every queue created and persisted), a repeated 1000-node
-//! DAG and a repeated 100-node DAG (every queue reused). Prints percentiles and machine facts.
+//! call them: a fresh 1000-node DAG (every queue created and persisted); a repeated 1000-node and
+//! 100-node DAG (every queue reused), both as the same text (served by the parse cache) and as a
+//! new text with the same nodes (parsed and checked again); and a known DAG under a new strategy
+//! (its sentinel written). Prints percentiles and machine facts.
 //!
 //! Run: `cargo bench -p dagmanager --bench diff_grpc`
 
@@ -11,6 +13,10 @@ use proto::DiffRequest;
 use proto::diff_service_client::DiffServiceClient;
 use std::time::{Duration, Instant};
 use test_support::synthetic_dag;
+
+/// The same allocator as the `qmtl` binary, so the figures are the service's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -95,12 +101,10 @@ fn main() {
             ..DagManagerSettings::default()
         };
         let app = App::build(settings).await.expect("app builds");
-        let address = format!("http://{}", app.grpc_addr());
+        let address = app.grpc_addr().to_string();
         let shutdown = Shutdown::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let channel = tonic::transport::Channel::from_shared(address)
-            .expect("uri")
-            .connect()
+        let channel = dagmanager::client::connect(&address)
             .await
             .expect("connect");
         let mut client = DiffServiceClient::new(channel);
@@ -130,6 +134,23 @@ fn main() {
             samples.push(diff(&mut client, "repeat-100", &dag_100).await);
         }
         report("repeated 100-node diff", samples);
+
+        // The same nodes in a text the parse cache has not seen: every check runs again.
+        let mut samples = Vec::new();
+        for i in 0..300 {
+            let mut dag = synthetic_dag(1000, "repeat-1000");
+            dag["meta"]["submission"] = serde_json::json!(i);
+            samples.push(diff(&mut client, "repeat-1000", &dag.to_string()).await);
+        }
+        report("repeated 1000-node diff, new text", samples);
+
+        let mut dag = synthetic_dag(100, "repeat-100");
+        let mut samples = Vec::new();
+        for i in 0..1000 {
+            dag["meta"]["submission"] = serde_json::json!(i);
+            samples.push(diff(&mut client, "repeat-100", &dag.to_string()).await);
+        }
+        report("repeated 100-node diff, new text", samples);
 
         let mut samples = Vec::new();
         for i in 0..300 {

@@ -142,6 +142,8 @@ impl App {
             stream,
         };
         let grpc = tonic::transport::Server::builder()
+            .initial_stream_window_size(crate::client::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::client::CONNECTION_WINDOW_BYTES)
             .add_service(
                 proto::diff_service_server::DiffServiceServer::new(diff)
                     .max_decoding_message_size(max_message),

@@ -20,6 +20,14 @@ pub struct CollectedDiff {
 /// Why a diff could not be collected.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("{address} is not a valid DAG Manager address")]
+    InvalidAddress { address: String },
+    #[error("could not reach the DAG Manager at {address}")]
+    Connect {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
     #[error("DAG Manager refused the diff")]
     Status(#[from] tonic::Status),
     #[error("chunk {chunk} carries CRC32 {found:?}, the stream began with {expected:?}")]
@@ -30,21 +38,49 @@ pub enum ClientError {
     },
 }
 
-/// Runs one diff and collects its chunks, acknowledging each.
+/// HTTP/2 windows large enough that a multi-megabyte DAG or diff crosses in one flight.
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+
+/// Connects to a DAG Manager (`host:port` or a URI), with Nagle off and large HTTP/2 windows.
+pub async fn connect(address: &str) -> Result<Channel, ClientError> {
+    let uri = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Channel::from_shared(uri).map_err(|_| ClientError::InvalidAddress {
+        address: address.to_owned(),
+    })?;
+    endpoint
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            address: address.to_owned(),
+            source,
+        })
+}
+
+/// Runs one diff and collects its chunks. Each chunk is acknowledged as it arrives, without
+/// waiting for the previous ack's answer, so acks never hold the stream back.
 pub async fn collect_diff(
     client: &mut DiffServiceClient<Channel>,
     request: DiffRequest,
 ) -> Result<CollectedDiff, ClientError> {
     let mut stream = client.diff(request).await?.into_inner();
     let mut collected = CollectedDiff::default();
+    let mut acks = Vec::new();
     while let Some(chunk) = stream.message().await? {
         let chunk_id = collected.chunks;
-        client
-            .ack_chunk(ChunkAck {
-                sentinel_id: chunk.sentinel_id.clone(),
-                chunk_id,
-            })
-            .await?;
+        let mut ack_client = client.clone();
+        let ack = ChunkAck {
+            sentinel_id: chunk.sentinel_id.clone(),
+            chunk_id,
+        };
+        acks.push(tokio::spawn(async move { ack_client.ack_chunk(ack).await }));
         if chunk_id == 0 {
             collected.crc32 = chunk.crc32;
         } else if chunk.crc32 != collected.crc32 {
@@ -61,6 +97,11 @@ pub async fn collect_diff(
         }
         collected.queue_map.extend(chunk.queue_map);
         collected.buffer_nodes.extend(chunk.buffer_nodes);
+    }
+    for ack in acks {
+        if let Ok(answer) = ack.await {
+            answer?;
+        }
     }
     Ok(collected)
 }

@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::{
-    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, parse_dag,
-    partition_key, topic_asset, topic_name, topological_order,
+    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, partition_key,
+    topic_asset, topic_name,
 };
 
 use crate::metrics::DagManagerMetrics;
+use crate::parse_cache::ParseCache;
 use crate::queues::{QueueAdmin, QueueAdminError, QueueSpec};
 use crate::settings::{DagManagerSettings, TopicSettings};
 use crate::store::{GraphChanges, GraphStore, NodeRecord, QueueRecord, SentinelRecord, StoreError};
@@ -88,6 +89,7 @@ pub struct DiffSettings {
     pub limits: DagLimits,
     pub topic_namespace: bool,
     pub topics: BTreeMap<String, TopicSettings>,
+    pub parse_cache_nodes: usize,
 }
 
 impl From<&DagManagerSettings> for DiffSettings {
@@ -99,6 +101,7 @@ impl From<&DagManagerSettings> for DiffSettings {
             },
             topic_namespace: settings.topic_namespace,
             topics: settings.topics.clone(),
+            parse_cache_nodes: settings.parse_cache_nodes,
         }
     }
 }
@@ -114,6 +117,7 @@ pub struct DiffEngine {
     /// Serialises the read-plan-write part of diffs so two diffs never name or create one queue twice.
     write_lock: tokio::sync::Mutex<()>,
     recent_ms: RecentQuantile,
+    parse_cache: ParseCache,
 }
 
 /// Window of `diff_duration_ms_p95`.
@@ -128,6 +132,7 @@ impl DiffEngine {
         clock: Arc<dyn Clock>,
     ) -> DiffEngine {
         DiffEngine {
+            parse_cache: ParseCache::new(settings.limits, settings.parse_cache_nodes),
             store,
             queues,
             metrics,
@@ -210,12 +215,8 @@ impl DiffEngine {
         if input.strategy_id.trim().is_empty() {
             return Err(DiffError::MissingStrategyId);
         }
-        // Structure first (a cycle is reported as a cycle, not as the id mismatch it implies),
-        // then identity.
-        let dag = parse_dag(&input.dag_json, self.settings.limits, false)?;
-        let order = topological_order(&dag)?;
-        dag.verify_node_ids()?;
-        dag.verify_crc32()?;
+        let checked = self.parse_cache.get_or_check(&input.dag_json)?;
+        let (dag, order) = (&checked.dag, &checked.order);
         let context = Self::resolve_context(dag.declared_context(), input.context)?;
         let version = dag.version();
         let namespace = if self.settings.topic_namespace && context.applies() {
@@ -250,7 +251,7 @@ impl DiffEngine {
         let mut violations: Vec<(String, String, String)> = Vec::new();
         let (mut new_nodes, mut reused_nodes) = (0usize, 0usize);
 
-        for &i in &order {
+        for (position, &i) in order.iter().enumerate() {
             let node = &dag.nodes[i];
             let compute_key = context
                 .applies()
@@ -261,7 +262,7 @@ impl DiffEngine {
                 0,
                 compute_key.as_deref(),
             );
-            let existing = stored.get(node.node_id.as_str());
+            let existing = stored[position].as_ref();
             match existing {
                 Some(found) => {
                     reused_nodes += 1;
@@ -280,7 +281,7 @@ impl DiffEngine {
                         changes.nodes.push(NodeRecord {
                             schema_hash: node.schema_hash.clone(),
                             buffering_since: found.node.buffering_since.or(Some(now)),
-                            ..found.node.clone()
+                            ..NodeRecord::clone(&found.node)
                         });
                     }
                 }
@@ -306,7 +307,7 @@ impl DiffEngine {
                         if queue.compute_keys.is_empty() {
                             changes.queues.push(QueueRecord {
                                 compute_keys: vec![compute_key.clone()],
-                                ..queue.clone()
+                                ..QueueRecord::clone(queue)
                             });
                         } else if !queue.compute_keys.contains(compute_key) {
                             violations.push((
@@ -402,23 +403,23 @@ impl DiffEngine {
             return Err(DiffError::QueueCreate(error));
         }
 
-        let mut sorted_ids: Vec<String> = node_ids.iter().map(|s| (*s).to_owned()).collect();
+        let mut sorted_ids = node_ids.clone();
         sorted_ids.sort_unstable();
-        let sentinel = SentinelRecord {
-            sentinel_id: sentinel_id.clone(),
-            strategy_id: input.strategy_id.clone(),
-            version: version.clone(),
-            weight: dag.sentinel.as_ref().and_then(|s| s.weight),
-            node_ids: sorted_ids,
-            updated_at: now,
-        };
+        let nodes_digest = SentinelRecord::digest_of(&sorted_ids);
+        let weight = dag.sentinel.as_ref().and_then(|s| s.weight);
         let unchanged = self.store.sentinel(&sentinel_id).await?.is_some_and(|old| {
-            old.version == sentinel.version
-                && old.weight == sentinel.weight
-                && old.node_ids == sentinel.node_ids
+            old.version == version && old.weight == weight && old.nodes_digest == nodes_digest
         });
         if !unchanged {
-            changes.sentinel = Some(sentinel);
+            changes.sentinel = Some(SentinelRecord {
+                sentinel_id: sentinel_id.clone(),
+                strategy_id: input.strategy_id.clone(),
+                version: version.clone(),
+                weight,
+                node_ids: sorted_ids.iter().map(|id| (*id).to_owned()).collect(),
+                nodes_digest,
+                updated_at: now,
+            });
         }
         let wrote = !changes.is_empty();
         self.store.apply(changes).await?;

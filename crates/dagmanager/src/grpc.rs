@@ -115,7 +115,7 @@ impl AckRegistry {
 
 /// Splits a diff into chunks of at most `chunk_size` queue-map entries and buffer instructions;
 /// every chunk carries the sentinel, version and the DAG's CRC32.
-pub fn chunks_of(outcome: &DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
+pub fn chunks_of(outcome: DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
     let size = chunk_size.clamp(1, MAX_CHUNK_NODES);
     let count = outcome
         .queue_map
@@ -123,19 +123,15 @@ pub fn chunks_of(outcome: &DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
         .div_ceil(size)
         .max(outcome.buffer_nodes.len().div_ceil(size))
         .max(1);
+    let mut queue_map = outcome.queue_map.into_iter();
+    let mut buffer_nodes = outcome.buffer_nodes.into_iter();
     (0..count)
-        .map(|i| {
-            let range = |len: usize| (i * size).min(len)..((i + 1) * size).min(len);
-            DiffChunk {
-                queue_map: outcome.queue_map[range(outcome.queue_map.len())]
-                    .iter()
-                    .cloned()
-                    .collect(),
-                sentinel_id: outcome.sentinel_id.clone(),
-                buffer_nodes: outcome.buffer_nodes[range(outcome.buffer_nodes.len())].to_vec(),
-                version: outcome.version.clone(),
-                crc32: Some(outcome.crc32),
-            }
+        .map(|_| DiffChunk {
+            queue_map: queue_map.by_ref().take(size).collect(),
+            sentinel_id: outcome.sentinel_id.clone(),
+            buffer_nodes: buffer_nodes.by_ref().take(size).collect(),
+            version: outcome.version.clone(),
+            crc32: Some(outcome.crc32),
         })
         .collect()
 }
@@ -230,12 +226,12 @@ impl DiffService for DiffServer {
             .diff(input_of(request.into_inner()))
             .await
             .map_err(|e| Status::from(&e))?;
-        let chunks = chunks_of(&outcome, self.stream.chunk_size);
+        let sentinel_id = outcome.sentinel_id.clone();
+        let chunks = chunks_of(outcome, self.stream.chunk_size);
         let (sender, receiver) = mpsc::channel(self.stream.ack_window.max(1) + 1);
         let acks = self.acks.clone();
-        let stream = acks.register(&outcome.sentinel_id);
+        let stream = acks.register(&sentinel_id);
         let settings = self.stream;
-        let sentinel_id = outcome.sentinel_id;
         tokio::spawn(async move {
             send_with_acks(chunks, sender, stream.clone(), settings).await;
             acks.unregister(&sentinel_id, &stream);
@@ -476,7 +472,7 @@ mod tests {
             new_nodes: 250,
             reused_nodes: 0,
         };
-        let chunks = chunks_of(&outcome, 500);
+        let chunks = chunks_of(outcome, 500);
         assert_eq!(chunks.len(), 3);
         assert_eq!(chunks.iter().map(|c| c.queue_map.len()).sum::<usize>(), 250);
         assert!(

@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod gc;
 pub mod grpc;
 pub mod metrics;
+pub mod parse_cache;
 pub mod queues;
 pub mod settings;
 pub mod store;

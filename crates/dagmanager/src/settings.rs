@@ -20,6 +20,8 @@ pub struct DagManagerSettings {
     pub max_dag_bytes: usize,
     /// Most nodes one DAG may have (more: RESOURCE_EXHAUSTED).
     pub max_nodes: usize,
+    /// Nodes the cache of checked DAGs may hold (0 turns it off).
+    pub parse_cache_nodes: usize,
     /// Nodes per DiffChunk; at most 100.
     pub chunk_size: usize,
     /// Chunks that may be in flight without an ack.
@@ -46,6 +48,7 @@ impl Default for DagManagerSettings {
             data_dir: PathBuf::from(".qmtl-data/dagmanager"),
             max_dag_bytes: 16 * 1024 * 1024,
             max_nodes: 50_000,
+            parse_cache_nodes: 100_000,
             chunk_size: 100,
             ack_window: 10,
             ack_timeout_ms: 2_000,

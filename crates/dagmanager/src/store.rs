@@ -52,7 +52,22 @@ pub struct SentinelRecord {
     pub version: String,
     pub weight: Option<f64>,
     pub node_ids: Vec<String>,
+    /// BLAKE3 of the sorted node ids, so an unchanged strategy is recognised without comparing
+    /// every id.
+    pub nodes_digest: String,
     pub updated_at: f64,
+}
+
+impl SentinelRecord {
+    /// The digest of a sorted node-id list.
+    pub fn digest_of(sorted_node_ids: &[&str]) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for id in sorted_node_ids {
+            hasher.update(id.as_bytes());
+            hasher.update(b"\n");
+        }
+        hasher.finalize().to_hex().to_string()
+    }
 }
 
 /// Everything one diff changes, applied atomically.
@@ -69,11 +84,11 @@ impl GraphChanges {
     }
 }
 
-/// A stored node with its queue in the namespace asked for.
+/// A stored node with its queue in the namespace asked for. Records are shared, not copied.
 #[derive(Debug, Clone)]
 pub struct StoredNode {
-    pub node: NodeRecord,
-    pub queue: Option<QueueRecord>,
+    pub node: Arc<NodeRecord>,
+    pub queue: Option<Arc<QueueRecord>>,
 }
 
 /// Why the graph store failed.
@@ -86,12 +101,12 @@ pub enum StoreError {
 /// The graph the DAG Manager owns.
 #[async_trait]
 pub trait GraphStore: Send + Sync + std::fmt::Debug {
-    /// The stored nodes among `node_ids`, each with its queue in `namespace`.
+    /// For each of `node_ids`, in order, the stored node and its queue in `namespace`.
     async fn nodes(
         &self,
         node_ids: &[&str],
         namespace: &str,
-    ) -> Result<HashMap<String, StoredNode>, StoreError>;
+    ) -> Result<Vec<Option<StoredNode>>, StoreError>;
     /// Names of recorded queues (owned or orphan) that start with `prefix`.
     async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError>;
@@ -123,11 +138,11 @@ const SENTINELS: Table = TableDefinition::new("sentinels");
 
 #[derive(Debug, Default)]
 struct Index {
-    nodes: HashMap<String, NodeRecord>,
-    queues: HashMap<String, QueueRecord>,
+    nodes: HashMap<String, Arc<NodeRecord>>,
+    queues: HashMap<String, Arc<QueueRecord>>,
     sentinels: HashMap<String, SentinelRecord>,
-    /// (node_id, namespace) -> queue name.
-    bindings: HashMap<(String, String), String>,
+    /// node_id -> namespace -> queue name.
+    bindings: HashMap<String, HashMap<String, String>>,
     /// node_id -> sentinels that reference it.
     users: HashMap<String, BTreeSet<String>>,
     /// Every queue name, ordered for prefix scans when naming new topics.
@@ -136,20 +151,35 @@ struct Index {
 
 impl Index {
     fn put_queue(&mut self, queue: QueueRecord) {
-        if let Some(old) = self.queues.get(&queue.name)
-            && let Some(node_id) = &old.node_id
-        {
-            self.bindings
-                .remove(&(node_id.clone(), old.namespace.clone()));
-        }
+        self.unbind(&queue.name);
         if let Some(node_id) = &queue.node_id {
-            self.bindings.insert(
-                (node_id.clone(), queue.namespace.clone()),
-                queue.name.clone(),
-            );
+            self.bindings
+                .entry(node_id.clone())
+                .or_default()
+                .insert(queue.namespace.clone(), queue.name.clone());
         }
         self.queue_names.insert(queue.name.clone());
-        self.queues.insert(queue.name.clone(), queue);
+        self.queues.insert(queue.name.clone(), Arc::new(queue));
+    }
+
+    /// Forgets which node a queue belongs to (the queue record itself stays).
+    fn unbind(&mut self, name: &str) {
+        let Some(node_id) = self.queues.get(name).and_then(|q| q.node_id.clone()) else {
+            return;
+        };
+        let namespace = &self.queues[name].namespace;
+        if let Some(namespaces) = self.bindings.get_mut(&node_id) {
+            namespaces.remove(namespace);
+            if namespaces.is_empty() {
+                self.bindings.remove(&node_id);
+            }
+        }
+    }
+
+    fn remove_queue(&mut self, name: &str) {
+        self.unbind(name);
+        self.queue_names.remove(name);
+        self.queues.remove(name);
     }
 
     fn put_sentinel(&mut self, sentinel: SentinelRecord) {
@@ -191,7 +221,7 @@ impl RedbGraphStore {
         let db = embedded::open(dir, "graph.redb", &[NODES, QUEUES, SENTINELS])?;
         let mut index = Index::default();
         for node in embedded::read_all::<NodeRecord>(&db, NODES)? {
-            index.nodes.insert(node.node_id.clone(), node);
+            index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
         for queue in embedded::read_all(&db, QUEUES)? {
             index.put_queue(queue);
@@ -235,26 +265,24 @@ impl GraphStore for RedbGraphStore {
         &self,
         node_ids: &[&str],
         namespace: &str,
-    ) -> Result<HashMap<String, StoredNode>, StoreError> {
+    ) -> Result<Vec<Option<StoredNode>>, StoreError> {
         let index = self.read_index();
-        let mut found = HashMap::with_capacity(node_ids.len());
-        for &node_id in node_ids {
-            if let Some(node) = index.nodes.get(node_id) {
+        Ok(node_ids
+            .iter()
+            .map(|&node_id| {
+                let node = index.nodes.get(node_id)?;
                 let queue = index
                     .bindings
-                    .get(&(node_id.to_owned(), namespace.to_owned()))
+                    .get(node_id)
+                    .and_then(|namespaces| namespaces.get(namespace))
                     .and_then(|name| index.queues.get(name))
                     .cloned();
-                found.insert(
-                    node_id.to_owned(),
-                    StoredNode {
-                        node: node.clone(),
-                        queue,
-                    },
-                );
-            }
-        }
-        Ok(found)
+                Some(StoredNode {
+                    node: node.clone(),
+                    queue,
+                })
+            })
+            .collect())
     }
 
     async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -285,7 +313,7 @@ impl GraphStore for RedbGraphStore {
         .await?;
         let mut index = self.write_index();
         for node in changes.nodes {
-            index.nodes.insert(node.node_id.clone(), node);
+            index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
         for queue in changes.queues {
             index.put_queue(queue);
@@ -309,14 +337,19 @@ impl GraphStore for RedbGraphStore {
             .filter(|q| q.node_id.is_some())
             .filter(|q| interval == 0 || q.interval == interval)
             .filter(|q| tags_match(&q.tags, tags, match_all))
-            .cloned()
+            .map(|q| QueueRecord::clone(q))
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(queues)
     }
 
     async fn queues(&self) -> Result<Vec<QueueRecord>, StoreError> {
-        let mut queues: Vec<QueueRecord> = self.read_index().queues.values().cloned().collect();
+        let mut queues: Vec<QueueRecord> = self
+            .read_index()
+            .queues
+            .values()
+            .map(|q| QueueRecord::clone(q))
+            .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(queues)
     }
@@ -361,7 +394,7 @@ impl GraphStore for RedbGraphStore {
                 .map(|q| QueueRecord {
                     node_id: None,
                     orphaned_at: Some(now),
-                    ..q.clone()
+                    ..QueueRecord::clone(q)
                 })
                 .collect();
             (removed_nodes, orphaned, sentinel_ids)
@@ -398,12 +431,7 @@ impl GraphStore for RedbGraphStore {
             .await?;
         let mut index = self.write_index();
         for name in names {
-            index.queue_names.remove(name);
-            if let Some(queue) = index.queues.remove(name)
-                && let Some(node_id) = queue.node_id
-            {
-                index.bindings.remove(&(node_id, queue.namespace));
-            }
+            index.remove_queue(name);
         }
         Ok(())
     }

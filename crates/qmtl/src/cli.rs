@@ -208,16 +208,7 @@ async fn connect(settings: &Settings, target: &Target) -> anyhow::Result<Channel
             settings.dagmanager.host, settings.dagmanager.grpc_port
         )
     });
-    let uri = if address.contains("://") {
-        address.clone()
-    } else {
-        format!("http://{address}")
-    };
-    Channel::from_shared(uri)
-        .with_context(|| format!("{address} is not a valid address"))?
-        .connect()
-        .await
-        .with_context(|| format!("could not reach the DAG Manager at {address}"))
+    Ok(dagmanager::client::connect(&address).await?)
 }
 
 fn read(file: &PathBuf) -> anyhow::Result<String> {

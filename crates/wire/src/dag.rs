@@ -3,8 +3,10 @@
 
 use crate::context::ComputeContext;
 use crate::error::DagError;
-use crate::node::{Node, crc32_chain};
+use crate::lenient::ObjectList;
+use crate::node::{Node, RawNode, crc32_chain};
 use crate::topic::TopicNamespace;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -148,6 +150,21 @@ impl Dag {
     }
 }
 
+/// The document as it arrives; the fields the DAG Manager reads, the rest ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawDag<'a> {
+    schema_version: Option<Value>,
+    #[serde(borrow)]
+    nodes: ObjectList<RawNode<'a>>,
+    meta: Option<Value>,
+    compute_context: Option<Value>,
+    version: Option<Value>,
+    strategy_version: Option<Value>,
+    build_version: Option<Value>,
+    node_ids_crc32: Option<Value>,
+}
+
 /// Parses a DAG document, enforcing the limits, then checks it: node fields, node ids (when
 /// `verify_ids`), unique ids, dependencies present. Cycles are found by [`topological_order`].
 pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag, DagError> {
@@ -158,16 +175,16 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             limit: limits.max_bytes,
         });
     }
-    let document: Value = serde_json::from_str(text).map_err(|e| DagError::InvalidJson {
-        reason: e.to_string(),
+    let raw: RawDag<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => DagError::SchemaInvalid {
+            reason: format!("the DAG document is not a JSON object: {e}"),
+        },
+        _ => DagError::InvalidJson {
+            reason: e.to_string(),
+        },
     })?;
-    let Value::Object(mut top_level) = document else {
-        return Err(DagError::SchemaInvalid {
-            reason: "the DAG document is not a JSON object".into(),
-        });
-    };
-    match top_level.get("schema_version") {
-        None | Some(Value::Null) => {}
+    match &raw.schema_version {
+        None => {}
         Some(Value::String(v)) if matches!(v.as_str(), "v1" | "1" | "1.0") => {}
         Some(Value::Number(n)) if n.as_f64() == Some(1.0) => {}
         Some(other) => {
@@ -176,13 +193,10 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             });
         }
     }
-    let raw_nodes = match top_level.remove("nodes") {
-        Some(Value::Array(nodes)) => nodes,
-        _ => {
-            return Err(DagError::SchemaInvalid {
-                reason: "field `nodes` is missing or not a list".into(),
-            });
-        }
+    let ObjectList::List(raw_nodes) = raw.nodes else {
+        return Err(DagError::SchemaInvalid {
+            reason: "field `nodes` is missing or not a list".into(),
+        });
     };
     if raw_nodes.len() > limits.max_nodes {
         return Err(DagError::TooLarge {
@@ -191,19 +205,36 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             limit: limits.max_nodes,
         });
     }
-    let meta = match top_level.get("meta") {
-        Some(Value::Object(meta)) => meta.clone(),
+    let meta = match raw.meta {
+        Some(Value::Object(meta)) => meta,
         _ => Map::new(),
     };
+    let mut top_level = Map::new();
+    for (key, value) in [
+        ("compute_context", raw.compute_context),
+        ("version", raw.version),
+        ("strategy_version", raw.strategy_version),
+        ("build_version", raw.build_version),
+        ("node_ids_crc32", raw.node_ids_crc32),
+    ] {
+        if let Some(value) = value {
+            top_level.insert(key.to_owned(), value);
+        }
+    }
 
     let mut nodes = Vec::with_capacity(raw_nodes.len());
     let mut sentinel = None;
     for (position, raw) in raw_nodes.iter().enumerate() {
-        if raw.get("node_type").and_then(Value::as_str) == Some("VersionSentinel") {
+        let Some(raw) = raw else {
+            return Err(DagError::SchemaInvalid {
+                reason: format!("nodes[{position}] is not an object"),
+            });
+        };
+        if raw.node_type.as_str() == Some("VersionSentinel") {
             sentinel = Some(parse_sentinel(raw, position));
             continue;
         }
-        let node = Node::from_json(raw, position)?;
+        let node = Node::from_raw(raw, position)?;
         if verify_ids {
             node.verify_id()?;
         }
@@ -238,20 +269,24 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
     })
 }
 
-fn parse_sentinel(raw: &Value, position: usize) -> Sentinel {
-    let text = |key: &str| match raw.get(key) {
+fn parse_sentinel(raw: &RawNode<'_>, position: usize) -> Sentinel {
+    let text = |value: &Option<Value>| match value {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
     Sentinel {
-        node_id: text("node_id").unwrap_or_else(|| format!("nodes[{position}]")),
-        version: text("version")
-            .or_else(|| text("strategy_version"))
-            .or_else(|| text("build_version")),
-        weight: ["traffic_weight", "sentinel_weight", "weight"]
-            .iter()
-            .find_map(|k| raw.get(*k).and_then(Value::as_f64))
+        node_id: raw
+            .node_id
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("nodes[{position}]")),
+        version: text(&raw.version)
+            .or_else(|| text(&raw.strategy_version))
+            .or_else(|| text(&raw.build_version)),
+        weight: [&raw.traffic_weight, &raw.sentinel_weight, &raw.weight]
+            .into_iter()
+            .find_map(|w| w.as_ref().and_then(Value::as_f64))
             .map(|w| w.clamp(0.0, 1.0)),
     }
 }

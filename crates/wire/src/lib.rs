@@ -5,6 +5,7 @@ mod canonical;
 mod context;
 mod dag;
 mod error;
+mod lenient;
 mod node;
 mod topic;
 

@@ -3,7 +3,9 @@
 use crate::HASH_PREFIX;
 use crate::canonical::{canonical_json, write_plain, write_string};
 use crate::error::DagError;
-use serde_json::{Map, Value};
+use crate::lenient::{Int, Text, TextList};
+use serde::Deserialize;
+use serde_json::Value;
 
 /// The seven fields a node id is computed from, already in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,30 +21,72 @@ pub struct NodeFields {
 }
 
 impl NodeFields {
-    /// `blake3:` + hex BLAKE3 of the seven fields joined by `|`.
+    /// `blake3:` + hex BLAKE3 of the seven fields joined by `|` (dependencies sorted, joined by `,`).
     pub fn node_id(&self) -> String {
         let mut deps: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
         deps.sort_unstable();
+        let mut numbers = itoa::Buffer::new();
         let mut hasher = blake3::Hasher::new();
-        for (i, part) in [
-            self.node_type.as_str(),
-            &self.interval.to_string(),
-            &self.period.to_string(),
-            &self.params_blob,
-            &deps.join(","),
-            self.schema_compat_id.trim(),
-            &self.code_hash,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        hasher.update(self.node_type.as_bytes());
+        hasher.update(b"|");
+        hasher.update(numbers.format(self.interval).as_bytes());
+        hasher.update(b"|");
+        hasher.update(numbers.format(self.period).as_bytes());
+        hasher.update(b"|");
+        hasher.update(self.params_blob.as_bytes());
+        hasher.update(b"|");
+        for (i, dep) in deps.iter().enumerate() {
             if i > 0 {
-                hasher.update(b"|");
+                hasher.update(b",");
             }
-            hasher.update(part.as_bytes());
+            hasher.update(dep.as_bytes());
         }
+        hasher.update(b"|");
+        hasher.update(self.schema_compat_id.trim().as_bytes());
+        hasher.update(b"|");
+        hasher.update(self.code_hash.as_bytes());
         format!("{HASH_PREFIX}{}", hasher.finalize().to_hex())
     }
+}
+
+/// A node object as it arrives: every field lenient, strings borrowed from the document.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawNode<'a> {
+    #[serde(borrow)]
+    pub(crate) node_type: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) node_id: Text<'a>,
+    pub(crate) interval: Int,
+    pub(crate) period: Int,
+    pub(crate) params: Option<Value>,
+    pub(crate) config: Option<Value>,
+    #[serde(borrow)]
+    pub(crate) inputs: TextList<'a>,
+    #[serde(borrow)]
+    pub(crate) dependencies: TextList<'a>,
+    #[serde(borrow)]
+    pub(crate) schema_compat_id: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) schema_id: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) code_hash: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) schema_hash: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) config_hash: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) name: Text<'a>,
+    #[serde(borrow)]
+    pub(crate) tags: TextList<'a>,
+    pub(crate) query_tags: Option<Value>,
+    pub(crate) match_mode: Option<Value>,
+    pub(crate) version: Option<Value>,
+    pub(crate) strategy_version: Option<Value>,
+    pub(crate) build_version: Option<Value>,
+    pub(crate) traffic_weight: Option<Value>,
+    pub(crate) sentinel_weight: Option<Value>,
+    pub(crate) weight: Option<Value>,
 }
 
 /// A parsed node of a DAG document.
@@ -55,8 +99,6 @@ pub struct Node {
     pub config_hash: String,
     pub tags: Vec<String>,
     pub name: Option<String>,
-    /// The node object as submitted, for fields only some node types carry.
-    pub raw: Map<String, Value>,
 }
 
 impl Node {
@@ -68,19 +110,14 @@ impl Node {
         &self.fields.dependencies
     }
 
-    /// Parses a node object; `position` names it in errors when it has no id.
-    pub fn from_json(value: &Value, position: usize) -> Result<Node, DagError> {
-        let Value::Object(raw) = value else {
-            return Err(DagError::SchemaInvalid {
-                reason: format!("nodes[{position}] is not an object"),
-            });
-        };
-        let label = match raw.get("node_id") {
-            Some(Value::String(id)) => id.clone(),
+    /// Checks a raw node's fields; `position` names it in errors when it has no id.
+    pub(crate) fn from_raw(raw: &RawNode<'_>, position: usize) -> Result<Node, DagError> {
+        let label = match raw.node_id.as_str() {
+            Some(id) if !id.is_empty() => id.to_owned(),
             _ => format!("nodes[{position}]"),
         };
-        let node_type = match raw.get("node_type") {
-            Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        let node_type = match raw.node_type.as_str() {
+            Some(t) if !t.is_empty() => t.to_owned(),
             _ => {
                 return Err(DagError::NodeIdFields {
                     node: label,
@@ -94,33 +131,38 @@ impl Node {
             node_type: node_type.clone(),
             field,
         };
-        let node_id = match raw.get("node_id") {
-            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+        let node_id = match raw.node_id.as_str() {
+            Some(id) if !id.is_empty() => id.to_owned(),
             _ => return Err(field_error("node_id")),
         };
-        let interval = int_field(raw.get("interval")).ok_or_else(|| field_error("interval"))?;
-        let period = int_field(raw.get("period")).ok_or_else(|| field_error("period"))?;
-        let dependencies = dependency_field(raw).ok_or_else(|| field_error("dependencies"))?;
+        let interval = raw
+            .interval
+            .or_zero()
+            .ok_or_else(|| field_error("interval"))?;
+        let period = raw.period.or_zero().ok_or_else(|| field_error("period"))?;
+        let inputs = raw.inputs.or_empty().ok_or_else(|| field_error("inputs"))?;
+        let dependencies = if inputs.is_empty() {
+            raw.dependencies
+                .or_empty()
+                .ok_or_else(|| field_error("dependencies"))?
+        } else {
+            inputs
+        };
         let schema_compat_id = schema_compat_id(raw, &label)?;
-        let code_hash = string_field(raw, "code_hash").ok_or_else(|| field_error("code_hash"))?;
+        let code_hash = raw
+            .code_hash
+            .or_empty()
+            .ok_or_else(|| field_error("code_hash"))?;
         let params_blob = if node_type == "TagQueryNode" {
             tag_query_blob(raw).map_err(field_error)?
         } else {
-            let params = match raw.get("params") {
-                Some(Value::Null) | None => raw.get("config").unwrap_or(&Value::Null),
-                Some(params) => params,
-            };
-            canonical_json(params)
+            match (&raw.params, &raw.config) {
+                (Some(params), _) => canonical_json(params),
+                (None, Some(config)) => canonical_json(config),
+                (None, None) => "null".to_owned(),
+            }
         };
-        let tags = match raw.get("tags") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|t| t.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| field_error("tags"))?,
-            Some(Value::Null) | None => Vec::new(),
-            Some(_) => return Err(field_error("tags")),
-        };
+        let tags = raw.tags.or_empty().ok_or_else(|| field_error("tags"))?;
         Ok(Node {
             node_id,
             fields: NodeFields {
@@ -128,15 +170,14 @@ impl Node {
                 interval,
                 period,
                 params_blob,
-                dependencies,
+                dependencies: dependencies.iter().map(|d| d.to_string()).collect(),
                 schema_compat_id,
-                code_hash,
+                code_hash: code_hash.to_owned(),
             },
-            schema_hash: string_field(raw, "schema_hash").unwrap_or_default(),
-            config_hash: string_field(raw, "config_hash").unwrap_or_default(),
-            tags,
-            name: raw.get("name").and_then(Value::as_str).map(str::to_owned),
-            raw: raw.clone(),
+            schema_hash: raw.schema_hash.or_empty().unwrap_or_default().to_owned(),
+            config_hash: raw.config_hash.or_empty().unwrap_or_default().to_owned(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            name: raw.name.as_str().map(str::to_owned),
         })
     }
 
@@ -155,14 +196,18 @@ impl Node {
     }
 }
 
-/// Computes the node id of a node object as the Python reference does.
+/// Computes the node id of a node object as the Python reference does (its `node_id`, if any,
+/// is ignored).
 pub fn node_id_of(value: &Value) -> Result<String, DagError> {
     let mut value = value.clone();
     if let Value::Object(map) = &mut value {
-        // The id is computed, not read: give the parser a placeholder to satisfy its check.
         map.insert("node_id".into(), Value::String("?".into()));
     }
-    Ok(Node::from_json(&value, 0)?.fields.node_id())
+    let text = value.to_string();
+    let raw: RawNode<'_> = serde_json::from_str(&text).map_err(|e| DagError::SchemaInvalid {
+        reason: format!("the node is not an object: {e}"),
+    })?;
+    Ok(Node::from_raw(&raw, 0)?.fields.node_id())
 }
 
 /// CRC-32 (zlib) chained over the UTF-8 of each id, in the order given, starting at 0.
@@ -174,50 +219,9 @@ pub fn crc32_chain<'a>(node_ids: impl IntoIterator<Item = &'a str>) -> u32 {
     hasher.finalize()
 }
 
-/// An integer field: null, missing or 0 read as 0; numeric strings parsed; integral floats taken.
-fn int_field(value: Option<&Value>) -> Option<i64> {
-    match value {
-        None | Some(Value::Null) => Some(0),
-        Some(Value::Number(n)) => n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        }),
-        Some(Value::String(s)) => s.trim().replace('_', "").parse().ok(),
-        Some(_) => None,
-    }
-}
-
-fn string_field(raw: &Map<String, Value>, key: &str) -> Option<String> {
-    match raw.get(key) {
-        None | Some(Value::Null) => Some(String::new()),
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => None,
-    }
-}
-
-fn dependency_field(raw: &Map<String, Value>) -> Option<Vec<String>> {
-    let list = |key: &str| -> Option<Vec<String>> {
-        match raw.get(key) {
-            None | Some(Value::Null) => Some(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            Some(_) => None,
-        }
-    };
-    let inputs = list("inputs")?;
-    if inputs.is_empty() {
-        list("dependencies")
-    } else {
-        Some(inputs)
-    }
-}
-
-fn schema_compat_id(raw: &Map<String, Value>, label: &str) -> Result<String, DagError> {
-    let compat = raw.get("schema_compat_id").and_then(Value::as_str);
-    let legacy = raw.get("schema_id").and_then(Value::as_str);
+fn schema_compat_id(raw: &RawNode<'_>, label: &str) -> Result<String, DagError> {
+    let compat = raw.schema_compat_id.as_str();
+    let legacy = raw.schema_id.as_str();
     match (compat, legacy) {
         (Some(compat), Some(legacy)) if !compat.is_empty() && compat.trim() != legacy.trim() => {
             Err(DagError::SchemaCompatMismatch {
@@ -232,17 +236,26 @@ fn schema_compat_id(raw: &Map<String, Value>, label: &str) -> Result<String, Dag
     }
 }
 
+/// An integer in a JSON value, as the lenient `Int` field reads one.
+fn int_value(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => s.trim().replace('_', "").parse().ok(),
+        _ => None,
+    }
+}
+
 /// `{"interval":…,"match_mode":…,"query_tags":[sorted, unique]}` from params or the top level.
 /// The interval stays `null` when none is given (the Python reference hashes it so).
-fn tag_query_blob(raw: &Map<String, Value>) -> Result<String, &'static str> {
-    let params = raw.get("params").and_then(Value::as_object);
-    let lookup = |key: &str| {
-        params
-            .and_then(|p| p.get(key))
-            .filter(|v| !v.is_null())
-            .or_else(|| raw.get(key).filter(|v| !v.is_null()))
-    };
-    let mut tags: Vec<String> = match lookup("query_tags") {
+fn tag_query_blob(raw: &RawNode<'_>) -> Result<String, &'static str> {
+    let params = raw.params.as_ref().and_then(Value::as_object);
+    let from_params = |key: &str| params.and_then(|p| p.get(key)).filter(|v| !v.is_null());
+    let query_tags = from_params("query_tags").or(raw.query_tags.as_ref().filter(|v| !v.is_null()));
+    let mut tags: Vec<String> = match query_tags {
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
@@ -255,24 +268,26 @@ fn tag_query_blob(raw: &Map<String, Value>) -> Result<String, &'static str> {
     if tags.is_empty() {
         return Err("query_tags");
     }
-    let match_mode = match lookup("match_mode") {
-        None => "any".to_owned(),
+    let match_mode = from_params("match_mode").or(raw.match_mode.as_ref().filter(|v| !v.is_null()));
+    let match_mode = match match_mode {
+        None => "any",
         Some(Value::String(mode)) => match mode.trim().to_lowercase().as_str() {
-            "any" => "any".to_owned(),
-            "all" => "all".to_owned(),
+            "any" => "any",
+            "all" => "all",
             _ => return Err("match_mode"),
         },
         Some(_) => return Err("match_mode"),
     };
-    let interval = match lookup("interval") {
-        Some(v) => int_field(Some(v)).ok_or("interval")?.to_string(),
+    let interval = match from_params("interval") {
+        Some(v) => int_value(v).ok_or("interval")?.to_string(),
+        None if raw.interval.is_given() => raw.interval.or_zero().ok_or("interval")?.to_string(),
         None => "null".to_owned(),
     };
     let mut out = String::with_capacity(64);
     out.push_str("{\"interval\":");
     out.push_str(&interval);
     out.push_str(",\"match_mode\":");
-    write_string(&mut out, &match_mode);
+    write_string(&mut out, match_mode);
     out.push_str(",\"query_tags\":");
     write_plain(&mut out, &Value::from(tags));
     out.push('}');

@@ -137,3 +137,47 @@ fn a_cycle_is_refused_naming_the_nodes_on_it() {
     assert!(message.contains(a) && message.contains(b), "{message}");
     assert_eq!(err.code().as_str(), "E_CYCLE");
 }
+
+#[test]
+fn a_field_of_the_wrong_type_is_refused_naming_the_node_and_field() {
+    use wire::{DagError, ErrorCode};
+    let parse = |doc: serde_json::Value| parse_dag(&doc.to_string(), DagLimits::default(), false);
+    let node = |extra: serde_json::Value| {
+        let mut node = serde_json::json!({"node_type": "SMA", "node_id": "blake3:aa"});
+        node.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::json!({"schema_version": "v1", "nodes": [node]})
+    };
+    for (extra, field) in [
+        (serde_json::json!({"interval": "soon"}), "interval"),
+        (serde_json::json!({"period": [1]}), "period"),
+        (serde_json::json!({"inputs": "blake3:bb"}), "inputs"),
+        (serde_json::json!({"dependencies": [1, 2]}), "dependencies"),
+        (serde_json::json!({"code_hash": 7}), "code_hash"),
+        (serde_json::json!({"tags": {"a": 1}}), "tags"),
+    ] {
+        match parse(node(extra.clone())) {
+            Err(DagError::NodeIdFields { node, field: got, .. }) => {
+                assert_eq!((node.as_str(), got), ("blake3:aa", field), "{extra}");
+            }
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+    let not_object = parse(serde_json::json!({"nodes": [{"node_type": "A", "node_id": "x"}, 5]})).unwrap_err();
+    assert!(not_object.to_string().contains("nodes[1] is not an object"), "{not_object}");
+    assert_eq!(parse(serde_json::json!([1, 2])).unwrap_err().code(), ErrorCode::SchemaInvalid);
+    assert_eq!(parse(serde_json::json!({"nodes": "many"})).unwrap_err().code(), ErrorCode::SchemaInvalid);
+    let truncated = parse_dag("{\"nodes\": [", DagLimits::default(), false).unwrap_err();
+    assert_eq!(truncated.code(), ErrorCode::InvalidJson);
+}
+
+#[test]
+fn integers_arrive_as_numbers_numeric_strings_or_integral_floats() {
+    let base = serde_json::json!({"node_type": "SMA", "interval": 60, "period": 5, "params": {}});
+    let id = node_id_of(&base).unwrap();
+    for variant in [
+        serde_json::json!({"node_type": "SMA", "interval": "60", "period": " 5 ", "params": {}}),
+        serde_json::json!({"node_type": "SMA", "interval": 60.0, "period": 5, "params": {}}),
+    ] {
+        assert_eq!(node_id_of(&variant).unwrap(), id, "{variant}");
+    }
+}

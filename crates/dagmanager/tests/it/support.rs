@@ -55,9 +55,7 @@ impl TestApp {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc_addr))
-            .expect("a valid uri")
-            .connect()
+        dagmanager::client::connect(&self.grpc_addr.to_string())
             .await
             .expect("the gRPC port answers")
     }

@@ -1,0 +1,127 @@
+//! Checked DAGs by the BLAKE3 of their text, so a DAG submitted again (a retry, the same
+//! strategy in another world, a RedoDiff) is not parsed, ordered and verified again. Parsing is
+//! a pure function of the text; the diff itself always runs against the live graph.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use wire::{Dag, DagError, DagLimits, parse_dag, topological_order};
+
+/// A DAG that passed every check, with its topological order.
+#[derive(Debug)]
+pub struct CheckedDag {
+    pub dag: Dag,
+    pub order: Vec<usize>,
+}
+
+/// Parses and checks a DAG: structure first (so a cycle is reported as a cycle, not as the
+/// id mismatch it implies), then node ids and any declared CRC32.
+pub fn check(text: &str, limits: DagLimits) -> Result<CheckedDag, DagError> {
+    let dag = parse_dag(text, limits, false)?;
+    let order = topological_order(&dag)?;
+    dag.verify_node_ids()?;
+    dag.verify_crc32()?;
+    Ok(CheckedDag { dag, order })
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_digest: HashMap<[u8; 32], Arc<CheckedDag>>,
+    oldest_first: VecDeque<[u8; 32]>,
+    nodes: usize,
+}
+
+/// A bounded cache of checked DAGs; the bound is the total number of nodes held.
+#[derive(Debug)]
+pub struct ParseCache {
+    limits: DagLimits,
+    max_nodes: usize,
+    entries: Mutex<Entries>,
+}
+
+impl ParseCache {
+    pub fn new(limits: DagLimits, max_nodes: usize) -> ParseCache {
+        ParseCache {
+            limits,
+            max_nodes,
+            entries: Mutex::new(Entries::default()),
+        }
+    }
+
+    /// The checked DAG for `text`, from the cache or freshly checked. Refusals are not cached.
+    pub fn get_or_check(&self, text: &str) -> Result<Arc<CheckedDag>, DagError> {
+        if text.len() > self.limits.max_bytes {
+            return check(text, self.limits).map(Arc::new);
+        }
+        let digest = *blake3::hash(text.as_bytes()).as_bytes();
+        if let Some(hit) = self.lock().by_digest.get(&digest) {
+            return Ok(hit.clone());
+        }
+        let checked = Arc::new(check(text, self.limits)?);
+        let size = checked.dag.nodes.len().max(1);
+        if size <= self.max_nodes {
+            let mut entries = self.lock();
+            if entries.by_digest.insert(digest, checked.clone()).is_none() {
+                entries.oldest_first.push_back(digest);
+                entries.nodes += size;
+            }
+            while entries.nodes > self.max_nodes {
+                let Some(oldest) = entries.oldest_first.pop_front() else {
+                    break;
+                };
+                if let Some(evicted) = entries.by_digest.remove(&oldest) {
+                    entries.nodes -= evicted.dag.nodes.len().max(1);
+                }
+            }
+        }
+        Ok(checked)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dag(salt: &str, nodes: usize) -> String {
+        let mut items = Vec::new();
+        for i in 0..nodes {
+            let fields = wire::NodeFields {
+                node_type: "X".into(),
+                interval: 0,
+                period: 0,
+                params_blob: format!("{{\"i\":{i},\"salt\":\"{salt}\"}}"),
+                dependencies: Vec::new(),
+                schema_compat_id: String::new(),
+                code_hash: String::new(),
+            };
+            items.push(format!(
+                "{{\"node_type\":\"X\",\"node_id\":\"{}\",\"params\":{{\"i\":{i},\"salt\":\"{salt}\"}}}}",
+                fields.node_id()
+            ));
+        }
+        format!("{{\"nodes\":[{}]}}", items.join(","))
+    }
+
+    #[test]
+    fn a_repeated_text_is_served_from_the_cache_and_the_oldest_is_evicted_past_the_bound() {
+        let cache = ParseCache::new(DagLimits::default(), 5);
+        let (a, b) = (dag("a", 3), dag("b", 3));
+        let first = cache.get_or_check(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &cache.get_or_check(&a).unwrap()));
+        cache.get_or_check(&b).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &cache.get_or_check(&a).unwrap()),
+            "a was evicted by b"
+        );
+    }
+
+    #[test]
+    fn refusals_are_not_cached() {
+        let cache = ParseCache::new(DagLimits::default(), 100);
+        assert!(cache.get_or_check("{\"nodes\": [").is_err());
+        assert_eq!(cache.lock().by_digest.len(), 0);
+    }
+}
