@@ -144,7 +144,9 @@ fn a_field_of_the_wrong_type_is_refused_naming_the_node_and_field() {
     let parse = |doc: serde_json::Value| parse_dag(&doc.to_string(), DagLimits::default(), false);
     let node = |extra: serde_json::Value| {
         let mut node = serde_json::json!({"node_type": "SMA", "node_id": "blake3:aa"});
-        node.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        node.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         serde_json::json!({"schema_version": "v1", "nodes": [node]})
     };
     for (extra, field) in [
@@ -156,16 +158,30 @@ fn a_field_of_the_wrong_type_is_refused_naming_the_node_and_field() {
         (serde_json::json!({"tags": {"a": 1}}), "tags"),
     ] {
         match parse(node(extra.clone())) {
-            Err(DagError::NodeIdFields { node, field: got, .. }) => {
+            Err(DagError::NodeIdFields {
+                node, field: got, ..
+            }) => {
                 assert_eq!((node.as_str(), got), ("blake3:aa", field), "{extra}");
             }
             other => panic!("{extra}: {other:?}"),
         }
     }
-    let not_object = parse(serde_json::json!({"nodes": [{"node_type": "A", "node_id": "x"}, 5]})).unwrap_err();
-    assert!(not_object.to_string().contains("nodes[1] is not an object"), "{not_object}");
-    assert_eq!(parse(serde_json::json!([1, 2])).unwrap_err().code(), ErrorCode::SchemaInvalid);
-    assert_eq!(parse(serde_json::json!({"nodes": "many"})).unwrap_err().code(), ErrorCode::SchemaInvalid);
+    let not_object =
+        parse(serde_json::json!({"nodes": [{"node_type": "A", "node_id": "x"}, 5]})).unwrap_err();
+    assert!(
+        not_object.to_string().contains("nodes[1] is not an object"),
+        "{not_object}"
+    );
+    assert_eq!(
+        parse(serde_json::json!([1, 2])).unwrap_err().code(),
+        ErrorCode::SchemaInvalid
+    );
+    assert_eq!(
+        parse(serde_json::json!({"nodes": "many"}))
+            .unwrap_err()
+            .code(),
+        ErrorCode::SchemaInvalid
+    );
     let truncated = parse_dag("{\"nodes\": [", DagLimits::default(), false).unwrap_err();
     assert_eq!(truncated.code(), ErrorCode::InvalidJson);
 }
