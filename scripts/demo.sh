@@ -20,11 +20,17 @@ done
 
 echo
 echo "== DAG Manager: gRPC 127.0.0.1:$grpc, metrics http://127.0.0.1:$admin/metrics"
+topics() { grep -o '"demo\.backtest\.[^"]*"' | sort; }
 echo "== strategy ma-fast diffs examples/ma-crossover.json in world demo:"
-"$qmtl" service dagmanager diff --file examples/ma-crossover.json --strategy-id ma-fast --world-id demo
-echo "== strategy ma-slow diffs the same nodes: every queue is reused"
-"$qmtl" service dagmanager diff --file examples/ma-crossover.json --strategy-id ma-slow --world-id demo \
-  | grep -c '"demo.backtest.' | xargs -I{} echo "   {} queues, all already existing"
+fast=$("$qmtl" service dagmanager diff --file examples/ma-crossover.json --strategy-id ma-fast --world-id demo)
+echo "$fast"
+echo "== strategy ma-slow diffs the same DAG:"
+slow=$("$qmtl" service dagmanager diff --file examples/ma-crossover.json --strategy-id ma-slow --world-id demo)
+if [ "$(topics <<<"$fast")" = "$(topics <<<"$slow")" ]; then
+  echo "   it reuses all $(topics <<<"$slow" | wc -l) of ma-fast's queues; none was created"
+else
+  echo "   its queues differ from ma-fast's:"; echo "$slow"
+fi
 echo "== key counters from http://127.0.0.1:$admin/metrics:"
 exec 3<>"/dev/tcp/127.0.0.1/$admin"
 printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
