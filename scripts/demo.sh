@@ -14,9 +14,12 @@ admin=$(grep -E '^\s+admin_port:' qmtl.yml | awk '{print $2}')
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
 for _ in $(seq 100); do
+  kill -0 "$server" 2>/dev/null || { echo "demo.sh: the DAG Manager did not start (are ports $grpc and $admin free?)" >&2; exit 1; }
   "$qmtl" service dagmanager queue-stats >/dev/null 2>&1 && break
   sleep 0.1
 done
+sleep 0.2
+kill -0 "$server" 2>/dev/null || { echo "demo.sh: the DAG Manager exited (are ports $grpc and $admin free?)" >&2; exit 1; }
 
 echo
 echo "== DAG Manager: gRPC 127.0.0.1:$grpc, metrics http://127.0.0.1:$admin/metrics"
