@@ -4,7 +4,8 @@
 //! new text with the same nodes (parsed and checked again); and a known DAG under a new strategy
 //! (its sentinel written). Prints percentiles and machine facts.
 //!
-//! Run: `cargo bench -p dagmanager --bench diff_grpc`
+//! Run: `cargo bench -p dagmanager --bench diff_grpc [-- FILTER]`; with FILTER, only the cases
+//! whose name contains it run.
 
 use dagmanager::client::collect_diff;
 use dagmanager::{App, DagManagerSettings};
@@ -21,6 +22,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1].as_secs_f64() * 1000.0
+}
+
+/// The cases to run: all, or those whose name contains the first non-flag argument.
+fn wanted(name: &str) -> bool {
+    match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        Some(filter) => name.contains(&filter),
+        None => true,
+    }
 }
 
 fn report(name: &str, mut samples: Vec<Duration>) {
@@ -109,54 +118,63 @@ fn main() {
             .expect("connect");
         let mut client = DiffServiceClient::new(channel);
 
-        let fresh: Vec<Duration> = {
+        if wanted("fresh 1000-node diff") {
             let mut samples = Vec::new();
             for i in 0..20 {
                 let dag = synthetic_dag(1000, &format!("fresh-{i}")).to_string();
                 samples.push(diff(&mut client, &format!("fresh-{i}"), &dag).await);
             }
-            samples
-        };
-        report("fresh 1000-node diff", fresh);
+            report("fresh 1000-node diff", samples);
+        }
 
         let dag_1000 = synthetic_dag(1000, "repeat-1000").to_string();
         diff(&mut client, "repeat-1000", &dag_1000).await;
-        let mut samples = Vec::new();
-        for _ in 0..300 {
-            samples.push(diff(&mut client, "repeat-1000", &dag_1000).await);
+        if wanted("repeated 1000-node diff") {
+            let mut samples = Vec::new();
+            for _ in 0..300 {
+                samples.push(diff(&mut client, "repeat-1000", &dag_1000).await);
+            }
+            report("repeated 1000-node diff", samples);
         }
-        report("repeated 1000-node diff", samples);
 
         let dag_100 = synthetic_dag(100, "repeat-100").to_string();
         diff(&mut client, "repeat-100", &dag_100).await;
-        let mut samples = Vec::new();
-        for _ in 0..1000 {
-            samples.push(diff(&mut client, "repeat-100", &dag_100).await);
+        if wanted("repeated 100-node diff") {
+            let mut samples = Vec::new();
+            for _ in 0..1000 {
+                samples.push(diff(&mut client, "repeat-100", &dag_100).await);
+            }
+            report("repeated 100-node diff", samples);
         }
-        report("repeated 100-node diff", samples);
 
         // The same nodes in a text the parse cache has not seen: every check runs again.
-        let mut samples = Vec::new();
-        for i in 0..300 {
+        if wanted("repeated 1000-node diff, new text") {
             let mut dag = synthetic_dag(1000, "repeat-1000");
-            dag["meta"]["submission"] = serde_json::json!(i);
-            samples.push(diff(&mut client, "repeat-1000", &dag.to_string()).await);
+            let mut samples = Vec::new();
+            for i in 0..300 {
+                dag["meta"]["submission"] = serde_json::json!(i);
+                samples.push(diff(&mut client, "repeat-1000", &dag.to_string()).await);
+            }
+            report("repeated 1000-node diff, new text", samples);
         }
-        report("repeated 1000-node diff, new text", samples);
 
-        let mut dag = synthetic_dag(100, "repeat-100");
-        let mut samples = Vec::new();
-        for i in 0..1000 {
-            dag["meta"]["submission"] = serde_json::json!(i);
-            samples.push(diff(&mut client, "repeat-100", &dag.to_string()).await);
+        if wanted("repeated 100-node diff, new text") {
+            let mut dag = synthetic_dag(100, "repeat-100");
+            let mut samples = Vec::new();
+            for i in 0..1000 {
+                dag["meta"]["submission"] = serde_json::json!(i);
+                samples.push(diff(&mut client, "repeat-100", &dag.to_string()).await);
+            }
+            report("repeated 100-node diff, new text", samples);
         }
-        report("repeated 100-node diff, new text", samples);
 
-        let mut samples = Vec::new();
-        for i in 0..300 {
-            samples.push(diff(&mut client, &format!("new-strategy-{i}"), &dag_1000).await);
+        if wanted("1000 nodes reused, new strategy") {
+            let mut samples = Vec::new();
+            for i in 0..300 {
+                samples.push(diff(&mut client, &format!("new-strategy-{i}"), &dag_1000).await);
+            }
+            report("1000 nodes reused, new strategy", samples);
         }
-        report("1000 nodes reused, new strategy", samples);
 
         shutdown.trigger();
         let _ = server.await;
