@@ -85,20 +85,8 @@ pub fn tracer_provider(
         return Ok(None);
     }
     let resource = Resource::builder().with_service_name(service_name).build();
-    let batch = BatchConfigBuilder::default()
-        .with_max_queue_size(4096)
-        .with_scheduled_delay(Duration::from_millis(500))
-        .build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
-    let provider = if endpoint.eq_ignore_ascii_case("console") {
-        let exporter = opentelemetry_stdout::SpanExporter::default();
-        builder
-            .with_span_processor(
-                BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(batch)
-                    .build(),
-            )
-            .build()
+    let processor = if endpoint.eq_ignore_ascii_case("console") {
+        batched(opentelemetry_stdout::SpanExporter::default())
     } else if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -108,19 +96,29 @@ pub fn tracer_provider(
             .with_headers(Default::default())
             .build()
             .map_err(TelemetryError::Exporter)?;
-        builder
-            .with_span_processor(
-                BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(batch)
-                    .build(),
-            )
-            .build()
+        batched(exporter)
     } else {
         return Err(TelemetryError::BadEndpoint {
             endpoint: endpoint.to_owned(),
         });
     };
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(processor)
+        .build();
     Ok(Some(provider))
+}
+
+/// Exports on a background thread from a bounded queue: when the collector is slow or down,
+/// spans beyond the queue are dropped and no caller ever waits.
+fn batched<E: opentelemetry_sdk::trace::SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(4096)
+        .with_scheduled_delay(Duration::from_millis(500))
+        .build();
+    BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build()
 }
 
 /// Installs the global log subscriber (and span export when configured) for one service process.
