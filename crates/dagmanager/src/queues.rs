@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use redb::TableDefinition;
 
-use crate::embedded::{self, EmbeddedError, Table};
+use crate::embedded::{self, EmbeddedDb, EmbeddedError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -71,19 +71,20 @@ const QUEUES: Table = TableDefinition::new("queues");
 /// A broker-less queue registry in `dir/queues.redb`.
 #[derive(Debug, Clone)]
 pub struct EmbeddedQueueAdmin {
-    db: Arc<redb::Database>,
+    db: Arc<EmbeddedDb>,
     queues: Arc<RwLock<HashMap<String, BrokerQueue>>>,
 }
 
 impl EmbeddedQueueAdmin {
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
-        let db = embedded::open(dir, "queues.redb", &[QUEUES])?;
-        let queues = embedded::read_all::<BrokerQueue>(&db, QUEUES)?
+        let db = EmbeddedDb::open(dir, "queues.redb", &[QUEUES])?;
+        let queues = db
+            .read_all(QUEUES, |q: &BrokerQueue| q.spec.name.clone())?
             .into_iter()
             .map(|q| (q.spec.name.clone(), q))
             .collect();
         Ok(EmbeddedQueueAdmin {
-            db,
+            db: Arc::new(db),
             queues: Arc::new(RwLock::new(queues)),
         })
     }
@@ -93,7 +94,7 @@ impl EmbeddedQueueAdmin {
     }
 
     async fn write_rows(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        Ok(embedded::write(self.db.clone(), vec![(QUEUES, rows)]).await?)
+        Ok(self.db.write(vec![(QUEUES, rows)]).await?)
     }
 }
 
@@ -190,6 +191,6 @@ impl QueueAdmin for EmbeddedQueueAdmin {
     }
 
     async fn health(&self) -> Result<(), QueueAdminError> {
-        Ok(embedded::probe(self.db.clone(), QUEUES).await?)
+        Ok(self.db.probe(QUEUES).await?)
     }
 }

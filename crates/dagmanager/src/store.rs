@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::embedded::{self, EmbeddedError, Table};
+use crate::embedded::{self, EmbeddedDb, EmbeddedError, Table};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -211,26 +211,26 @@ impl Index {
 /// The embedded default: a redb database file plus an in-memory index of it.
 #[derive(Debug, Clone)]
 pub struct RedbGraphStore {
-    db: Arc<redb::Database>,
+    db: Arc<EmbeddedDb>,
     index: Arc<RwLock<Index>>,
 }
 
 impl RedbGraphStore {
     /// Opens (or creates) `dir/graph.redb` and loads its index.
     pub fn open(dir: &Path) -> Result<RedbGraphStore, StoreError> {
-        let db = embedded::open(dir, "graph.redb", &[NODES, QUEUES, SENTINELS])?;
+        let db = EmbeddedDb::open(dir, "graph.redb", &[NODES, QUEUES, SENTINELS])?;
         let mut index = Index::default();
-        for node in embedded::read_all::<NodeRecord>(&db, NODES)? {
+        for node in db.read_all(NODES, |n: &NodeRecord| n.node_id.clone())? {
             index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
-        for queue in embedded::read_all(&db, QUEUES)? {
+        for queue in db.read_all(QUEUES, |q: &QueueRecord| q.name.clone())? {
             index.put_queue(queue);
         }
-        for sentinel in embedded::read_all(&db, SENTINELS)? {
+        for sentinel in db.read_all(SENTINELS, |s: &SentinelRecord| s.sentinel_id.clone())? {
             index.put_sentinel(sentinel);
         }
         Ok(RedbGraphStore {
-            db,
+            db: Arc::new(db),
             index: Arc::new(RwLock::new(index)),
         })
     }
@@ -244,7 +244,7 @@ impl RedbGraphStore {
     }
 
     async fn commit(&self, batches: Vec<(Table, Vec<embedded::Row>)>) -> Result<(), StoreError> {
-        Ok(embedded::write(self.db.clone(), batches).await?)
+        Ok(self.db.write(batches).await?)
     }
 }
 
@@ -442,6 +442,6 @@ impl GraphStore for RedbGraphStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        Ok(embedded::probe(self.db.clone(), NODES).await?)
+        Ok(self.db.probe(NODES).await?)
     }
 }
