@@ -144,6 +144,7 @@ impl App {
         let grpc = tonic::transport::Server::builder()
             .initial_stream_window_size(crate::client::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(crate::client::CONNECTION_WINDOW_BYTES)
+            .max_frame_size(crate::client::MAX_FRAME_BYTES)
             .add_service(
                 proto::diff_service_server::DiffServiceServer::new(diff)
                     .max_decoding_message_size(max_message),

@@ -41,6 +41,8 @@ pub enum ClientError {
 /// HTTP/2 windows large enough that a multi-megabyte DAG or diff crosses in one flight.
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+/// Largest HTTP/2 frame the server accepts: a DAG crosses in a few frames, not hundreds.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Connects to a DAG Manager (`host:port` or a URI), with Nagle off and large HTTP/2 windows.
 pub async fn connect(address: &str) -> Result<Channel, ClientError> {

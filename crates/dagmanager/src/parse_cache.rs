@@ -1,8 +1,9 @@
 //! Checked DAGs by the BLAKE3 of their text, so a DAG submitted again (a retry, the same
 //! strategy in another world, a RedoDiff) is not parsed, ordered and verified again. Parsing is
-//! a pure function of the text; the diff itself always runs against the live graph.
+//! a pure function of the text; the diff itself always runs against the live graph. A text is
+//! admitted on its second sighting, so one-off texts cost a hash, not a cache insertion.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use wire::{Dag, DagError, DagLimits, parse_dag, topological_order};
 
@@ -28,7 +29,13 @@ struct Entries {
     by_digest: HashMap<[u8; 32], Arc<CheckedDag>>,
     oldest_first: VecDeque<[u8; 32]>,
     nodes: usize,
+    /// Digests seen once and not cached yet, oldest first, at most `SEEN_CAPACITY`.
+    seen_once: HashSet<[u8; 32]>,
+    seen_order: VecDeque<[u8; 32]>,
 }
+
+/// How many once-seen digests are remembered.
+const SEEN_CAPACITY: usize = 4096;
 
 /// A bounded cache of checked DAGs; the bound is the total number of nodes held.
 #[derive(Debug)]
@@ -53,12 +60,26 @@ impl ParseCache {
             return check(text, self.limits).map(Arc::new);
         }
         let digest = *blake3::hash(text.as_bytes()).as_bytes();
-        if let Some(hit) = self.lock().by_digest.get(&digest) {
-            return Ok(hit.clone());
-        }
+        let seen_before = {
+            let mut entries = self.lock();
+            if let Some(hit) = entries.by_digest.get(&digest) {
+                return Ok(hit.clone());
+            }
+            let seen_before = entries.seen_once.remove(&digest);
+            if !seen_before {
+                if entries.seen_order.len() >= SEEN_CAPACITY
+                    && let Some(oldest) = entries.seen_order.pop_front()
+                {
+                    entries.seen_once.remove(&oldest);
+                }
+                entries.seen_once.insert(digest);
+                entries.seen_order.push_back(digest);
+            }
+            seen_before
+        };
         let checked = Arc::new(check(text, self.limits)?);
         let size = checked.dag.nodes.len().max(1);
-        if size <= self.max_nodes {
+        if seen_before && size <= self.max_nodes {
             let mut entries = self.lock();
             if entries.by_digest.insert(digest, checked.clone()).is_none() {
                 entries.oldest_first.push_back(digest);
@@ -109,18 +130,23 @@ mod tests {
     fn a_repeated_text_is_served_from_the_cache_and_the_oldest_is_evicted_past_the_bound() {
         let cache = ParseCache::new(DagLimits::default(), 5);
         let (a, b) = (dag("a", 3), dag("b", 3));
-        let first = cache.get_or_check(&a).unwrap();
-        assert!(Arc::ptr_eq(&first, &cache.get_or_check(&a).unwrap()));
-        cache.get_or_check(&b).unwrap();
+        let once = cache.get_or_check(&a).unwrap();
+        let twice = cache.get_or_check(&a).unwrap();
         assert!(
-            !Arc::ptr_eq(&first, &cache.get_or_check(&a).unwrap()),
-            "a was evicted by b"
+            !Arc::ptr_eq(&once, &twice),
+            "a text is admitted on its second sighting"
         );
+        assert!(Arc::ptr_eq(&twice, &cache.get_or_check(&a).unwrap()));
+        cache.get_or_check(&b).unwrap();
+        cache.get_or_check(&b).unwrap();
+        let third = cache.get_or_check(&a).unwrap();
+        assert!(!Arc::ptr_eq(&twice, &third), "a was evicted by b");
     }
 
     #[test]
     fn refusals_are_not_cached() {
         let cache = ParseCache::new(DagLimits::default(), 100);
+        assert!(cache.get_or_check("{\"nodes\": [").is_err());
         assert!(cache.get_or_check("{\"nodes\": [").is_err());
         assert_eq!(cache.lock().by_digest.len(), 0);
     }
