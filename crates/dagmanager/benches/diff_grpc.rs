@@ -32,10 +32,29 @@ fn wanted(name: &str) -> bool {
     }
 }
 
-fn report(name: &str, mut samples: Vec<Duration>) {
+/// `diff_duration_seconds` sum and count from the server's own `/metrics`.
+async fn server_time(metrics_url: &str) -> (f64, f64) {
+    let exposition = test_support::scrape(metrics_url)
+        .await
+        .expect("metrics scrape");
+    (
+        exposition
+            .value("diff_duration_seconds_sum", &[])
+            .unwrap_or(0.0),
+        exposition
+            .value("diff_duration_seconds_count", &[])
+            .unwrap_or(0.0),
+    )
+}
+
+/// Prints client-side percentiles and the mean time the server spent inside the diff itself
+/// (from its histogram), so transport and engine can be told apart.
+async fn report(name: &str, mut samples: Vec<Duration>, metrics_url: &str, before: (f64, f64)) {
+    let after = server_time(metrics_url).await;
+    let server_mean_ms = (after.0 - before.0) / (after.1 - before.1).max(1.0) * 1000.0;
     samples.sort_unstable();
     println!(
-        "{name:<34} n={:<5} p50={:>8.3} ms  p95={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms",
+        "{name:<34} n={:<5} p50={:>8.3} ms  p95={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  server mean={server_mean_ms:>7.3} ms",
         samples.len(),
         percentile(&samples, 0.50),
         percentile(&samples, 0.95),
@@ -111,6 +130,7 @@ fn main() {
         };
         let app = App::build(settings).await.expect("app builds");
         let address = app.grpc_addr().to_string();
+        let metrics_url = format!("http://{}/metrics", app.admin_addr());
         let shutdown = Shutdown::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let channel = dagmanager::client::connect(&address)
@@ -119,61 +139,85 @@ fn main() {
         let mut client = DiffServiceClient::new(channel);
 
         if wanted("fresh 1000-node diff") {
+            let before = server_time(&metrics_url).await;
             let mut samples = Vec::new();
             for i in 0..20 {
                 let dag = synthetic_dag(1000, &format!("fresh-{i}")).to_string();
                 samples.push(diff(&mut client, &format!("fresh-{i}"), &dag).await);
             }
-            report("fresh 1000-node diff", samples);
+            report("fresh 1000-node diff", samples, &metrics_url, before).await;
         }
 
         let dag_1000 = synthetic_dag(1000, "repeat-1000").to_string();
         diff(&mut client, "repeat-1000", &dag_1000).await;
         if wanted("repeated 1000-node diff") {
+            let before = server_time(&metrics_url).await;
             let mut samples = Vec::new();
             for _ in 0..300 {
                 samples.push(diff(&mut client, "repeat-1000", &dag_1000).await);
             }
-            report("repeated 1000-node diff", samples);
+            report("repeated 1000-node diff", samples, &metrics_url, before).await;
         }
 
         let dag_100 = synthetic_dag(100, "repeat-100").to_string();
         diff(&mut client, "repeat-100", &dag_100).await;
         if wanted("repeated 100-node diff") {
+            let before = server_time(&metrics_url).await;
             let mut samples = Vec::new();
             for _ in 0..1000 {
                 samples.push(diff(&mut client, "repeat-100", &dag_100).await);
             }
-            report("repeated 100-node diff", samples);
+            report("repeated 100-node diff", samples, &metrics_url, before).await;
         }
 
         // The same nodes in a text the parse cache has not seen: every check runs again.
         if wanted("repeated 1000-node diff, new text") {
+            let before = server_time(&metrics_url).await;
             let mut dag = synthetic_dag(1000, "repeat-1000");
             let mut samples = Vec::new();
             for i in 0..300 {
                 dag["meta"]["submission"] = serde_json::json!(i);
                 samples.push(diff(&mut client, "repeat-1000", &dag.to_string()).await);
             }
-            report("repeated 1000-node diff, new text", samples);
+            report(
+                "repeated 1000-node diff, new text",
+                samples,
+                &metrics_url,
+                before,
+            )
+            .await;
         }
 
         if wanted("repeated 100-node diff, new text") {
+            let before = server_time(&metrics_url).await;
             let mut dag = synthetic_dag(100, "repeat-100");
             let mut samples = Vec::new();
             for i in 0..1000 {
                 dag["meta"]["submission"] = serde_json::json!(i);
                 samples.push(diff(&mut client, "repeat-100", &dag.to_string()).await);
             }
-            report("repeated 100-node diff, new text", samples);
+            report(
+                "repeated 100-node diff, new text",
+                samples,
+                &metrics_url,
+                before,
+            )
+            .await;
         }
 
         if wanted("1000 nodes reused, new strategy") {
+            let before = server_time(&metrics_url).await;
             let mut samples = Vec::new();
             for i in 0..300 {
                 samples.push(diff(&mut client, &format!("new-strategy-{i}"), &dag_1000).await);
             }
-            report("1000 nodes reused, new strategy", samples);
+            report(
+                "1000 nodes reused, new strategy",
+                samples,
+                &metrics_url,
+                before,
+            )
+            .await;
         }
 
         shutdown.trigger();

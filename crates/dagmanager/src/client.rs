@@ -66,15 +66,15 @@ pub async fn connect(address: &str) -> Result<Channel, ClientError> {
         })
 }
 
-/// Runs one diff and collects its chunks. Each chunk is acknowledged as it arrives, without
-/// waiting for the previous ack's answer, so acks never hold the stream back.
+/// Runs one diff and collects its chunks. Each chunk is acknowledged as it arrives, in the
+/// background: an ack's answer carries nothing, and a lost ack only holds the server's window,
+/// which the server's own timeout handles.
 pub async fn collect_diff(
     client: &mut DiffServiceClient<Channel>,
     request: DiffRequest,
 ) -> Result<CollectedDiff, ClientError> {
     let mut stream = client.diff(request).await?.into_inner();
     let mut collected = CollectedDiff::default();
-    let mut acks = Vec::new();
     while let Some(chunk) = stream.message().await? {
         let chunk_id = collected.chunks;
         let mut ack_client = client.clone();
@@ -82,7 +82,11 @@ pub async fn collect_diff(
             sentinel_id: chunk.sentinel_id.clone(),
             chunk_id,
         };
-        acks.push(tokio::spawn(async move { ack_client.ack_chunk(ack).await }));
+        tokio::spawn(async move {
+            if let Err(status) = ack_client.ack_chunk(ack).await {
+                tracing::debug!(code = ?status.code(), "A diff chunk ack was not delivered.");
+            }
+        });
         if chunk_id == 0 {
             collected.crc32 = chunk.crc32;
         } else if chunk.crc32 != collected.crc32 {
@@ -99,11 +103,6 @@ pub async fn collect_diff(
         }
         collected.queue_map.extend(chunk.queue_map);
         collected.buffer_nodes.extend(chunk.buffer_nodes);
-    }
-    for ack in acks {
-        if let Ok(answer) = ack.await {
-            answer?;
-        }
     }
     Ok(collected)
 }

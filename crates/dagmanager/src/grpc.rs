@@ -61,7 +61,9 @@ struct StreamAcks {
 }
 
 /// Open streams by sentinel id. Clients ack with the sentinel id (the Python Gateway always sends
-/// chunk_id 0), so an ack goes to the oldest stream of that sentinel still waiting for one.
+/// chunk_id 0), so an ack goes to the oldest stream of that sentinel still waiting for one; a
+/// late ack of a finished stream may credit a newer stream of the same strategy, which at worst
+/// lets that stream run one chunk further ahead.
 #[derive(Debug, Default)]
 pub struct AckRegistry {
     streams: Mutex<HashMap<String, VecDeque<Arc<StreamAcks>>>>,
@@ -136,8 +138,11 @@ pub fn chunks_of(outcome: DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
         .collect()
 }
 
-/// Sends chunks keeping at most `ack_window` unacknowledged; on an ack timeout re-sends the
-/// unacknowledged ones, and after `ack_retries` timeouts in a row ends with DEADLINE_EXCEEDED.
+/// Sends chunks keeping at most `ack_window` unacknowledged, which is what acks are for: the
+/// stream is reliable, so they bound how far the server runs ahead of a slow client. While the
+/// window is full, an ack timeout re-sends the unacknowledged chunks, and `ack_retries` timeouts
+/// in a row end the stream with DEADLINE_EXCEEDED. The stream ends as soon as the last chunk is
+/// sent; acks that arrive after that are answered and ignored.
 async fn send_with_acks(
     chunks: Vec<DiffChunk>,
     sender: mpsc::Sender<Result<DiffChunk, Status>>,
@@ -158,7 +163,7 @@ async fn send_with_acks(
             sent += 1;
             stream.sent.store(sent as u32, Ordering::SeqCst);
         }
-        if acked >= total {
+        if sent >= total {
             return;
         }
         match tokio::time::timeout(settings.ack_timeout, acked_rx.changed()).await {

@@ -119,6 +119,8 @@ async fn a_large_diff_streams_chunks_of_at_most_one_hundred_nodes_with_one_crc()
 async fn a_client_that_never_acks_gets_the_chunks_again_then_deadline_exceeded() {
     let (_dir, path) = temp_dir();
     let mut settings = test_settings(&path);
+    settings.chunk_size = 2;
+    settings.ack_window = 1;
     settings.ack_timeout_ms = 50;
     settings.ack_retries = 1;
     let app = spawn_app(settings).await;
@@ -132,12 +134,26 @@ async fn a_client_that_never_acks_gets_the_chunks_again_then_deadline_exceeded()
     let error = loop {
         match stream.message().await {
             Ok(Some(_)) => received += 1,
-            Ok(None) => panic!("the stream ended without acks"),
+            Ok(None) => panic!("the stream ended although the window never moved"),
             Err(status) => break status,
         }
     };
     assert_eq!(received, 2, "the unacknowledged chunk is sent once more");
     assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_acking_client_moves_a_one_chunk_window_through_the_whole_diff() {
+    let (_dir, path) = temp_dir();
+    let mut settings = test_settings(&path);
+    settings.chunk_size = 10;
+    settings.ack_window = 1;
+    settings.ack_timeout_ms = 5_000;
+    let app = spawn_app(settings).await;
+    let diff = app.diff("w", &synthetic_dag(35, "window")).await.unwrap();
+    assert_eq!(diff.chunks, 4);
+    assert_eq!(diff.queue_map.len(), 35);
     app.stop().await;
 }
 
