@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::{
-    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, partition_key,
-    topic_asset, topic_name,
+    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, topic_asset, topic_name,
 };
 
 use crate::metrics::DagManagerMetrics;
@@ -118,6 +117,11 @@ pub struct DiffEngine {
     write_lock: tokio::sync::Mutex<()>,
     recent_ms: RecentQuantile,
     parse_cache: ParseCache,
+}
+
+/// The compute key inside a partition key (`…#ck={compute_key}`).
+fn queue_compute_key(partition_key: &str) -> &str {
+    partition_key.split_once("#ck=").map_or("", |(_, key)| key)
 }
 
 /// Window of `diff_duration_ms_p95`.
@@ -251,17 +255,13 @@ impl DiffEngine {
         let mut violations: Vec<(String, String, String)> = Vec::new();
         let (mut new_nodes, mut reused_nodes) = (0usize, 0usize);
 
+        let partition_keys = checked.partition_keys(context.applies().then_some(&context));
         for (position, &i) in order.iter().enumerate() {
             let node = &dag.nodes[i];
             let compute_key = context
                 .applies()
-                .then(|| context.compute_key(&node.node_id));
-            let key = partition_key(
-                &node.node_id,
-                node.fields.interval,
-                0,
-                compute_key.as_deref(),
-            );
+                .then(|| queue_compute_key(&partition_keys[position]));
+            let key = partition_keys[position].clone();
             let existing = stored[position].as_ref();
             match existing {
                 Some(found) => {
@@ -303,17 +303,17 @@ impl DiffEngine {
             }
             match existing.and_then(|found| found.queue.as_ref()) {
                 Some(queue) => {
-                    if let Some(compute_key) = &compute_key {
+                    if let Some(compute_key) = compute_key {
                         if queue.compute_keys.is_empty() {
                             changes.queues.push(QueueRecord {
-                                compute_keys: vec![compute_key.clone()],
+                                compute_keys: vec![compute_key.to_owned()],
                                 ..QueueRecord::clone(queue)
                             });
-                        } else if !queue.compute_keys.contains(compute_key) {
+                        } else if !queue.compute_keys.iter().any(|k| k == compute_key) {
                             violations.push((
                                 node.node_id.clone(),
                                 queue.name.clone(),
-                                compute_key.clone(),
+                                compute_key.to_owned(),
                             ));
                         }
                     }
@@ -368,7 +368,7 @@ impl DiffEngine {
                         interval: node.fields.interval,
                         tags: node.tags.clone(),
                         created_at: now,
-                        compute_keys: compute_key.iter().cloned().collect(),
+                        compute_keys: compute_key.iter().map(|k| (*k).to_owned()).collect(),
                         orphaned_at: None,
                     });
                     queue_map.push((key, name));
@@ -403,9 +403,7 @@ impl DiffEngine {
             return Err(DiffError::QueueCreate(error));
         }
 
-        let mut sorted_ids = node_ids.clone();
-        sorted_ids.sort_unstable();
-        let nodes_digest = SentinelRecord::digest_of(&sorted_ids);
+        let nodes_digest = checked.nodes_digest.clone();
         let weight = dag.sentinel.as_ref().and_then(|s| s.weight);
         let unchanged = self.store.sentinel(&sentinel_id).await?.is_some_and(|old| {
             old.version == version && old.weight == weight && old.nodes_digest == nodes_digest
@@ -416,7 +414,12 @@ impl DiffEngine {
                 strategy_id: input.strategy_id.clone(),
                 version: version.clone(),
                 weight,
-                node_ids: sorted_ids.iter().map(|id| (*id).to_owned()).collect(),
+                node_ids: {
+                    let mut sorted: Vec<String> =
+                        node_ids.iter().map(|id| (*id).to_owned()).collect();
+                    sorted.sort_unstable();
+                    sorted
+                },
                 nodes_digest,
                 updated_at: now,
             });

@@ -5,13 +5,56 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use wire::{Dag, DagError, DagLimits, parse_dag, topological_order};
+use wire::{ComputeContext, Dag, DagError, DagLimits, parse_dag, partition_key, topological_order};
 
-/// A DAG that passed every check, with its topological order.
+use crate::store::SentinelRecord;
+
+/// A DAG that passed every check, with what the diff derives from it alone.
 #[derive(Debug)]
 pub struct CheckedDag {
     pub dag: Dag,
+    /// Indices of `dag.nodes`, dependencies first.
     pub order: Vec<usize>,
+    /// The digest of the sorted node ids (`SentinelRecord::nodes_digest`).
+    pub nodes_digest: String,
+    /// Partition keys in `order` for the last compute context diffed (`None`: no compute key).
+    partition_keys: Mutex<PartitionKeyMemo>,
+}
+
+/// The context partition keys were last derived for, and the keys.
+type PartitionKeyMemo = Option<(Option<ComputeContext>, Arc<Vec<String>>)>;
+
+impl CheckedDag {
+    /// The `queue_map` keys of every node, in `order`, under `context` (when a compute key
+    /// applies); remembered for the last context, which a resubmission usually repeats.
+    pub fn partition_keys(&self, context: Option<&ComputeContext>) -> Arc<Vec<String>> {
+        let mut memo = self
+            .partition_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((for_context, keys)) = memo.as_ref()
+            && for_context.as_ref() == context
+        {
+            return keys.clone();
+        }
+        let keys: Arc<Vec<String>> = Arc::new(
+            self.order
+                .iter()
+                .map(|&i| {
+                    let node = &self.dag.nodes[i];
+                    let compute_key = context.map(|c| c.compute_key(&node.node_id));
+                    partition_key(
+                        &node.node_id,
+                        node.fields.interval,
+                        0,
+                        compute_key.as_deref(),
+                    )
+                })
+                .collect(),
+        );
+        *memo = Some((context.cloned(), keys.clone()));
+        keys
+    }
 }
 
 /// Parses and checks a DAG: structure first (so a cycle is reported as a cycle, not as the
@@ -21,7 +64,15 @@ pub fn check(text: &str, limits: DagLimits) -> Result<CheckedDag, DagError> {
     let order = topological_order(&dag)?;
     dag.verify_node_ids()?;
     dag.verify_crc32()?;
-    Ok(CheckedDag { dag, order })
+    let mut sorted_ids: Vec<&str> = dag.nodes.iter().map(|n| n.node_id.as_str()).collect();
+    sorted_ids.sort_unstable();
+    let nodes_digest = SentinelRecord::digest_of(&sorted_ids);
+    Ok(CheckedDag {
+        dag,
+        order,
+        nodes_digest,
+        partition_keys: Mutex::new(None),
+    })
 }
 
 #[derive(Debug, Default)]
