@@ -195,6 +195,29 @@ mod tests {
     }
 
     #[test]
+    fn partition_keys_follow_the_context_they_are_asked_for() {
+        let checked = check(&dag("k", 2), DagLimits::default()).unwrap();
+        let world = |w: &str| ComputeContext {
+            world_id: w.into(),
+            execution_domain: "backtest".into(),
+            ..ComputeContext::default()
+        };
+        let plain = checked.partition_keys(None);
+        assert!(plain.iter().all(|k| !k.contains("#ck=")));
+        let w1 = checked.partition_keys(Some(&world("w1")));
+        assert!(Arc::ptr_eq(
+            &w1,
+            &checked.partition_keys(Some(&world("w1")))
+        ));
+        let w2 = checked.partition_keys(Some(&world("w2")));
+        assert_ne!(w1, w2);
+        let node_id = &checked.dag.nodes[checked.order[0]].node_id;
+        let key = wire::compute_key(node_id, "w2", "backtest", "", "");
+        assert_eq!(w2[0], format!("{node_id}:0:0#ck={key}"));
+        assert_eq!(*checked.partition_keys(None), *plain);
+    }
+
+    #[test]
     fn refusals_are_not_cached() {
         let cache = ParseCache::new(DagLimits::default(), 100);
         assert!(cache.get_or_check("{\"nodes\": [").is_err());
