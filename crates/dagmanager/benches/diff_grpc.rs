@@ -7,7 +7,7 @@
 //! Run: `cargo bench -p dagmanager --bench diff_grpc [-- FILTER]`; with FILTER, only the cases
 //! whose name contains it run.
 
-use dagmanager::client::collect_diff;
+use dagclient::collect_diff;
 use dagmanager::{App, DagManagerSettings};
 use kit::shutdown::Shutdown;
 use proto::DiffRequest;
@@ -133,9 +133,7 @@ fn main() {
         let metrics_url = format!("http://{}/metrics", app.admin_addr());
         let shutdown = Shutdown::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let channel = dagmanager::client::connect(&address)
-            .await
-            .expect("connect");
+        let channel = dagclient::connect(&address).await.expect("connect");
         let mut client = DiffServiceClient::new(channel);
 
         if wanted("fresh 1000-node diff") {

@@ -20,6 +20,12 @@ use crate::queues::{EmbeddedQueueAdmin, QueueAdmin, QueueAdminError};
 use crate::settings::DagManagerSettings;
 use crate::store::{GraphStore, RedbGraphStore, StoreError};
 
+/// HTTP/2 windows large enough that a multi-megabyte DAG crosses in one flight, and frames
+/// large enough that it crosses in a few frames, not hundreds.
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// Why the service could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -142,9 +148,9 @@ impl App {
             stream,
         };
         let grpc = tonic::transport::Server::builder()
-            .initial_stream_window_size(crate::client::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(crate::client::CONNECTION_WINDOW_BYTES)
-            .max_frame_size(crate::client::MAX_FRAME_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
             .add_service(
                 proto::diff_service_server::DiffServiceServer::new(diff)
                     .max_decoding_message_size(max_message),

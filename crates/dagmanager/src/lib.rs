@@ -3,9 +3,7 @@
 
 pub mod admin;
 pub mod app;
-pub mod client;
 pub mod diff;
-pub mod embedded;
 pub mod gc;
 pub mod grpc;
 pub mod metrics;

@@ -3,9 +3,8 @@
 //! messages, so every size it reports is 0.
 
 use async_trait::async_trait;
-use redb::TableDefinition;
 
-use crate::embedded::{self, EmbeddedDb, EmbeddedError, Table};
+use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,7 +65,7 @@ pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
     async fn health(&self) -> Result<(), QueueAdminError>;
 }
 
-const QUEUES: Table = TableDefinition::new("queues");
+const QUEUES: Table = embedded::table("queues");
 
 /// A broker-less queue registry in `dir/queues.redb`.
 #[derive(Debug, Clone)]

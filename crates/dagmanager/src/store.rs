@@ -3,10 +3,9 @@
 //! in-memory index in front, so reads never touch the disk and only changes are written.
 
 use async_trait::async_trait;
-use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-use crate::embedded::{self, EmbeddedDb, EmbeddedError, Table};
+use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -132,9 +131,9 @@ pub trait GraphStore: Send + Sync + std::fmt::Debug {
     async fn health(&self) -> Result<(), StoreError>;
 }
 
-const NODES: Table = TableDefinition::new("nodes");
-const QUEUES: Table = TableDefinition::new("queues");
-const SENTINELS: Table = TableDefinition::new("sentinels");
+const NODES: Table = embedded::table("nodes");
+const QUEUES: Table = embedded::table("queues");
+const SENTINELS: Table = embedded::table("sentinels");
 
 #[derive(Debug, Default)]
 struct Index {

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use dagmanager::client::collect_diff;
+use dagclient::collect_diff;
 use kit::shutdown::Shutdown;
 use proto::admin_service_client::AdminServiceClient;
 use proto::diff_service_client::DiffServiceClient;
@@ -208,7 +208,7 @@ async fn connect(settings: &Settings, target: &Target) -> anyhow::Result<Channel
             settings.dagmanager.host, settings.dagmanager.grpc_port
         )
     });
-    Ok(dagmanager::client::connect(&address).await?)
+    Ok(dagclient::connect(&address).await?)
 }
 
 fn read(file: &PathBuf) -> anyhow::Result<String> {

@@ -2,7 +2,7 @@
 //! in `diff_failures_total`, and the server keeps serving.
 
 use crate::support::{request, spawn_app, temp_dir, test_settings};
-use dagmanager::client::ClientError;
+use dagclient::ClientError;
 use proto::DiffRequest;
 use serde_json::{Value, json};
 use test_support::{node, synthetic_dag, with_field};

@@ -6,7 +6,7 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use test_support::{synthetic_dag, testdata};
 
-fn topics(diff: &dagmanager::client::CollectedDiff) -> BTreeSet<String> {
+fn topics(diff: &dagclient::CollectedDiff) -> BTreeSet<String> {
     diff.queue_map.values().cloned().collect()
 }
 
@@ -231,7 +231,7 @@ async fn reusing_a_queue_under_another_compute_context_fails_and_is_counted() {
         .diff_request(in_world("b", &dag, "w1", "2025-06-01"))
         .await
         .unwrap_err();
-    let dagmanager::client::ClientError::Status(status) = error else {
+    let dagclient::ClientError::Status(status) = error else {
         panic!("expected a gRPC status, got {error}");
     };
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);

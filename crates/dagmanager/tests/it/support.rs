@@ -1,6 +1,6 @@
 //! `spawn_app()` and gRPC helpers.
 
-use dagmanager::client::{CollectedDiff, collect_diff};
+use dagclient::{CollectedDiff, collect_diff};
 use dagmanager::{App, DagManagerSettings};
 use kit::shutdown::Shutdown;
 use proto::DiffRequest;
@@ -55,7 +55,7 @@ impl TestApp {
     }
 
     pub async fn channel(&self) -> Channel {
-        dagmanager::client::connect(&self.grpc_addr.to_string())
+        dagclient::connect(&self.grpc_addr.to_string())
             .await
             .expect("the gRPC port answers")
     }
@@ -73,14 +73,14 @@ impl TestApp {
         &self,
         strategy_id: &str,
         dag: &serde_json::Value,
-    ) -> Result<CollectedDiff, dagmanager::client::ClientError> {
+    ) -> Result<CollectedDiff, dagclient::ClientError> {
         self.diff_request(request(strategy_id, dag)).await
     }
 
     pub async fn diff_request(
         &self,
         request: DiffRequest,
-    ) -> Result<CollectedDiff, dagmanager::client::ClientError> {
+    ) -> Result<CollectedDiff, dagclient::ClientError> {
         collect_diff(&mut self.diff_client().await, request).await
     }
 

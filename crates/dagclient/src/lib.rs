@@ -1,5 +1,6 @@
-//! A DiffService client that consumes a diff stream as the Python Gateway does: ack every
-//! chunk, check that every chunk carries the same CRC32, merge the queue maps.
+//! The DAG Manager's gRPC client as its callers use it: connect with the right transport
+//! settings, and consume a diff stream as the Python Gateway does (ack every chunk, check that
+//! every chunk carries the same CRC32, merge the queue maps).
 
 use proto::diff_service_client::DiffServiceClient;
 use proto::{BufferInstruction, ChunkAck, DiffRequest};
@@ -41,8 +42,6 @@ pub enum ClientError {
 /// HTTP/2 windows large enough that a multi-megabyte DAG or diff crosses in one flight.
 pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
-/// Largest HTTP/2 frame the server accepts: a DAG crosses in a few frames, not hundreds.
-pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Connects to a DAG Manager (`host:port` or a URI), with Nagle off and large HTTP/2 windows.
 pub async fn connect(address: &str) -> Result<Channel, ClientError> {

@@ -1,5 +1,5 @@
-//! The redb plumbing the embedded graph store and queue registry share. Records are JSON values
-//! stored under increasing `u64` keys, with the name → key map in memory: new records append at
+//! Durable tables of JSON records in an embedded redb file (crash-safe: every write is one
+//! durable transaction). Records are JSON values stored under increasing `u64` keys, with the name → key map in memory: new records append at
 //! the right edge of the B-tree, where random ids as keys would dirty a page per insert and make
 //! every commit rewrite much of the file.
 
@@ -11,6 +11,11 @@ use std::sync::{Arc, Mutex};
 
 /// A JSON-record table under storage keys.
 pub type Table = TableDefinition<'static, u64, &'static [u8]>;
+
+/// Names a table.
+pub const fn table(name: &'static str) -> Table {
+    TableDefinition::new(name)
+}
 
 /// A record's name and its new JSON; `None` deletes it.
 pub type Row = (String, Option<Vec<u8>>);
@@ -203,7 +208,7 @@ pub fn deletions(names: &[String]) -> Vec<Row> {
 mod tests {
     use super::*;
 
-    const T: Table = TableDefinition::new("t");
+    const T: Table = table("t");
 
     #[tokio::test]
     async fn records_survive_a_reopen_and_updates_and_deletes_find_their_keys() {
