@@ -32,6 +32,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum Service {
+    /// The Gateway: strategy submissions over HTTP, carried to the DAG Manager.
+    Gateway,
     /// The DAG Manager.
     Dagmanager {
         #[command(subcommand)]
@@ -95,9 +97,11 @@ pub enum DagManagerCommand {
 }
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    let Command::Service {
-        service: Service::Dagmanager { command },
-    } = command;
+    let Command::Service { service } = command;
+    let command = match service {
+        Service::Gateway => return serve_gateway(settings).await,
+        Service::Dagmanager { command } => command,
+    };
     match command {
         DagManagerCommand::Server => serve_dagmanager(settings).await,
         DagManagerCommand::Diff {
@@ -198,6 +202,22 @@ async fn serve_dagmanager(settings: Settings) -> anyhow::Result<()> {
     shutdown.trigger_on_os_signals();
     app.run_until_stopped(shutdown).await?;
     tracing::info!("DAG Manager stopped.");
+    Ok(())
+}
+
+async fn serve_gateway(settings: Settings) -> anyhow::Result<()> {
+    let _telemetry = kit::telemetry::init("gateway", &settings.telemetry)?;
+    let app = gateway::App::build(settings.gateway.clone()).await?;
+    tracing::info!(
+        http = %app.addr(),
+        dagmanager = %settings.gateway.dagmanager_url,
+        version = env!("CARGO_PKG_VERSION"),
+        "Gateway listening."
+    );
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_os_signals();
+    app.run_until_stopped(shutdown).await?;
+    tracing::info!("Gateway stopped.");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The whole `qmtl.yml` tree: one section per service plus `telemetry`.
 
 use dagmanager::DagManagerSettings;
+use gateway::GatewaySettings;
 use kit::config::{ConfigError, ConfigSources};
 use kit::telemetry::TelemetrySettings;
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use std::path::Path;
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub dagmanager: DagManagerSettings,
+    pub gateway: GatewaySettings,
     pub telemetry: TelemetrySettings,
 }
 

@@ -35,6 +35,14 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
+/// Key-sorted compact JSON of the whole value, nothing dropped: the form a DAG is hashed in to
+/// recognise a duplicate submission.
+pub fn sorted_json(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    write_plain(&mut out, value);
+    out
+}
+
 /// Writes canonical JSON without dropping any key (used for values the caller already shaped).
 pub(crate) fn write_plain(out: &mut String, value: &Value) {
     write_value(out, value, false);

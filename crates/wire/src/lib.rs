@@ -9,7 +9,7 @@ mod lenient;
 mod node;
 mod topic;
 
-pub use canonical::{canonical_json, python_float_repr};
+pub use canonical::{canonical_json, python_float_repr, sorted_json};
 pub use context::{ComputeContext, Domain, compute_key, partition_key};
 pub use dag::{Dag, DagLimits, Sentinel, parse_dag, topological_order};
 pub use error::{DagError, ErrorCode};

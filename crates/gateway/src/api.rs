@@ -1,0 +1,87 @@
+//! The HTTP API's shapes (wire.md section 3) and its errors, each a JSON body with a code.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// One queue a node reads or writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRef {
+    pub queue: String,
+    pub global: bool,
+}
+
+/// node id -> its queues.
+pub type QueueMap = BTreeMap<String, Vec<QueueRef>>;
+
+/// The answer to a submission (`StrategyAck`), plus its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StrategyAck {
+    pub strategy_id: String,
+    pub status: String,
+    pub queue_map: QueueMap,
+    pub sentinel_id: String,
+    pub node_ids_crc32: u32,
+    pub downgraded: bool,
+    pub downgrade_reason: Option<String>,
+    pub safe_mode: bool,
+}
+
+/// An error answer: status, machine-readable code, message, and optional extra fields.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub extra: Vec<(&'static str, Value)>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Vec::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn with(mut self, key: &'static str, value: Value) -> ApiError {
+        self.extra.push((key, value));
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_secs = Some(seconds);
+        self
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "E_NOT_FOUND",
+            format!("{what} not found"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"code": self.code, "message": self.message});
+        for (key, value) in self.extra {
+            body[key] = value;
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,163 @@
+//! Builds the Gateway from its settings (binding its listener, port 0 allowed) and runs it until
+//! shutdown: the API, the carrier and the DAG Manager probe.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use kit::clock::{Clock, SystemClock};
+use kit::metrics::RecentQuantile;
+use kit::shutdown::Shutdown;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::carrier::Carrier;
+use crate::link::{DagManagerLink, LinkError};
+use crate::metrics::GatewayMetrics;
+use crate::routes::{self, ApiState};
+use crate::settings::GatewaySettings;
+use crate::submissions::{SubmissionError, Submissions};
+
+/// Window of `gateway_e2e_latency_p95`.
+const LATENCY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Why the Gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("metrics registry could not be built")]
+    Metrics(#[from] kit::metrics::BucketError),
+    #[error("submission store could not be opened")]
+    Store(#[from] SubmissionError),
+    #[error("the DAG Manager link could not be set up")]
+    Link(#[from] LinkError),
+    #[error("could not listen on {address}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound, not yet running Gateway.
+#[derive(Debug)]
+pub struct App {
+    settings: GatewaySettings,
+    listener: TcpListener,
+    state: ApiState,
+    carrier_queue: mpsc::UnboundedReceiver<String>,
+}
+
+impl App {
+    pub async fn build(settings: GatewaySettings) -> Result<App, BuildError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let metrics = Arc::new(GatewayMetrics::new()?);
+        let submissions = Arc::new(Submissions::open(&settings.data_dir)?);
+        let link = Arc::new(DagManagerLink::new(
+            &settings.dagmanager_url,
+            Duration::from_millis(settings.dagmanager_timeout_ms),
+            &metrics,
+            clock.clone(),
+        )?);
+        let (carrier, carrier_queue) = Carrier::new(
+            submissions.clone(),
+            link.clone(),
+            metrics.clone(),
+            clock.clone(),
+            Duration::from_millis(settings.retry_interval_ms),
+            settings.workers,
+        );
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .await
+            .map_err(|source| BuildError::Bind {
+                address: format!("{}:{}", settings.host, settings.port),
+                source,
+            })?;
+        let state = ApiState {
+            submissions,
+            carrier,
+            link,
+            metrics,
+            submit_latency_ms: Arc::new(RecentQuantile::new(LATENCY_WINDOW, 10_000, clock.clone())),
+            clock,
+            diff_budget: Duration::from_millis(settings.diff_budget_ms),
+            max_nodes: settings.max_nodes,
+            shutdown: Shutdown::new(),
+        };
+        Ok(App {
+            settings,
+            listener,
+            state,
+            carrier_queue,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The router over `state`.
+    fn router(&self, state: ApiState) -> Router {
+        let metrics = state.metrics.clone();
+        Router::new()
+            .route("/strategies", post(routes::submit))
+            .route("/strategies/dry-run", post(routes::dry_run))
+            .route("/strategies/{strategy_id}", get(routes::strategy))
+            .route(
+                "/strategies/{strategy_id}/status",
+                get(routes::strategy_status),
+            )
+            .route("/queues/by_tag", get(routes::queues_by_tag))
+            .route("/status", get(routes::status))
+            .route("/health", get(routes::status))
+            .route("/metrics", get(routes::metrics))
+            .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                metrics,
+                routes::record_request,
+            ))
+            .with_state(state)
+    }
+
+    /// Serves until `shutdown` fires, then stops taking requests and drains within the grace
+    /// period; submissions not yet carried stay `queued` in the store for the next start.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), std::io::Error> {
+        let state = ApiState {
+            shutdown: shutdown.clone(),
+            ..self.state.clone()
+        };
+        let router = self.router(state.clone());
+        let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
+        let probe = tokio::spawn(state.link.clone().run_probe(
+            Duration::from_millis(self.settings.probe_interval_ms),
+            shutdown.clone(),
+        ));
+        let carrier = tokio::spawn(
+            state
+                .carrier
+                .clone()
+                .run(self.carrier_queue, shutdown.clone()),
+        );
+        let server =
+            axum::serve(self.listener, router).with_graceful_shutdown(shutdown.triggered());
+        let result = tokio::select! {
+            result = server => result,
+            () = async {
+                shutdown.triggered().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "Shutdown grace period over; dropping in-flight requests.");
+                Ok(())
+            }
+        };
+        shutdown.trigger();
+        let _ = probe.await;
+        let _ = tokio::time::timeout(grace, carrier).await;
+        result
+    }
+}

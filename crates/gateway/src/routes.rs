@@ -1,0 +1,390 @@
+//! The HTTP API (wire.md section 3): submissions, their state, queue look-ups, health, metrics.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use kit::clock::Clock;
+use kit::metrics::RecentQuantile;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::{ApiError, QueueMap, QueueRef, StrategyAck};
+use crate::carrier::{Carrier, node_of_partition_key};
+use crate::link::{DagManagerLink, LinkError};
+use crate::metrics::GatewayMetrics;
+use crate::submissions::{Accepted, Status, StoredContext, StrategyRecord, Submissions};
+use crate::validate::{Submission, validate};
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub submissions: Arc<Submissions>,
+    pub carrier: Arc<Carrier>,
+    pub link: Arc<DagManagerLink>,
+    pub metrics: Arc<GatewayMetrics>,
+    pub clock: Arc<dyn Clock>,
+    pub submit_latency_ms: Arc<RecentQuantile>,
+    pub diff_budget: Duration,
+    pub max_nodes: usize,
+    pub shutdown: kit::shutdown::Shutdown,
+}
+
+/// The body, or a JSON error when it is over the limit or unreadable.
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "E_PAYLOAD_TOO_LARGE"
+        } else {
+            "E_BODY_UNREADABLE"
+        };
+        ApiError::new(status, code, rejection.body_text())
+    })
+}
+
+fn ack(record: &StrategyRecord, submission_downgrade: &crate::validate::Downgrade) -> StrategyAck {
+    StrategyAck {
+        strategy_id: record.strategy_id.clone(),
+        status: record.status.as_str().to_owned(),
+        queue_map: if record.status == Status::Completed {
+            record.queue_map.clone()
+        } else {
+            QueueMap::new()
+        },
+        sentinel_id: record.sentinel_id.clone(),
+        node_ids_crc32: record.node_ids_crc32,
+        downgraded: submission_downgrade.downgraded,
+        downgrade_reason: submission_downgrade.reason.map(str::to_owned),
+        safe_mode: submission_downgrade.safe_mode,
+    }
+}
+
+fn strategy_id_of(submission: &Submission) -> String {
+    submission.dag_hash[..32].to_owned()
+}
+
+/// `POST /strategies`: validate, persist durably, hand to the carrier, and wait up to the diff
+/// budget so a healthy DAG Manager's answer comes back in the 202 itself.
+pub async fn submit(
+    State(state): State<ApiState>,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let payload = body(payload)?;
+    let submission = validate(&payload, state.max_nodes, &state.metrics)?;
+    let strategy_id = strategy_id_of(&submission);
+    let now = state.clock.unix_seconds();
+    let record = StrategyRecord {
+        strategy_id: strategy_id.clone(),
+        dag_hash: submission.dag_hash.clone(),
+        dag_json: submission.dag_json.clone(),
+        node_ids_crc32: submission.crc32,
+        world_ids: submission.world_ids.clone(),
+        context: StoredContext::from_context(&submission.context),
+        status: Status::Queued,
+        reason: None,
+        queue_map: QueueMap::new(),
+        sentinel_id: format!("{strategy_id}-sentinel"),
+        created_at: now,
+        updated_at: now,
+    };
+    let record = match state.submissions.accept(record).await {
+        Ok(Accepted::New(record)) => *record,
+        Ok(Accepted::Duplicate(existing)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "E_DUPLICATE",
+                "this DAG was already submitted",
+            )
+            .with("strategy_id", Value::from(existing)));
+        }
+        Err(error) => {
+            state.metrics.lost_requests_total.increment(1);
+            tracing::error!(code = "E_STORE_UNAVAILABLE", error = %error, "A submission could not be persisted; refused with 503.");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "E_STORE_UNAVAILABLE",
+                "the submission could not be stored; retry",
+            )
+            .retry_after(1));
+        }
+    };
+    let mut watch = state.submissions.watch(&strategy_id);
+    state.carrier.enqueue(&strategy_id);
+    let _ = tokio::time::timeout(state.diff_budget, watch.wait_for(|s| s.is_final())).await;
+    drop(watch);
+    state.submissions.unwatch(&strategy_id);
+    let current = state.submissions.get(&strategy_id).unwrap_or(record);
+    let answer = ack(&current, &submission.downgrade());
+    state
+        .submit_latency_ms
+        .record(started.elapsed().as_secs_f64() * 1000.0);
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// `POST /strategies/dry-run`: validate and diff without storing; 503 while the DAG Manager is
+/// unavailable.
+pub async fn dry_run(
+    State(state): State<ApiState>,
+    payload: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let payload = body(payload)?;
+    let submission = validate(&payload, state.max_nodes, &state.metrics)?;
+    let strategy_id = format!("dryrun-{}", &submission.dag_hash[..24]);
+    let mut queue_map = QueueMap::new();
+    let mut sentinel_id = format!("{strategy_id}-sentinel");
+    for world_id in &submission.world_ids {
+        let diff = state
+            .link
+            .diff(proto::DiffRequest {
+                strategy_id: strategy_id.clone(),
+                dag_json: submission.dag_json.clone(),
+                world_id: world_id.clone(),
+                execution_domain: submission.context.execution_domain.clone(),
+                as_of: submission.context.as_of.clone(),
+                partition: submission.context.partition.clone(),
+                dataset_fingerprint: submission.context.dataset_fingerprint.clone(),
+            })
+            .await
+            .map_err(|error| match error {
+                LinkError::Unavailable { reason } => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "E_DAGMANAGER_UNAVAILABLE",
+                    reason,
+                )
+                .retry_after(1),
+                LinkError::Refused { reason } | LinkError::Address { address: reason } => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "E_DIFF_REFUSED", reason)
+                }
+            })?;
+        if !diff.sentinel_id.is_empty() {
+            sentinel_id = diff.sentinel_id;
+        }
+        for (key, queue) in diff.queue_map {
+            let queues = queue_map
+                .entry(node_of_partition_key(&key).to_owned())
+                .or_default();
+            let queue = QueueRef {
+                queue,
+                global: false,
+            };
+            if !queues.contains(&queue) {
+                queues.push(queue);
+            }
+        }
+    }
+    let downgrade = submission.downgrade();
+    let answer = StrategyAck {
+        strategy_id,
+        status: Status::Completed.as_str().to_owned(),
+        queue_map,
+        sentinel_id,
+        node_ids_crc32: submission.crc32,
+        downgraded: downgrade.downgraded,
+        downgrade_reason: downgrade.reason.map(str::to_owned),
+        safe_mode: downgrade.safe_mode,
+    };
+    Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+/// `GET /strategies/{id}/status`.
+pub async fn strategy_status(
+    State(state): State<ApiState>,
+    Path(strategy_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .submissions
+        .get(&strategy_id)
+        .ok_or_else(|| ApiError::not_found("strategy"))?;
+    Ok(Json(json!({"status": record.status.as_str()})))
+}
+
+/// `GET /strategies/{id}`: state, reason, queue map and sentinel once known.
+pub async fn strategy(
+    State(state): State<ApiState>,
+    Path(strategy_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = state
+        .submissions
+        .get(&strategy_id)
+        .ok_or_else(|| ApiError::not_found("strategy"))?;
+    Ok(Json(json!({
+        "strategy_id": record.strategy_id,
+        "status": record.status.as_str(),
+        "reason": record.reason,
+        "queue_map": record.queue_map,
+        "sentinel_id": record.sentinel_id,
+        "node_ids_crc32": record.node_ids_crc32,
+        "world_ids": record.world_ids,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ByTag {
+    #[serde(default)]
+    tags: String,
+    #[serde(default)]
+    interval: i64,
+    #[serde(default)]
+    match_mode: Option<String>,
+    #[serde(default)]
+    world_id: Option<String>,
+    #[serde(default)]
+    execution_domain: Option<String>,
+}
+
+/// `GET /queues/by_tag`: queues of nodes with those tags, in the world asked for (or global).
+pub async fn queues_by_tag(
+    State(state): State<ApiState>,
+    Query(query): Query<ByTag>,
+) -> Result<Json<Value>, ApiError> {
+    let tags: Vec<String> = query
+        .tags
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if tags.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "E_TAGS_REQUIRED",
+            "`tags` is required",
+        ));
+    }
+    let match_mode = query.match_mode.unwrap_or_else(|| "any".into());
+    let queues = state
+        .link
+        .queues_by_tags(tags, query.interval, &match_mode)
+        .await
+        .map_err(|error| match error {
+            LinkError::Unavailable { reason } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "E_DAGMANAGER_UNAVAILABLE",
+                reason,
+            )
+            .retry_after(1),
+            LinkError::Refused { reason } | LinkError::Address { address: reason } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "E_QUERY_REFUSED", reason)
+            }
+        })?;
+    let prefix = query.world_id.filter(|w| !w.is_empty()).map(|world| {
+        let domain = query
+            .execution_domain
+            .as_deref()
+            .and_then(wire::Domain::parse)
+            .unwrap_or(wire::Domain::Backtest);
+        format!(
+            "{}.",
+            wire::TopicNamespace::WorldDomain {
+                world,
+                domain: domain.as_str().to_owned()
+            }
+            .prefix()
+        )
+    });
+    let queues: Vec<Value> = queues
+        .into_iter()
+        .filter(|q| q.global || prefix.as_ref().is_none_or(|p| q.queue.starts_with(p)))
+        .map(|q| json!({"queue": q.queue, "global": q.global}))
+        .collect();
+    Ok(Json(json!({ "queues": queues })))
+}
+
+/// `GET /status` and `GET /health`: the Gateway, its store and the DAG Manager as last probed.
+pub async fn status(State(state): State<ApiState>) -> Json<Value> {
+    let breaker = state.link.breaker().snapshot();
+    let counts = state.submissions.counts();
+    let count = |s: Status| counts.get(&s).copied().unwrap_or(0);
+    let dagmanager = state.link.health();
+    let healthy = dagmanager == crate::link::DagManagerHealth::Ok
+        && breaker.state == kit::breaker::BreakerState::Closed;
+    Json(json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "service": "gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": if state.shutdown.is_triggered() { "stopping" } else { "running" },
+        "dagmanager": {
+            "status": dagmanager.as_str(),
+            "breaker": breaker.state.as_str(),
+            "consecutive_failures": breaker.consecutive_failures,
+        },
+        "strategies": {
+            "queued": count(Status::Queued),
+            "processing": count(Status::Processing),
+            "completed": count(Status::Completed),
+            "failed": count(Status::Failed),
+        },
+    }))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<ApiState>) -> Response {
+    state
+        .metrics
+        .e2e_latency_p95
+        .set(state.submit_latency_ms.quantile(0.95));
+    for (status, count) in state.submissions.counts() {
+        state.metrics.strategies(status.as_str(), count);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.registry().render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "E_NOT_FOUND", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "E_METHOD_NOT_ALLOWED",
+        "this route does not take that method",
+    )
+}
+
+/// Times every request into `gateway_request_duration_seconds{route, method, status}`, with the
+/// route as its template (never a raw path).
+pub async fn record_request(
+    State(metrics): State<Arc<GatewayMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.request(
+        &route,
+        method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
