@@ -28,6 +28,22 @@ pub enum Command {
         #[command(subcommand)]
         service: Service,
     },
+    /// Submit a DAG file to the Gateway as an SDK would (`POST /strategies`), print the answer.
+    Submit {
+        /// The DAG document (JSON).
+        #[arg(long)]
+        file: PathBuf,
+        /// Worlds to run in (repeat for several).
+        #[arg(long = "world-id", required = true)]
+        world_ids: Vec<String>,
+        #[arg(long, default_value = "backtest")]
+        execution_domain: String,
+        #[arg(long, default_value = "")]
+        as_of: String,
+        /// Gateway address (default: gateway.host:port from the settings).
+        #[arg(long)]
+        gateway: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,7 +113,34 @@ pub enum DagManagerCommand {
 }
 
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    let Command::Service { service } = command;
+    let service = match command {
+        Command::Service { service } => service,
+        Command::Submit {
+            file,
+            world_ids,
+            execution_domain,
+            as_of,
+            gateway,
+        } => {
+            let gateway = gateway
+                .unwrap_or_else(|| format!("{}:{}", settings.gateway.host, settings.gateway.port));
+            let body = crate::submit::body(&read(&file)?, &world_ids, &execution_domain, &as_of)?;
+            let (status, answer) = crate::submit::post(&gateway, "/strategies", &body).await?;
+            if status == 409 {
+                // Already submitted: show the strategy as the Gateway has it.
+                let existing: serde_json::Value = serde_json::from_str(&answer)?;
+                let strategy_id = existing["strategy_id"].as_str().unwrap_or_default();
+                eprintln!("qmtl: this DAG was already submitted as strategy {strategy_id}");
+                let (_, current) =
+                    crate::submit::get(&gateway, &format!("/strategies/{strategy_id}")).await?;
+                println!("{current}");
+                return Ok(());
+            }
+            println!("{answer}");
+            anyhow::ensure!(status < 400, "the Gateway answered {status}");
+            return Ok(());
+        }
+    };
     let command = match service {
         Service::Gateway => return serve_gateway(settings).await,
         Service::Dagmanager { command } => command,

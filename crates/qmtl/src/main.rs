@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod cli;
 mod settings;
+mod submit;
 
 /// mimalloc: the diff path allocates many small strings, and glibc's allocator costs it about
 /// a third of its time (see BENCHMARKS.md).
