@@ -1,7 +1,7 @@
 //! Accepted submissions, kept durably before the Gateway answers, with their state:
 //! `queued → processing → completed | failed`. A restart finds every unfinished one again.
 
-use recordstore::{EmbeddedDb, EmbeddedError, Table};
+use recordstore::{Commit, EmbeddedDb, EmbeddedError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -101,8 +101,6 @@ pub struct Submissions {
     db: EmbeddedDb,
     index: RwLock<Index>,
     watchers: Mutex<HashMap<String, watch::Sender<Status>>>,
-    /// Serialises the duplicate check with the write that follows it.
-    accepting: tokio::sync::Mutex<()>,
 }
 
 impl Submissions {
@@ -119,7 +117,6 @@ impl Submissions {
             db,
             index: RwLock::new(index),
             watchers: Mutex::new(HashMap::new()),
-            accepting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -131,24 +128,33 @@ impl Submissions {
         self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn persist(&self, record: &StrategyRecord) -> Result<(), SubmissionError> {
+    async fn persist(
+        &self,
+        record: &StrategyRecord,
+        commit: Commit,
+    ) -> Result<(), SubmissionError> {
         let rows = recordstore::rows(std::slice::from_ref(record), |r| r.strategy_id.clone())?;
-        self.db.write(vec![(STRATEGIES, rows)]).await?;
+        self.db.write_with(vec![(STRATEGIES, rows)], commit).await?;
         Ok(())
     }
 
-    /// Stores a new submission durably, or names the strategy that already has this DAG.
+    /// Stores a new submission durably, or names the strategy that already has this DAG. The
+    /// DAG's hash is claimed before the write, so a concurrent duplicate is caught too.
     pub async fn accept(&self, record: StrategyRecord) -> Result<Accepted, SubmissionError> {
-        let _accepting = self.accepting.lock().await;
-        if let Some(existing) = self.read().by_hash.get(&record.dag_hash) {
-            return Ok(Accepted::Duplicate(existing.clone()));
+        {
+            let mut index = self.write();
+            if let Some(existing) = index.by_hash.get(&record.dag_hash) {
+                return Ok(Accepted::Duplicate(existing.clone()));
+            }
+            index
+                .by_hash
+                .insert(record.dag_hash.clone(), record.strategy_id.clone());
         }
-        self.persist(&record).await?;
-        let mut index = self.write();
-        index
-            .by_hash
-            .insert(record.dag_hash.clone(), record.strategy_id.clone());
-        index
+        if let Err(error) = self.persist(&record, Commit::Durable).await {
+            self.write().by_hash.remove(&record.dag_hash);
+            return Err(error);
+        }
+        self.write()
             .records
             .insert(record.strategy_id.clone(), record.clone());
         Ok(Accepted::New(Box::new(record)))
@@ -195,9 +201,10 @@ impl Submissions {
         self.notify(strategy_id, Status::Queued);
     }
 
-    /// Records an end state durably, then tells whoever waits.
+    /// Records an end state, then tells whoever waits. The write is lazy: an end state lost in a
+    /// crash leaves the submission `queued`, and carrying it again gives the same answer.
     pub async fn finish(&self, mut record: StrategyRecord) -> Result<(), SubmissionError> {
-        self.persist(&record).await?;
+        self.persist(&record, Commit::Lazy).await?;
         let status = record.status;
         let strategy_id = record.strategy_id.clone();
         if let Some(stored) = self.write().records.get_mut(&strategy_id) {

@@ -38,10 +38,22 @@ pub enum EmbeddedError {
     Codec(#[from] serde_json::Error),
     #[error("database task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("the write was not committed: {reason}")]
+    Commit { reason: String },
 }
 
 fn storage<E: Into<redb::Error>>(error: E) -> EmbeddedError {
     EmbeddedError::Storage(error.into())
+}
+
+/// How a write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// On disk when `write` returns.
+    Durable,
+    /// On disk with the next durable write, or lost in a crash before it: for records that can
+    /// be derived again.
+    Lazy,
 }
 
 /// One table's record names and their storage keys.
@@ -51,13 +63,97 @@ struct Keys {
     next: u64,
 }
 
-/// A redb database file of JSON-record tables.
+/// One caller's write, handed to the writer thread.
+struct WriteRequest {
+    batches: Vec<(Table, Vec<KeyedRow>)>,
+    commit: Commit,
+    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Most writes one transaction takes.
+const MAX_GROUP: usize = 512;
+
+/// The writer thread: takes every write waiting, applies them all in one transaction (durable
+/// when any of them asks), and answers each. Concurrent writers share one commit.
+fn writer_loop(db: Arc<redb::Database>, requests: std::sync::mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let durable = group.iter().any(|r| r.commit == Commit::Durable);
+        let result = apply_group(&db, &group, durable).map_err(|e| e.to_string());
+        for request in group {
+            let _ = request.reply.send(result.clone());
+        }
+    }
+}
+
+fn apply_group(
+    db: &redb::Database,
+    group: &[WriteRequest],
+    durable: bool,
+) -> Result<(), redb::Error> {
+    let mut write = db.begin_write()?;
+    if !durable {
+        write.set_durability(redb::Durability::None)?;
+    }
+    for request in group {
+        for (table, rows) in &request.batches {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut table = write.open_table(*table)?;
+            for (key, value) in rows {
+                match value {
+                    Some(bytes) => {
+                        table.insert(*key, bytes.as_slice())?;
+                    }
+                    None => {
+                        table.remove(*key)?;
+                    }
+                }
+            }
+        }
+    }
+    write.commit()?;
+    Ok(())
+}
+
+/// A redb database file of JSON-record tables, written by one thread that groups concurrent
+/// writes into shared commits.
 #[derive(Debug)]
 pub struct EmbeddedDb {
     db: Arc<redb::Database>,
     keys: Mutex<HashMap<String, Keys>>,
-    /// One write at a time, so storage keys are handed out in commit order.
-    writes: tokio::sync::Mutex<()>,
+    writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WriteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteRequest")
+            .field("commit", &self.commit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EmbeddedDb {
+    /// Stops the writer and waits for it, so the file is closed when this returns.
+    fn drop(&mut self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EmbeddedDb {
@@ -74,10 +170,18 @@ impl EmbeddedDb {
             write.open_table(*table).map_err(storage)?;
         }
         write.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let (sender, requests) = std::sync::mpsc::channel();
+        let writer_db = db.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("recordstore-{file}"))
+            .spawn(move || writer_loop(writer_db, requests))
+            .map_err(|e| storage(redb::StorageError::Io(e)))?;
         Ok(EmbeddedDb {
-            db: Arc::new(db),
+            db,
             keys: Mutex::new(HashMap::new()),
-            writes: tokio::sync::Mutex::new(()),
+            writer: Mutex::new(Some(sender)),
+            writer_thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -85,7 +189,8 @@ impl EmbeddedDb {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every record of a table, decoded; `name` tells each record's name.
+    /// Every record of a table, decoded; `name` tells each record's name. A name stored twice
+    /// (a failed commit can leave that behind) resolves to its newest record.
     pub fn read_all<T: DeserializeOwned>(
         &self,
         table: Table,
@@ -106,16 +211,26 @@ impl EmbeddedDb {
         Ok(records)
     }
 
-    /// Writes every batch in one durable transaction, on a blocking thread.
+    /// Writes every batch in one durable transaction (shared with concurrent writers).
     pub async fn write(&self, batches: Vec<(Table, Vec<Row>)>) -> Result<(), EmbeddedError> {
+        self.write_with(batches, Commit::Durable).await
+    }
+
+    /// Writes every batch atomically, durable or not as asked.
+    pub async fn write_with(
+        &self,
+        batches: Vec<(Table, Vec<Row>)>,
+        commit: Commit,
+    ) -> Result<(), EmbeddedError> {
         if batches.iter().all(|(_, rows)| rows.is_empty()) {
             return Ok(());
         }
-        let _write = self.writes.lock().await;
-        let mut deleted: Vec<(String, String)> = Vec::new();
-        let keyed: Vec<(Table, Vec<KeyedRow>)> = {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            // Keys are handed out and the write queued under one lock, so the writer applies
+            // writes in the order their keys were decided.
             let mut all_keys = self.keys();
-            batches
+            let keyed: Vec<(Table, Vec<KeyedRow>)> = batches
                 .into_iter()
                 .map(|(table, rows)| {
                     let keys = all_keys.entry(table.name().to_owned()).or_default();
@@ -134,44 +249,35 @@ impl EmbeddedDb {
                                 };
                                 Some((key, Some(bytes)))
                             }
-                            None => {
-                                let key = *keys.by_name.get(&name)?;
-                                deleted.push((table.name().to_owned(), name));
-                                Some((key, None))
-                            }
+                            None => keys.by_name.remove(&name).map(|key| (key, None)),
                         })
                         .collect();
                     (table, rows)
                 })
-                .collect()
-        };
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), EmbeddedError> {
-            let write = db.begin_write().map_err(storage)?;
-            for (table, rows) in keyed {
-                if rows.is_empty() {
-                    continue;
-                }
-                let mut table = write.open_table(table).map_err(storage)?;
-                for (key, value) in rows {
-                    match value {
-                        Some(bytes) => table.insert(key, bytes.as_slice()).map(|_| ()),
-                        None => table.remove(key).map(|_| ()),
-                    }
-                    .map_err(storage)?;
-                }
-            }
-            write.commit().map_err(storage)?;
-            Ok(())
-        })
-        .await??;
-        let mut all_keys = self.keys();
-        for (table, name) in deleted {
-            if let Some(keys) = all_keys.get_mut(&table) {
-                keys.by_name.remove(&name);
+                .collect();
+            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let sent = writer.as_ref().is_some_and(|sender| {
+                sender
+                    .send(WriteRequest {
+                        batches: keyed,
+                        commit,
+                        reply,
+                    })
+                    .is_ok()
+            });
+            if !sent {
+                return Err(EmbeddedError::Commit {
+                    reason: "the writer has stopped".into(),
+                });
             }
         }
-        Ok(())
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(EmbeddedError::Commit { reason }),
+            Err(_) => Err(EmbeddedError::Commit {
+                reason: "the writer stopped before answering".into(),
+            }),
+        }
     }
 
     /// A cheap read that proves the file answers.
@@ -207,6 +313,41 @@ pub fn deletions(names: &[String]) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_all_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        {
+            let db = Arc::new(EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap());
+            let mut writes = tokio::task::JoinSet::new();
+            for i in 0..200 {
+                let db = db.clone();
+                writes.spawn(async move {
+                    let record = [serde_json::json!({"name": format!("r{i}"), "v": i})];
+                    let commit = if i % 2 == 0 {
+                        Commit::Durable
+                    } else {
+                        Commit::Lazy
+                    };
+                    db.write_with(vec![(T, rows(&record, name).unwrap())], commit)
+                        .await
+                });
+            }
+            while let Some(result) = writes.join_next().await {
+                result.unwrap().unwrap();
+            }
+            // The last write is durable, so every lazy one before it is on disk too.
+            db.write(vec![(
+                T,
+                rows(&[serde_json::json!({"name": "last"})], name).unwrap(),
+            )])
+            .await
+            .unwrap();
+        }
+        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        assert_eq!(db.read_all(T, name).unwrap().len(), 201);
+    }
 
     const T: Table = table("t");
 

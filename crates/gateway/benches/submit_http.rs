@@ -1,0 +1,185 @@
+//! `POST /strategies` under a bounded concurrent load on loopback, against a Gateway and a DAG
+//! Manager in this process: per-request latency percentiles and sustained completed submissions
+//! per second (a submission counts once its 202 says `completed`, so every diff finished).
+//!
+//! Run: `cargo bench -p gateway --bench submit_http [-- NODES CONCURRENCY COUNT]`
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kit::shutdown::Shutdown;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1000.0
+}
+
+fn machine_facts() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!(
+        "machine: {model}; {cores} cores; profile: {}",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+}
+
+fn body(nodes: usize, salt: &str) -> String {
+    let dag = test_support::synthetic_dag(nodes, salt);
+    let ids: Vec<&str> = dag["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    serde_json::json!({
+        "dag_json": base64::engine::general_purpose::STANDARD.encode(dag.to_string()),
+        "node_ids_crc32": wire::crc32_chain(ids),
+        "world_ids": ["bench"],
+        "context": {"execution_domain": "backtest", "as_of": "2025-01-01"},
+    })
+    .to_string()
+}
+
+async fn run_case(
+    gateway: std::net::SocketAddr,
+    nodes: usize,
+    concurrency: usize,
+    count: usize,
+    round: &str,
+) {
+    let bodies: Arc<Vec<String>> = Arc::new(
+        (0..count)
+            .map(|i| body(nodes, &format!("{round}-{i}")))
+            .collect(),
+    );
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url: Arc<str> = format!("http://{gateway}/strategies").into();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, bodies, next) =
+            (client.clone(), url.clone(), bodies.clone(), next.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut completed = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= bodies.len() {
+                    break;
+                }
+                let request = hyper::Request::post(&*url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(bodies[i].clone())))
+                    .expect("request");
+                let sent = Instant::now();
+                let response = client.request(request).await.expect("the Gateway answers");
+                let status = response.status().as_u16();
+                let answer = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                latencies.push(sent.elapsed());
+                assert_eq!(status, 202, "{}", String::from_utf8_lossy(&answer));
+                let needle = b"\"status\":\"completed\"";
+                if answer.windows(needle.len()).any(|w| w == needle) {
+                    completed += 1;
+                }
+            }
+            (latencies, completed)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut completed = 0;
+    while let Some(result) = workers.join_next().await {
+        let (mut l, c) = result.expect("worker");
+        latencies.append(&mut l);
+        completed += c;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    println!(
+        "{nodes:>4}-node submissions, concurrency {concurrency:<3} n={count:<5} p50={:>7.3} ms  p95={:>7.3} ms  p99={:>7.3} ms  completed in the 202: {completed}/{count}  {:>7.0} completed/s",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.95),
+        percentile(&latencies, 0.99),
+        completed as f64 / elapsed.as_secs_f64(),
+    );
+}
+
+fn main() {
+    machine_facts();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dagmanager = dagmanager::App::build(dagmanager::DagManagerSettings {
+            grpc_port: 0,
+            admin_port: 0,
+            data_dir: dir.path().join("dagmanager"),
+            ..dagmanager::DagManagerSettings::default()
+        })
+        .await
+        .expect("DAG Manager");
+        let dagmanager_addr = dagmanager.grpc_addr();
+        let shutdown = Shutdown::new();
+        let dm_task = tokio::spawn(dagmanager.run_until_stopped(shutdown.clone()));
+        let gateway = gateway::App::build(gateway::GatewaySettings {
+            port: 0,
+            dagmanager_url: dagmanager_addr.to_string(),
+            data_dir: dir.path().join("gateway"),
+            diff_budget_ms: 5_000,
+            ..gateway::GatewaySettings::default()
+        })
+        .await
+        .expect("Gateway");
+        let gateway_addr = gateway.addr();
+        let gw_task = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+        let cases: Vec<(usize, usize, usize)> = if args.len() == 3 {
+            vec![(args[0], args[1], args[2])]
+        } else {
+            vec![(10, 1, 500), (10, 32, 3000), (100, 1, 200), (100, 32, 1000)]
+        };
+        for (round, (nodes, concurrency, count)) in cases.into_iter().enumerate() {
+            run_case(
+                gateway_addr,
+                nodes,
+                concurrency,
+                count,
+                &format!("r{round}"),
+            )
+            .await;
+        }
+        shutdown.trigger();
+        let _ = gw_task.await;
+        let _ = dm_task.await;
+    });
+}
