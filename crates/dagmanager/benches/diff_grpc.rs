@@ -13,16 +13,12 @@ use kit::shutdown::Shutdown;
 use proto::DiffRequest;
 use proto::diff_service_client::DiffServiceClient;
 use std::time::{Duration, Instant};
+use test_support::bench::percentile_ms;
 use test_support::synthetic_dag;
 
 /// The same allocator as the `qmtl` binary, so the figures are the service's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1000.0
-}
 
 /// The cases to run: all, or those whose name contains the first non-flag argument.
 fn wanted(name: &str) -> bool {
@@ -56,37 +52,10 @@ async fn report(name: &str, mut samples: Vec<Duration>, metrics_url: &str, befor
     println!(
         "{name:<34} n={:<5} p50={:>8.3} ms  p95={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  server mean={server_mean_ms:>7.3} ms",
         samples.len(),
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.95),
-        percentile(&samples, 0.99),
-        percentile(&samples, 1.0),
-    );
-}
-
-fn machine_facts() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let rustc = std::process::Command::new("rustc")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    println!(
-        "machine: {model}; {cores} cores; {rustc}; profile: {}",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
+        percentile_ms(&samples, 0.50),
+        percentile_ms(&samples, 0.95),
+        percentile_ms(&samples, 0.99),
+        percentile_ms(&samples, 1.0),
     );
 }
 
@@ -115,7 +84,7 @@ async fn diff(
 }
 
 fn main() {
-    machine_facts();
+    println!("{}", test_support::bench::machine_facts());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,37 +11,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use kit::shutdown::Shutdown;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use test_support::bench::percentile_ms;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1].as_secs_f64() * 1000.0
-}
-
-fn machine_facts() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!(
-        "machine: {model}; {cores} cores; profile: {}",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-}
 
 fn body(nodes: usize, salt: &str) -> String {
     let dag = test_support::synthetic_dag(nodes, salt);
@@ -122,15 +96,15 @@ async fn run_case(
     latencies.sort_unstable();
     println!(
         "{nodes:>4}-node submissions, concurrency {concurrency:<3} n={count:<5} p50={:>7.3} ms  p95={:>7.3} ms  p99={:>7.3} ms  completed in the 202: {completed}/{count}  {:>7.0} completed/s",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.95),
-        percentile(&latencies, 0.99),
+        percentile_ms(&latencies, 0.50),
+        percentile_ms(&latencies, 0.95),
+        percentile_ms(&latencies, 0.99),
         completed as f64 / elapsed.as_secs_f64(),
     );
 }
 
 fn main() {
-    machine_facts();
+    println!("{}", test_support::bench::machine_facts());
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

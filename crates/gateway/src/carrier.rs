@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::api::{QueueMap, QueueRef};
 use crate::link::{DagManagerLink, LinkError};
 use crate::metrics::{GatewayMetrics, Outcome};
-use crate::submissions::{Status, StrategyRecord, Submissions};
+use crate::submissions::{Status, StoredContext, StrategyRecord, Submissions};
 
 /// The node id inside a partition key (`{node_id}:{interval}:{bucket}[#ck=…]`).
 pub fn node_of_partition_key(key: &str) -> &str {
@@ -204,77 +204,104 @@ impl Carrier {
 
     /// One try: a diff per world, then TagQuery nodes resolved.
     async fn attempt(&self, record: &StrategyRecord) -> Result<(QueueMap, String), LinkError> {
-        let mut queue_map = QueueMap::new();
-        let mut sentinel_id = record.sentinel_id.clone();
-        for world_id in &record.world_ids {
-            let diff = self
-                .link
-                .diff(DiffRequest {
-                    strategy_id: record.strategy_id.clone(),
-                    dag_json: record.dag_json.clone(),
-                    world_id: world_id.clone(),
-                    execution_domain: record.context.execution_domain.clone(),
-                    as_of: record.context.as_of.clone(),
-                    partition: record.context.partition.clone(),
-                    dataset_fingerprint: record.context.dataset_fingerprint.clone(),
-                })
-                .await?;
-            if diff.crc32 != Some(record.node_ids_crc32) {
-                return Err(LinkError::Refused {
-                    reason: format!(
-                        "E_CHECKSUM_MISMATCH: the DAG Manager computed CRC32 {:?}, the submission {}",
-                        diff.crc32, record.node_ids_crc32
-                    ),
-                });
-            }
-            if !diff.sentinel_id.is_empty() {
-                sentinel_id = diff.sentinel_id;
-            }
-            for (key, queue) in diff.queue_map {
-                add_queue(
-                    &mut queue_map,
-                    node_of_partition_key(&key),
-                    QueueRef {
-                        queue,
-                        global: false,
-                    },
-                );
-            }
+        diff_in_worlds(
+            &self.link,
+            &DiffPlan {
+                strategy_id: &record.strategy_id,
+                dag_json: &record.dag_json,
+                node_ids_crc32: record.node_ids_crc32,
+                world_ids: &record.world_ids,
+                context: &record.context,
+            },
+        )
+        .await
+    }
+}
+
+/// What to diff: one DAG for one strategy, in each of its worlds.
+#[derive(Debug)]
+pub struct DiffPlan<'a> {
+    pub strategy_id: &'a str,
+    pub dag_json: &'a str,
+    pub node_ids_crc32: u32,
+    pub world_ids: &'a [String],
+    pub context: &'a StoredContext,
+}
+
+/// A diff per world through the breaker (each chunk's CRC32 checked against the submission's),
+/// queue maps merged by node id, then TagQuery nodes resolved. Returns the queue map and the
+/// sentinel id.
+pub async fn diff_in_worlds(
+    link: &DagManagerLink,
+    plan: &DiffPlan<'_>,
+) -> Result<(QueueMap, String), LinkError> {
+    let mut queue_map = QueueMap::new();
+    let mut sentinel_id = format!("{}-sentinel", plan.strategy_id);
+    for world_id in plan.world_ids {
+        let diff = link
+            .diff(DiffRequest {
+                strategy_id: plan.strategy_id.to_owned(),
+                dag_json: plan.dag_json.to_owned(),
+                world_id: world_id.clone(),
+                execution_domain: plan.context.execution_domain.clone(),
+                as_of: plan.context.as_of.clone(),
+                partition: plan.context.partition.clone(),
+                dataset_fingerprint: plan.context.dataset_fingerprint.clone(),
+            })
+            .await?;
+        if diff.crc32 != Some(plan.node_ids_crc32) {
+            return Err(LinkError::Refused {
+                reason: format!(
+                    "E_CHECKSUM_MISMATCH: the DAG Manager computed CRC32 {:?}, the submission {}",
+                    diff.crc32, plan.node_ids_crc32
+                ),
+            });
         }
-        let dag =
-            wire::parse_dag(&record.dag_json, wire::DagLimits::default(), false).map_err(|e| {
-                LinkError::Refused {
-                    reason: e.to_string(),
-                }
-            })?;
-        for node in dag.nodes.iter().filter(|n| n.node_type() == "TagQueryNode") {
-            let query: Value =
-                serde_json::from_str(&node.fields.params_blob).unwrap_or(Value::Null);
-            let tags: Vec<String> = query["query_tags"]
-                .as_array()
-                .map(|t| {
-                    t.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let interval = query["interval"].as_i64().unwrap_or(node.fields.interval);
-            let match_mode = query["match_mode"].as_str().unwrap_or("any");
-            let queues = self.link.queues_by_tags(tags, interval, match_mode).await?;
-            queue_map.insert(
-                node.node_id.clone(),
-                queues
-                    .into_iter()
-                    .map(|q| QueueRef {
-                        queue: q.queue,
-                        global: q.global,
-                    })
-                    .collect(),
+        if !diff.sentinel_id.is_empty() {
+            sentinel_id = diff.sentinel_id;
+        }
+        for (key, queue) in diff.queue_map {
+            add_queue(
+                &mut queue_map,
+                node_of_partition_key(&key),
+                QueueRef {
+                    queue,
+                    global: false,
+                },
             );
         }
-        Ok((queue_map, sentinel_id))
     }
+    let dag = wire::parse_dag(plan.dag_json, wire::DagLimits::default(), false).map_err(|e| {
+        LinkError::Refused {
+            reason: e.to_string(),
+        }
+    })?;
+    for node in dag.nodes.iter().filter(|n| n.node_type() == "TagQueryNode") {
+        let query: Value = serde_json::from_str(&node.fields.params_blob).unwrap_or(Value::Null);
+        let tags: Vec<String> = query["query_tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let interval = query["interval"].as_i64().unwrap_or(node.fields.interval);
+        let match_mode = query["match_mode"].as_str().unwrap_or("any");
+        let queues = link.queues_by_tags(tags, interval, match_mode).await?;
+        queue_map.insert(
+            node.node_id.clone(),
+            queues
+                .into_iter()
+                .map(|q| QueueRef {
+                    queue: q.queue,
+                    global: q.global,
+                })
+                .collect(),
+        );
+    }
+    Ok((queue_map, sentinel_id))
 }
 
 #[cfg(test)]

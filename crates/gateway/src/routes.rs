@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::api::{ApiError, QueueMap, QueueRef, StrategyAck};
-use crate::carrier::{Carrier, node_of_partition_key};
+use crate::api::{ApiError, QueueMap, StrategyAck};
+use crate::carrier::{Carrier, DiffPlan, diff_in_worlds};
 use crate::link::{DagManagerLink, LinkError};
 use crate::metrics::GatewayMetrics;
 use crate::submissions::{Accepted, Status, StoredContext, StrategyRecord, Submissions};
@@ -128,6 +128,27 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
+/// A DAG Manager failure as an answer: 503 with `Retry-After` while it is unavailable, 422 with
+/// `refused_code` when it refused the request itself.
+fn link_error(error: LinkError, refused_code: &'static str) -> ApiError {
+    match error {
+        LinkError::Unavailable { reason } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "E_DAGMANAGER_UNAVAILABLE",
+            reason,
+        )
+        .retry_after(1),
+        LinkError::Refused { reason } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, refused_code, reason)
+        }
+        LinkError::Address { address } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "E_DAGMANAGER_ADDRESS",
+            format!("the configured DAG Manager address {address:?} is not valid"),
+        ),
+    }
+}
+
 /// `POST /strategies/dry-run`: validate and diff without storing; 503 while the DAG Manager is
 /// unavailable.
 pub async fn dry_run(
@@ -137,48 +158,19 @@ pub async fn dry_run(
     let payload = body(payload)?;
     let submission = validate(&payload, state.max_nodes, &state.metrics)?;
     let strategy_id = format!("dryrun-{}", &submission.dag_hash[..24]);
-    let mut queue_map = QueueMap::new();
-    let mut sentinel_id = format!("{strategy_id}-sentinel");
-    for world_id in &submission.world_ids {
-        let diff = state
-            .link
-            .diff(proto::DiffRequest {
-                strategy_id: strategy_id.clone(),
-                dag_json: submission.dag_json.clone(),
-                world_id: world_id.clone(),
-                execution_domain: submission.context.execution_domain.clone(),
-                as_of: submission.context.as_of.clone(),
-                partition: submission.context.partition.clone(),
-                dataset_fingerprint: submission.context.dataset_fingerprint.clone(),
-            })
-            .await
-            .map_err(|error| match error {
-                LinkError::Unavailable { reason } => ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "E_DAGMANAGER_UNAVAILABLE",
-                    reason,
-                )
-                .retry_after(1),
-                LinkError::Refused { reason } | LinkError::Address { address: reason } => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "E_DIFF_REFUSED", reason)
-                }
-            })?;
-        if !diff.sentinel_id.is_empty() {
-            sentinel_id = diff.sentinel_id;
-        }
-        for (key, queue) in diff.queue_map {
-            let queues = queue_map
-                .entry(node_of_partition_key(&key).to_owned())
-                .or_default();
-            let queue = QueueRef {
-                queue,
-                global: false,
-            };
-            if !queues.contains(&queue) {
-                queues.push(queue);
-            }
-        }
-    }
+    let context = StoredContext::from_context(&submission.context);
+    let (queue_map, sentinel_id) = diff_in_worlds(
+        &state.link,
+        &DiffPlan {
+            strategy_id: &strategy_id,
+            dag_json: &submission.dag_json,
+            node_ids_crc32: submission.crc32,
+            world_ids: &submission.world_ids,
+            context: &context,
+        },
+    )
+    .await
+    .map_err(|error| link_error(error, "E_DIFF_REFUSED"))?;
     let downgrade = submission.downgrade();
     let answer = StrategyAck {
         strategy_id,
@@ -265,17 +257,7 @@ pub async fn queues_by_tag(
         .link
         .queues_by_tags(tags, query.interval, &match_mode)
         .await
-        .map_err(|error| match error {
-            LinkError::Unavailable { reason } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "E_DAGMANAGER_UNAVAILABLE",
-                reason,
-            )
-            .retry_after(1),
-            LinkError::Refused { reason } | LinkError::Address { address: reason } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "E_QUERY_REFUSED", reason)
-            }
-        })?;
+        .map_err(|error| link_error(error, "E_QUERY_REFUSED"))?;
     let prefix = query.world_id.filter(|w| !w.is_empty()).map(|world| {
         let domain = query
             .execution_domain

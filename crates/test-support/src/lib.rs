@@ -235,3 +235,40 @@ pub fn with_field(mut dag: Value, index: usize, field: &str, value: Value) -> Va
     dag["nodes"][index][field] = value;
     dag
 }
+
+/// Helpers the bench binaries share: percentiles and the machine facts every bench prints.
+pub mod bench {
+    use std::time::Duration;
+
+    /// The `q` quantile (nearest rank) of sorted samples, in milliseconds.
+    pub fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1].as_secs_f64() * 1000.0
+    }
+
+    /// `machine: <cpu>; <cores> cores; <rustc>; profile: <debug|release>`.
+    pub fn machine_facts() -> String {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        let rustc = std::process::Command::new("rustc")
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        format!("machine: {model}; {cores} cores; {rustc}; profile: {profile}")
+    }
+}
