@@ -427,20 +427,6 @@ impl DiffEngine {
         let wrote = !changes.is_empty();
         self.store.apply(changes).await?;
         drop(_write);
-        // Visible to the next diff already; durable before this one answers. Syncing outside the
-        // lock lets concurrent diffs share one disk flush. Queues first, so the graph never
-        // durably names a queue that is not.
-        if !new_specs.is_empty()
-            && let Err(error) = self.queues.sync().await
-        {
-            self.metrics
-                .queue_create_error_total
-                .increment(new_specs.len() as u64);
-            return Err(DiffError::QueueCreate(error));
-        }
-        if wrote {
-            self.store.sync().await?;
-        }
 
         if dag.sentinel.is_some() && new_nodes == 0 {
             self.metrics.sentinel_gap_count.increment(1.0);

@@ -49,11 +49,8 @@ pub enum QueueAdminError {
 /// Creates, lists, sizes and deletes queues.
 #[async_trait]
 pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
-    /// Creates the queues that do not exist; an existing one with the same config is fine. They
-    /// exist when this returns, and durably so once `sync` returns.
+    /// Creates the queues that do not exist; an existing one with the same config is fine.
     async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError>;
-    /// Makes every queue created so far durable (a broker's creations already are).
-    async fn sync(&self) -> Result<(), QueueAdminError>;
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError>;
     async fn delete_queues(&self, names: &[String]) -> Result<(), QueueAdminError>;
     /// Approximate message counts of the named queues that exist.
@@ -98,13 +95,6 @@ impl EmbeddedQueueAdmin {
     async fn write_rows(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
         Ok(self.db.write(vec![(QUEUES, rows)]).await?)
     }
-
-    async fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        Ok(self
-            .db
-            .write_with(vec![(QUEUES, rows)], embedded::Commit::Lazy)
-            .await?)
-    }
 }
 
 #[async_trait]
@@ -140,17 +130,13 @@ impl QueueAdmin for EmbeddedQueueAdmin {
         if new.is_empty() {
             return Ok(());
         }
-        self.write_rows_lazily(embedded::rows(&new, |q| q.spec.name.clone())?)
+        self.write_rows(embedded::rows(&new, |q| q.spec.name.clone())?)
             .await?;
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         for queue in new {
             queues.insert(queue.spec.name.clone(), queue);
         }
         Ok(())
-    }
-
-    async fn sync(&self) -> Result<(), QueueAdminError> {
-        Ok(self.db.sync().await?)
     }
 
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError> {

@@ -108,11 +108,7 @@ pub trait GraphStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Option<StoredNode>>, StoreError>;
     /// Names of recorded queues (owned or orphan) that start with `prefix`.
     async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
-    /// Applies one diff's changes atomically. They are visible when this returns and durable
-    /// once `sync` returns.
     async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError>;
-    /// Makes every change applied so far durable.
-    async fn sync(&self) -> Result<(), StoreError>;
     /// Queues of nodes whose tags match (`any` or `all`) and whose interval is `interval` (0: any).
     async fn queues_by_tags(
         &self,
@@ -249,13 +245,6 @@ impl RedbGraphStore {
     async fn commit(&self, batches: Vec<(Table, Vec<embedded::Row>)>) -> Result<(), StoreError> {
         Ok(self.db.write(batches).await?)
     }
-
-    async fn commit_lazily(
-        &self,
-        batches: Vec<(Table, Vec<embedded::Row>)>,
-    ) -> Result<(), StoreError> {
-        Ok(self.db.write_with(batches, embedded::Commit::Lazy).await?)
-    }
 }
 
 fn tags_match(node_tags: &[String], wanted: &[String], match_all: bool) -> bool {
@@ -315,7 +304,7 @@ impl GraphStore for RedbGraphStore {
         let nodes = embedded::rows(&changes.nodes, |n| n.node_id.clone())?;
         let queues = embedded::rows(&changes.queues, |q| q.name.clone())?;
         let sentinels = embedded::rows(changes.sentinel.as_slice(), |s| s.sentinel_id.clone())?;
-        self.commit_lazily(vec![
+        self.commit(vec![
             (NODES, nodes),
             (QUEUES, queues),
             (SENTINELS, sentinels),
@@ -444,10 +433,6 @@ impl GraphStore for RedbGraphStore {
             index.remove_queue(name);
         }
         Ok(())
-    }
-
-    async fn sync(&self) -> Result<(), StoreError> {
-        Ok(self.db.sync().await?)
     }
 
     async fn counts(&self) -> Result<(usize, usize), StoreError> {
