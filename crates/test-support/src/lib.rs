@@ -7,7 +7,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use wire::NodeFields;
 
 /// Status and body of an HTTP request.
 pub async fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
@@ -161,7 +160,7 @@ pub fn testdata(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// A node object with a correct node id.
+/// A node object with a correct node id (computed by `wire`, whatever its node type).
 pub fn node(
     node_type: &str,
     interval: i64,
@@ -171,18 +170,8 @@ pub fn node(
     tags: &[&str],
     code_hash: &str,
 ) -> Value {
-    let fields = NodeFields {
-        node_type: node_type.to_owned(),
-        interval,
-        period,
-        params_blob: wire::canonical_json(&params),
-        dependencies: inputs.to_vec(),
-        schema_compat_id: "s1".to_owned(),
-        code_hash: code_hash.to_owned(),
-    };
-    json!({
+    let mut node = json!({
         "node_type": node_type,
-        "node_id": fields.node_id(),
         "interval": interval,
         "period": period,
         "params": params,
@@ -191,7 +180,10 @@ pub fn node(
         "schema_hash": "schema-1",
         "code_hash": code_hash,
         "tags": tags,
-    })
+    });
+    node["node_id"] =
+        Value::from(wire::node_id_of(&node).expect("the node's fields are well-formed"));
+    node
 }
 
 /// A DAG of `count` nodes: one price feed, then layers where each node reads one or two

@@ -176,3 +176,40 @@ async fn queues_by_tag_answers_the_queues_of_the_world_asked_for() {
     gateway.stop().await;
     dagmanager.stop().await;
 }
+
+#[tokio::test]
+async fn a_tag_query_node_gets_the_queues_of_the_nodes_its_tags_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let dagmanager = spawn_dagmanager(dir.path(), 0).await;
+    let gateway = spawn_gateway(gateway_settings(dir.path(), dagmanager.addr)).await;
+    let producer = synthetic_dag(2, "producer");
+    let (_, produced) = post(gateway.addr, "/strategies", &submission(&producer, &["w1"])).await;
+    assert_eq!(produced["status"], "completed", "{produced}");
+    let price_id = producer["nodes"][0]["node_id"].as_str().unwrap();
+    let price_queue = produced["queue_map"][price_id][0]["queue"].clone();
+
+    let query = node(
+        "TagQueryNode",
+        60,
+        10,
+        json!({"query_tags": ["ohlcv"], "match_mode": "any"}),
+        &[],
+        &["consumer"],
+        "tq-v1",
+    );
+    let query_id = query["node_id"].as_str().unwrap().to_owned();
+    let consumer = json!({"schema_version": "v1", "nodes": [query]});
+    let (status, ack) = post(gateway.addr, "/strategies", &submission(&consumer, &["w1"])).await;
+    assert_eq!(
+        (status, ack["status"].as_str()),
+        (202, Some("completed")),
+        "{ack}"
+    );
+    let resolved = ack["queue_map"][&query_id].as_array().unwrap();
+    assert!(
+        resolved.iter().any(|q| q["queue"] == price_queue),
+        "the tag query resolves to the ohlcv price feed's queue: {resolved:?}"
+    );
+    gateway.stop().await;
+    dagmanager.stop().await;
+}
