@@ -124,6 +124,22 @@ async fn two_strategies_sharing_a_node_get_the_same_queue_and_a_duplicate_gets_4
     assert_eq!(status, 409, "{duplicate}");
     assert_eq!(duplicate["code"], "E_DUPLICATE");
     assert_eq!(duplicate["strategy_id"], a["strategy_id"]);
+    let exposition = metrics(gateway.addr).await;
+    assert_eq!(
+        exposition.value(
+            "gateway_request_duration_seconds_count",
+            &[
+                ("route", "/strategies"),
+                ("method", "POST"),
+                ("status", "409")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        exposition.value("gateway_submissions_total", &[("outcome", "completed")]),
+        Some(2.0)
+    );
     gateway.stop().await;
     dagmanager.stop().await;
 }
