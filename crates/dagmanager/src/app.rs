@@ -63,7 +63,6 @@ pub struct App {
     queues: Arc<dyn QueueAdmin>,
     engine: Arc<DiffEngine>,
     gc: Arc<GarbageCollector>,
-    clock: Arc<dyn Clock>,
 }
 
 async fn bind(host: &str, port: u16) -> Result<TcpListener, BuildError> {
@@ -110,7 +109,6 @@ impl App {
             queues,
             engine,
             gc,
-            clock,
         })
     }
 
@@ -166,7 +164,6 @@ impl App {
                     store: self.store.clone(),
                     queues: self.queues.clone(),
                     gc: self.gc.clone(),
-                    clock: self.clock.clone(),
                 })
                 .max_decoding_message_size(max_message),
             )

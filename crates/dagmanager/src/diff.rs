@@ -158,6 +158,20 @@ impl DiffEngine {
             .set(self.recent_ms.quantile(0.95));
     }
 
+    /// Forgets a strategy (its nodes no other strategy uses are removed and their queues
+    /// orphaned), serialised with diffs so a diff never reuses a node that is being removed.
+    pub async fn release_strategy(&self, strategy_id: &str) -> Result<Vec<String>, StoreError> {
+        let _write = self.write_lock.lock().await;
+        let orphaned = self
+            .store
+            .release_strategy(strategy_id, self.clock.unix_seconds())
+            .await?;
+        let (nodes, queues) = self.store.counts().await?;
+        self.metrics.compute_nodes_total.set(nodes as f64);
+        self.metrics.queues_total.set(queues as f64);
+        Ok(orphaned)
+    }
+
     /// Runs one diff, counting and timing it.
     pub async fn diff(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
         self.metrics.diff_requests_total.increment(1);

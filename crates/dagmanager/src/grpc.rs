@@ -336,7 +336,6 @@ pub struct AdminServer {
     pub store: Arc<dyn GraphStore>,
     pub queues: Arc<dyn QueueAdmin>,
     pub gc: Arc<GarbageCollector>,
-    pub clock: Arc<dyn kit::clock::Clock>,
 }
 
 #[tonic::async_trait]
@@ -348,8 +347,8 @@ impl AdminService for AdminServer {
         let strategy_id = request.into_inner().strategy_id;
         if !strategy_id.trim().is_empty() {
             let orphaned = self
-                .store
-                .release_strategy(&strategy_id, self.clock.unix_seconds())
+                .engine
+                .release_strategy(&strategy_id)
                 .await
                 .map_err(|e| Status::unavailable(format!("E_GRAPH_STORE: {e}")))?;
             tracing::info!(strategy_id = %strategy_id, orphaned = orphaned.len(), "Strategy released.");
