@@ -81,6 +81,14 @@ impl App {
         let metrics = DagManagerMetrics::new()?;
         let store: Arc<dyn GraphStore> = Arc::new(RedbGraphStore::open(&settings.data_dir)?);
         let queues: Arc<dyn QueueAdmin> = Arc::new(EmbeddedQueueAdmin::open(&settings.data_dir)?);
+        let diff_settings = DiffSettings::from(&settings);
+        let recreated = reconcile_queues(store.as_ref(), queues.as_ref(), &diff_settings).await?;
+        if recreated > 0 {
+            tracing::warn!(
+                recreated,
+                "Re-created queues the graph names and the queue registry had lost."
+            );
+        }
         let (nodes, queue_count) = store.counts().await?;
         metrics.compute_nodes_total.set(nodes as f64);
         metrics.queues_total.set(queue_count as f64);
@@ -88,7 +96,7 @@ impl App {
             store.clone(),
             queues.clone(),
             metrics.clone(),
-            DiffSettings::from(&settings),
+            diff_settings,
             clock.clone(),
         ));
         let gc = Arc::new(GarbageCollector::new(
@@ -221,6 +229,38 @@ impl App {
         let _ = probe_task.await;
         result
     }
+}
+
+/// Re-creates every queue the graph names that the queue registry lacks: the registry records
+/// creations without a flush, so a crash can lose some that the graph (flushed after them)
+/// still names. Returns how many were re-created.
+async fn reconcile_queues(
+    store: &dyn GraphStore,
+    queues: &dyn QueueAdmin,
+    settings: &DiffSettings,
+) -> Result<usize, BuildError> {
+    let known: std::collections::HashSet<String> = queues
+        .list_queues()
+        .await?
+        .into_iter()
+        .map(|q| q.spec.name)
+        .collect();
+    let mut recreated = 0;
+    for queue in store.queues().await? {
+        if !known.contains(&queue.name) {
+            queues
+                .create_queues(
+                    &[settings.queue_spec(&queue.name, &queue.tag)],
+                    queue.created_at,
+                )
+                .await?;
+            recreated += 1;
+        }
+    }
+    if recreated > 0 {
+        queues.sync().await?;
+    }
+    Ok(recreated)
 }
 
 /// Accepted gRPC connections with Nagle's algorithm off: a diff stream is many small frames

@@ -91,6 +91,29 @@ pub struct DiffSettings {
     pub parse_cache_nodes: usize,
 }
 
+impl DiffSettings {
+    /// How queues of a GC tag are created (a tag with no settings: 1 partition, 7 days).
+    pub fn topic(&self, tag: &str) -> TopicSettings {
+        self.topics.get(tag).cloned().unwrap_or(TopicSettings {
+            partitions: 1,
+            replication_factor: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+        })
+    }
+
+    /// The spec a queue of the graph is created with.
+    pub fn queue_spec(&self, name: &str, tag: &str) -> QueueSpec {
+        let topic = self.topic(tag);
+        QueueSpec {
+            name: name.to_owned(),
+            tag: tag.to_owned(),
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            retention_ms: topic.retention_ms,
+        }
+    }
+}
+
 impl From<&DagManagerSettings> for DiffSettings {
     fn from(settings: &DagManagerSettings) -> Self {
         DiffSettings {
@@ -215,18 +238,6 @@ impl DiffEngine {
             partition: pick(request.partition, declared.partition),
             dataset_fingerprint: pick(request.dataset_fingerprint, declared.dataset_fingerprint),
         })
-    }
-
-    fn topic_settings(&self, tag: &str) -> TopicSettings {
-        self.settings
-            .topics
-            .get(tag)
-            .cloned()
-            .unwrap_or(TopicSettings {
-                partitions: 1,
-                replication_factor: 1,
-                retention_ms: 7 * 24 * 3600 * 1000,
-            })
     }
 
     async fn run(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
@@ -366,14 +377,7 @@ impl DiffEngine {
                         |candidate| taken.contains(candidate) || planned_names.contains(candidate),
                     );
                     planned_names.insert(name.clone());
-                    let topic = self.topic_settings(tag);
-                    new_specs.push(QueueSpec {
-                        name: name.clone(),
-                        tag: tag.to_owned(),
-                        partitions: topic.partitions,
-                        replication_factor: topic.replication_factor,
-                        retention_ms: topic.retention_ms,
-                    });
+                    new_specs.push(self.settings.queue_spec(&name, tag));
                     changes.queues.push(QueueRecord {
                         name: name.clone(),
                         node_id: Some(node.node_id.clone()),

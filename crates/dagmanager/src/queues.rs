@@ -1,6 +1,8 @@
 //! Queue (topic) administration behind the `QueueAdmin` trait. `EmbeddedQueueAdmin` records
 //! queues in its own redb file and stands in for a broker when none is configured; it holds no
-//! messages, so every size it reports is 0.
+//! messages, so every size it reports is 0. It records creations without a flush (the graph's
+//! durable write that follows names them, and `App::build` re-creates any a crash lost), and
+//! deletions durably.
 
 use async_trait::async_trait;
 
@@ -51,6 +53,8 @@ pub enum QueueAdminError {
 pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
     /// Creates the queues that do not exist; an existing one with the same config is fine.
     async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError>;
+    /// Makes every creation so far durable (a broker's creations already are).
+    async fn sync(&self) -> Result<(), QueueAdminError>;
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError>;
     async fn delete_queues(&self, names: &[String]) -> Result<(), QueueAdminError>;
     /// Approximate message counts of the named queues that exist.
@@ -95,6 +99,13 @@ impl EmbeddedQueueAdmin {
     async fn write_rows(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
         Ok(self.db.write(vec![(QUEUES, rows)]).await?)
     }
+
+    async fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
+        Ok(self
+            .db
+            .write_with(vec![(QUEUES, rows)], embedded::Commit::Lazy)
+            .await?)
+    }
 }
 
 #[async_trait]
@@ -130,13 +141,17 @@ impl QueueAdmin for EmbeddedQueueAdmin {
         if new.is_empty() {
             return Ok(());
         }
-        self.write_rows(embedded::rows(&new, |q| q.spec.name.clone())?)
+        self.write_rows_lazily(embedded::rows(&new, |q| q.spec.name.clone())?)
             .await?;
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         for queue in new {
             queues.insert(queue.spec.name.clone(), queue);
         }
         Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), QueueAdminError> {
+        Ok(self.db.sync().await?)
     }
 
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError> {

@@ -216,6 +216,12 @@ impl EmbeddedDb {
         self.write_with(batches, Commit::Durable).await
     }
 
+    /// Makes every write before it durable (an empty durable commit, shared with whatever other
+    /// writes are waiting).
+    pub async fn sync(&self) -> Result<(), EmbeddedError> {
+        self.submit(Vec::new(), Commit::Durable).await
+    }
+
     /// Writes every batch atomically, durable or not as asked.
     pub async fn write_with(
         &self,
@@ -225,6 +231,14 @@ impl EmbeddedDb {
         if batches.iter().all(|(_, rows)| rows.is_empty()) {
             return Ok(());
         }
+        self.submit(batches, commit).await
+    }
+
+    async fn submit(
+        &self,
+        batches: Vec<(Table, Vec<Row>)>,
+        commit: Commit,
+    ) -> Result<(), EmbeddedError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         {
             // Keys are handed out and the write queued under one lock, so the writer applies

@@ -256,3 +256,33 @@ async fn reusing_a_queue_under_another_compute_context_fails_and_is_counted() {
     assert_eq!(metrics.value("diff_failures_total", &[]), Some(1.0));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queues_the_registry_lost_are_re_created_from_the_graph_at_start() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let before = app.diff("lost", &synthetic_dag(4, "lost")).await.unwrap();
+    let settings = app.stop().await;
+    // The registry writes creations without a flush; losing its file stands for a crash.
+    std::fs::remove_file(settings.data_dir.join("queues.redb")).unwrap();
+
+    let app = spawn_app(settings).await;
+    let sizes = app
+        .admin_client()
+        .await
+        .get_queue_stats(proto::QueueStatsRequest {
+            filter: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sizes;
+    let mut known: Vec<&String> = sizes.keys().collect();
+    known.sort();
+    let mut expected: Vec<&String> = before.queue_map.values().collect();
+    expected.sort();
+    assert_eq!(known, expected, "every queue the graph names exists again");
+    let after = app.diff("lost", &synthetic_dag(4, "lost")).await.unwrap();
+    assert_eq!(after.queue_map, before.queue_map);
+    app.stop().await;
+}
