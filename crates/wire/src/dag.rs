@@ -42,6 +42,8 @@ pub struct Dag {
     pub sentinel: Option<Sentinel>,
     pub meta: Map<String, Value>,
     top_level: Map<String, Value>,
+    /// For each node, the positions in `nodes` of its dependencies.
+    dependency_positions: Vec<Vec<usize>>,
 }
 
 impl Dag {
@@ -249,23 +251,28 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             });
         }
     }
+    let mut dependency_positions = Vec::with_capacity(nodes.len());
     for node in &nodes {
-        if let Some(missing) = node
-            .dependencies()
-            .iter()
-            .find(|d| !index.contains_key(d.as_str()))
-        {
-            return Err(DagError::MissingDependency {
-                node: node.node_id.clone(),
-                dependency: missing.clone(),
-            });
+        let mut positions = Vec::with_capacity(node.dependencies().len());
+        for dependency in node.dependencies() {
+            match index.get(dependency.as_str()) {
+                Some(&position) => positions.push(position),
+                None => {
+                    return Err(DagError::MissingDependency {
+                        node: node.node_id.clone(),
+                        dependency: dependency.clone(),
+                    });
+                }
+            }
         }
+        dependency_positions.push(positions);
     }
     Ok(Dag {
         nodes,
         sentinel,
         meta,
         top_level,
+        dependency_positions,
     })
 }
 
@@ -295,20 +302,12 @@ fn parse_sentinel(raw: &RawNode<'_>, position: usize) -> Sentinel {
 /// A cycle is an error naming the nodes on it.
 pub fn topological_order(dag: &Dag) -> Result<Vec<usize>, DagError> {
     let count = dag.nodes.len();
-    let index: HashMap<&str, usize> = dag
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.node_id.as_str(), i))
-        .collect();
     let mut indegree = vec![0usize; count];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); count];
-    for (i, node) in dag.nodes.iter().enumerate() {
-        for dep in node.dependencies() {
-            if let Some(&d) = index.get(dep.as_str()) {
-                indegree[i] += 1;
-                dependents[d].push(i);
-            }
+    for (i, positions) in dag.dependency_positions.iter().enumerate() {
+        for &d in positions {
+            indegree[i] += 1;
+            dependents[d].push(i);
         }
     }
     let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..count)
@@ -329,12 +328,12 @@ pub fn topological_order(dag: &Dag) -> Result<Vec<usize>, DagError> {
         return Ok(order);
     }
     Err(DagError::Cycle {
-        nodes: find_cycle(dag, &index, &indegree),
+        nodes: find_cycle(dag, &indegree),
     })
 }
 
 /// Walks dependencies among the nodes left with a non-zero in-degree until one repeats.
-fn find_cycle(dag: &Dag, index: &HashMap<&str, usize>, indegree: &[usize]) -> Vec<String> {
+fn find_cycle(dag: &Dag, indegree: &[usize]) -> Vec<String> {
     let Some(start) = (0..indegree.len()).find(|&i| indegree[i] > 0) else {
         return Vec::new();
     };
@@ -342,10 +341,9 @@ fn find_cycle(dag: &Dag, index: &HashMap<&str, usize>, indegree: &[usize]) -> Ve
     let mut seen_at: HashMap<usize, usize> = HashMap::from([(start, 0)]);
     let mut current = start;
     loop {
-        let next = dag.nodes[current]
-            .dependencies()
+        let next = dag.dependency_positions[current]
             .iter()
-            .filter_map(|d| index.get(d.as_str()).copied())
+            .copied()
             .find(|&d| indegree[d] > 0);
         let Some(next) = next else {
             return path.iter().map(|&i| dag.nodes[i].node_id.clone()).collect();

@@ -23,6 +23,11 @@ pub struct NodeFields {
 impl NodeFields {
     /// `blake3:` + hex BLAKE3 of the seven fields joined by `|` (dependencies sorted, joined by `,`).
     pub fn node_id(&self) -> String {
+        format!("{HASH_PREFIX}{}", self.digest().to_hex())
+    }
+
+    /// The BLAKE3 digest the node id is the hex of.
+    pub fn digest(&self) -> blake3::Hash {
         let mut deps: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
         deps.sort_unstable();
         let mut numbers = itoa::Buffer::new();
@@ -45,7 +50,7 @@ impl NodeFields {
         hasher.update(self.schema_compat_id.trim().as_bytes());
         hasher.update(b"|");
         hasher.update(self.code_hash.as_bytes());
-        format!("{HASH_PREFIX}{}", hasher.finalize().to_hex())
+        hasher.finalize()
     }
 }
 
@@ -183,14 +188,20 @@ impl Node {
 
     /// Recomputes the node id from the fields and checks it against the one sent.
     pub fn verify_id(&self) -> Result<(), DagError> {
-        let expected = self.fields.node_id();
-        if expected == self.node_id {
+        let digest = self.fields.digest();
+        let claimed = self
+            .node_id
+            .strip_prefix(HASH_PREFIX)
+            // Ids are compared as strings by the Python reference: lower-case hex only.
+            .filter(|hex| hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .and_then(|hex| blake3::Hash::from_hex(hex).ok());
+        if claimed == Some(digest) {
             Ok(())
         } else {
             Err(DagError::NodeIdMismatch {
                 node: self.node_id.clone(),
                 node_type: self.fields.node_type.clone(),
-                expected,
+                expected: format!("{HASH_PREFIX}{}", digest.to_hex()),
             })
         }
     }
@@ -297,6 +308,32 @@ fn tag_query_blob(raw: &RawNode<'_>) -> Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_in_upper_case_hex_does_not_match() {
+        let fields = NodeFields {
+            node_type: "SMA".into(),
+            interval: 60,
+            period: 5,
+            params_blob: "{}".into(),
+            dependencies: Vec::new(),
+            schema_compat_id: String::new(),
+            code_hash: String::new(),
+        };
+        let id = fields.node_id();
+        let node = |node_id: String| Node {
+            node_id,
+            fields: fields.clone(),
+            schema_hash: String::new(),
+            config_hash: String::new(),
+            tags: Vec::new(),
+            name: None,
+        };
+        assert!(node(id.clone()).verify_id().is_ok());
+        let upper = format!("{HASH_PREFIX}{}", id[HASH_PREFIX.len()..].to_uppercase());
+        assert!(node(upper).verify_id().is_err());
+        assert!(node(format!("{id}00")).verify_id().is_err());
+    }
 
     #[test]
     fn crc32_chain_of_nothing_is_zero_and_chains_like_concatenation() {
