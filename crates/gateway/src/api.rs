@@ -17,6 +17,43 @@ pub struct QueueRef {
 /// node id -> its queues.
 pub type QueueMap = BTreeMap<String, Vec<QueueRef>>;
 
+/// A `TagQueryNode` of a submitted DAG: its queue map entry is the queues its tags match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagQuery {
+    pub node_id: String,
+    pub tags: Vec<String>,
+    pub interval: i64,
+    pub match_mode: String,
+}
+
+impl TagQuery {
+    /// The tag queries of a checked DAG, read from their canonical identity blobs.
+    pub fn all_in(dag: &wire::Dag) -> Vec<TagQuery> {
+        dag.nodes
+            .iter()
+            .filter(|n| n.node_type() == "TagQueryNode")
+            .map(|node| {
+                let query: Value =
+                    serde_json::from_str(&node.fields.params_blob).unwrap_or(Value::Null);
+                TagQuery {
+                    node_id: node.node_id.clone(),
+                    tags: query["query_tags"]
+                        .as_array()
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    interval: query["interval"].as_i64().unwrap_or(node.fields.interval),
+                    match_mode: query["match_mode"].as_str().unwrap_or("any").to_owned(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The answer to a submission (`StrategyAck`), plus its state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StrategyAck {

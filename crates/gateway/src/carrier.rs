@@ -6,13 +6,12 @@
 use kit::clock::Clock;
 use kit::shutdown::Shutdown;
 use proto::DiffRequest;
-use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::api::{QueueMap, QueueRef};
+use crate::api::{QueueMap, QueueRef, TagQuery};
 use crate::link::{DagManagerLink, LinkError};
 use crate::metrics::{GatewayMetrics, Outcome};
 use crate::submissions::{Status, StoredContext, StrategyRecord, Submissions};
@@ -212,6 +211,7 @@ impl Carrier {
                 node_ids_crc32: record.node_ids_crc32,
                 world_ids: &record.world_ids,
                 context: &record.context,
+                tag_queries: &record.tag_queries,
             },
         )
         .await
@@ -226,6 +226,7 @@ pub struct DiffPlan<'a> {
     pub node_ids_crc32: u32,
     pub world_ids: &'a [String],
     pub context: &'a StoredContext,
+    pub tag_queries: &'a [TagQuery],
 }
 
 /// A diff per world through the breaker (each chunk's CRC32 checked against the submission's),
@@ -271,27 +272,12 @@ pub async fn diff_in_worlds(
             );
         }
     }
-    let dag = wire::parse_dag(plan.dag_json, wire::DagLimits::default(), false).map_err(|e| {
-        LinkError::Refused {
-            reason: e.to_string(),
-        }
-    })?;
-    for node in dag.nodes.iter().filter(|n| n.node_type() == "TagQueryNode") {
-        let query: Value = serde_json::from_str(&node.fields.params_blob).unwrap_or(Value::Null);
-        let tags: Vec<String> = query["query_tags"]
-            .as_array()
-            .map(|t| {
-                t.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let interval = query["interval"].as_i64().unwrap_or(node.fields.interval);
-        let match_mode = query["match_mode"].as_str().unwrap_or("any");
-        let queues = link.queues_by_tags(tags, interval, match_mode).await?;
+    for query in plan.tag_queries {
+        let queues = link
+            .queues_by_tags(query.tags.clone(), query.interval, &query.match_mode)
+            .await?;
         queue_map.insert(
-            node.node_id.clone(),
+            query.node_id.clone(),
             queues
                 .into_iter()
                 .map(|q| QueueRef {

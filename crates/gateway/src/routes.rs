@@ -87,6 +87,7 @@ pub async fn submit(
         node_ids_crc32: submission.crc32,
         world_ids: submission.world_ids.clone(),
         context: StoredContext::from_context(&submission.context),
+        tag_queries: submission.tag_queries.clone(),
         status: Status::Queued,
         reason: None,
         queue_map: QueueMap::new(),
@@ -167,6 +168,7 @@ pub async fn dry_run(
             node_ids_crc32: submission.crc32,
             world_ids: &submission.world_ids,
             context: &context,
+            tag_queries: &submission.tag_queries,
         },
     )
     .await

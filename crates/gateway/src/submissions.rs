@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 use wire::ComputeContext;
 
-use crate::api::QueueMap;
+use crate::api::{QueueMap, TagQuery};
 
 const STRATEGIES: Table = recordstore::table("strategies");
 
@@ -67,6 +67,9 @@ pub struct StrategyRecord {
     pub node_ids_crc32: u32,
     pub world_ids: Vec<String>,
     pub context: StoredContext,
+    /// The DAG's tag queries, taken at acceptance so carrying never parses the DAG again.
+    #[serde(default)]
+    pub tag_queries: Vec<TagQuery>,
     pub status: Status,
     pub reason: Option<String>,
     pub queue_map: QueueMap,

@@ -5,9 +5,9 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use sha2::Digest as _;
-use wire::{ComputeContext, Dag, DagError, DagLimits, Domain};
+use wire::{ComputeContext, DagError, DagLimits, Domain};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, TagQuery};
 use crate::metrics::GatewayMetrics;
 
 /// A submission that passed every check.
@@ -15,7 +15,8 @@ use crate::metrics::GatewayMetrics;
 pub struct Submission {
     /// The DAG document as text (what the DAG Manager diffs).
     pub dag_json: String,
-    pub dag: Dag,
+    /// The DAG's `TagQueryNode`s, resolved after each diff.
+    pub tag_queries: Vec<TagQuery>,
     /// CRC32 of the node ids in submission order.
     pub crc32: u32,
     pub world_ids: Vec<String>,
@@ -231,7 +232,7 @@ pub fn validate(
     ));
     Ok(Submission {
         dag_json,
-        dag,
+        tag_queries: TagQuery::all_in(&dag),
         crc32,
         world_ids,
         context,
