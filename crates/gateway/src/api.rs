@@ -5,17 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
-/// One queue a node reads or writes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueRef {
-    pub queue: String,
-    pub global: bool,
-}
-
-/// node id -> its queues.
-pub type QueueMap = BTreeMap<String, Vec<QueueRef>>;
+pub use wire::api::{QueueMap, QueueRef, StrategyAck};
 
 /// A `TagQueryNode` of a submitted DAG: its queue map entry is the queues its tags match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,19 +43,6 @@ impl TagQuery {
             })
             .collect()
     }
-}
-
-/// The answer to a submission (`StrategyAck`), plus its state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StrategyAck {
-    pub strategy_id: String,
-    pub status: String,
-    pub queue_map: QueueMap,
-    pub sentinel_id: String,
-    pub node_ids_crc32: u32,
-    pub downgraded: bool,
-    pub downgrade_reason: Option<String>,
-    pub safe_mode: bool,
 }
 
 /// An error answer: status, machine-readable code, message, and optional extra fields.

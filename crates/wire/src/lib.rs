@@ -1,6 +1,7 @@
 //! The QMTL DAG document and the identity functions every service must compute byte for byte
 //! like the Python QMTL: node ids, CRC32 chains, compute keys and topic names (spec wire.md).
 
+pub mod api;
 mod canonical;
 mod context;
 mod dag;

@@ -1,0 +1,608 @@
+//! Running strategies: submit through the Gateway (or run offline), apply the queue map, backfill,
+//! then feed live events through the engine until the feeds end or the runner is stopped.
+
+use kit::shutdown::Shutdown;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::backfill::{BackfillJob, BackfillReport, run_jobs};
+use crate::cache::bucket;
+use crate::engine::{Engine, Mode, NodeSetup, Outgoing, Phase};
+use crate::gateway_client::{GatewayClient, SubmitError};
+use crate::metrics::{EventSource, SdkMetrics};
+use crate::settings::SdkSettings;
+use crate::source::{LiveFeed, unix_now};
+use crate::strategy::{MatchMode, NodeKind, Strategy};
+use crate::transport::{
+    InProcessTransport, ProducerLease, Record, Subscription, Transport, TransportError,
+};
+use crate::value::Value;
+
+/// Why a strategy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("queue `{topic}`: {source}")]
+    Transport {
+        topic: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("the strategy has stopped")]
+    Stopped,
+}
+
+/// How one node runs, once the queue map is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    pub name: String,
+    pub node_id: String,
+    pub mode: Mode,
+    /// The node's queue, when the strategy was submitted.
+    pub topic: Option<String>,
+}
+
+/// What a runner decided for a strategy and how its backfill went.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The Gateway's id for the strategy (none offline).
+    pub strategy_id: Option<String>,
+    /// The same DAG had been submitted before.
+    pub duplicate: bool,
+    pub nodes: Vec<NodePlan>,
+    pub backfill: Vec<BackfillReport>,
+}
+
+impl Plan {
+    /// Nodes read from a queue another runner produces.
+    pub fn read(&self) -> impl Iterator<Item = &NodePlan> {
+        self.nodes.iter().filter(|n| n.mode == Mode::Read)
+    }
+}
+
+/// How a strategy's run ended.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub plan: Plan,
+    /// Live events taken in.
+    pub events: u64,
+}
+
+enum Command {
+    SwitchContext(wire::ComputeContext, oneshot::Sender<usize>),
+}
+
+/// A running strategy.
+#[derive(Debug)]
+pub struct StrategyHandle {
+    plan: Plan,
+    stop: Shutdown,
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl StrategyHandle {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Runs the strategy's nodes under a new compute context from now on. Every node whose
+    /// cache holds data from the old one is cleared (and counted); returns how many.
+    pub async fn switch_context(&self, context: wire::ComputeContext) -> Result<usize, RunError> {
+        let (reply, cleared) = oneshot::channel();
+        self.commands
+            .send(Command::SwitchContext(context, reply))
+            .await
+            .map_err(|_| RunError::Stopped)?;
+        cleared.await.map_err(|_| RunError::Stopped)
+    }
+
+    /// Stops taking new events; what is buffered is still processed and published.
+    pub fn stop(&self) {
+        self.stop.trigger();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the run to end (feeds exhausted and queues closed, or stopped).
+    pub async fn join(self) -> RunReport {
+        let events = self.task.await.unwrap_or(0);
+        RunReport {
+            plan: self.plan,
+            events,
+        }
+    }
+}
+
+/// Runs strategies: offline, or submitted through a Gateway with their queues on a transport.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    settings: SdkSettings,
+    metrics: Arc<SdkMetrics>,
+    gateway: Option<Arc<GatewayClient>>,
+    transport: Arc<dyn Transport>,
+    history_end: Option<i64>,
+}
+
+/// Where an event goes in the engine.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The node emits it (a stream's bar, a value read from the node's queue).
+    Emit(usize),
+    /// Into one ring of a node (a queue a tag query matched).
+    Deliver(usize, usize),
+}
+
+struct Incoming {
+    target: Target,
+    timestamp: i64,
+    value: Value,
+    ack: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Runner {
+    /// Submits through the Gateway of `settings.gateway_url` when it is set (offline otherwise),
+    /// with queues on `transport`. Needs a Tokio runtime.
+    pub fn new(
+        settings: SdkSettings,
+        metrics: Arc<SdkMetrics>,
+        transport: Arc<dyn Transport>,
+    ) -> Runner {
+        let gateway = settings
+            .gateway()
+            .map(|g| Arc::new(GatewayClient::new(g, &metrics)));
+        Runner {
+            settings,
+            metrics,
+            gateway,
+            transport,
+            history_end: None,
+        }
+    }
+
+    /// Every node here, nothing submitted or published.
+    pub fn offline(settings: SdkSettings, metrics: Arc<SdkMetrics>) -> Runner {
+        Runner {
+            settings: SdkSettings {
+                gateway_url: String::new(),
+                ..settings
+            },
+            metrics,
+            gateway: None,
+            transport: Arc::new(InProcessTransport::default()),
+            history_end: None,
+        }
+    }
+
+    /// Backfill up to this timestamp instead of the current bar.
+    pub fn history_end(mut self, timestamp: i64) -> Runner {
+        self.history_end = Some(timestamp);
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<SdkMetrics> {
+        &self.metrics
+    }
+
+    /// Runs a strategy to its end (feeds exhausted, or `shutdown`).
+    pub async fn run(&self, strategy: Strategy, shutdown: Shutdown) -> Result<RunReport, RunError> {
+        let handle = self.start(strategy).await?;
+        let stop = handle.stop.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.triggered().await;
+            stop.trigger();
+        });
+        let report = handle.join().await;
+        watcher.abort();
+        Ok(report)
+    }
+
+    /// Submits (when connected), applies the queue map, backfills, and starts the live run.
+    pub async fn start(&self, strategy: Strategy) -> Result<StrategyHandle, RunError> {
+        let context = self.settings.context();
+        let submitted = match &self.gateway {
+            Some(gateway) => Some(
+                gateway
+                    .submit(&strategy.dag_json(), strategy.node_ids_crc32(), &context)
+                    .await?,
+            ),
+            None => None,
+        };
+        let mut setups = Vec::with_capacity(strategy.nodes.len());
+        let mut feeds: Vec<(usize, Box<dyn LiveFeed>)> = Vec::new();
+        let mut jobs = Vec::new();
+        let mut queries: Vec<(usize, Vec<String>, MatchMode)> = Vec::new();
+        let warmup = self.warmup_bars(&strategy);
+        let mut tags: Vec<Vec<String>> = Vec::new();
+        let mut streams: HashSet<usize> = HashSet::new();
+        for (index, def) in strategy.nodes.into_iter().enumerate() {
+            let compute = match def.kind {
+                NodeKind::Stream { history, live } => {
+                    streams.insert(index);
+                    if let Some(provider) = history {
+                        jobs.push(BackfillJob {
+                            node: index,
+                            node_id: def.node_id.clone(),
+                            interval: def.interval,
+                            bars: warmup.max(def.period as i64),
+                            provider,
+                        });
+                    }
+                    if let Some(feed) = live {
+                        feeds.push((index, feed));
+                    }
+                    None
+                }
+                NodeKind::Compute(compute) => Some(compute),
+                NodeKind::TagQuery {
+                    tags,
+                    match_mode,
+                    compute,
+                } => {
+                    queries.push((index, tags, match_mode));
+                    Some(compute)
+                }
+            };
+            tags.push(def.tags);
+            setups.push(NodeSetup {
+                node_id: def.node_id,
+                name: def.name,
+                interval: def.interval,
+                period: def.period,
+                inputs: def.inputs,
+                compute,
+                observers: def.observers,
+            });
+        }
+        let mut engine = Engine::new(setups, self.metrics.clone(), &context);
+
+        // Apply the queue map: claim each queue we could produce, read the others.
+        let mut leases: Vec<Box<dyn ProducerLease>> = Vec::new();
+        let mut reads: Vec<(Target, String)> = Vec::new();
+        let fed: HashSet<usize> = feeds.iter().map(|(i, _)| *i).collect();
+        if let Some(submitted) = &submitted {
+            for index in 0..engine.nodes().len() {
+                let node_id = engine.nodes()[index].node_id.clone();
+                let Some(topic) = submitted
+                    .queue_map
+                    .get(&node_id)
+                    .and_then(|q| q.first())
+                    .map(|q| q.queue.clone())
+                else {
+                    continue;
+                };
+                // A stream without a feed here is fed by someone else: read it.
+                let lease = if streams.contains(&index) && !fed.contains(&index) {
+                    None
+                } else {
+                    self.transport
+                        .claim_producer(&topic)
+                        .await
+                        .map_err(|source| RunError::Transport {
+                            topic: topic.clone(),
+                            source,
+                        })?
+                };
+                let node = engine.node_mut(index);
+                match lease {
+                    Some(lease) => {
+                        leases.push(lease);
+                        node.publish = Some(topic.clone());
+                    }
+                    None => {
+                        node.mode = Mode::Read;
+                        reads.push((Target::Emit(index), topic));
+                    }
+                }
+            }
+            for (index, _, _) in &queries {
+                if engine.nodes()[*index].mode == Mode::Read {
+                    continue;
+                }
+                let node_id = engine.nodes()[*index].node_id.clone();
+                let interval = engine.nodes()[*index].interval;
+                for queue in submitted.queue_map.get(&node_id).into_iter().flatten() {
+                    let slot =
+                        engine.add_external_slot(*index, None, queue.queue.clone(), interval);
+                    reads.push((Target::Deliver(*index, slot), queue.queue.clone()));
+                }
+            }
+        } else {
+            // Offline, a tag query reads the earlier nodes of the strategy whose tags match.
+            for (index, wanted, mode) in &queries {
+                for (upstream, have) in tags.iter().enumerate().take(*index) {
+                    let matches = match mode {
+                        MatchMode::Any => wanted.iter().any(|t| have.contains(t)),
+                        MatchMode::All => wanted.iter().all(|t| have.contains(t)),
+                    };
+                    if matches {
+                        let label = engine.nodes()[upstream].node_id.clone();
+                        let interval = engine.nodes()[upstream].interval;
+                        engine.add_external_slot(*index, Some(upstream), label, interval);
+                    }
+                }
+            }
+        }
+
+        // Backfill: every node computes over history before live data flows.
+        let end = self.history_end.unwrap_or_else(unix_now);
+        let end_for = |interval: i64| bucket(end, interval);
+        let policy = self.settings.backfill_policy();
+        let mut by_end: Vec<(i64, Vec<BackfillJob>)> = Vec::new();
+        for job in jobs {
+            let job_end = end_for(job.interval);
+            match by_end.iter_mut().find(|(e, _)| *e == job_end) {
+                Some((_, group)) => group.push(job),
+                None => by_end.push((job_end, vec![job])),
+            }
+        }
+        let mut reports = Vec::new();
+        let backfill_events = self.metrics.events(EventSource::Backfill);
+        let mut outbox = Vec::new();
+        for (job_end, group) in by_end {
+            let (rows, group_reports) = run_jobs(group, job_end, policy, &self.metrics).await;
+            reports.extend(group_reports);
+            for (at, node, value) in rows {
+                backfill_events.increment(1);
+                engine.emit(node, at, value, Phase::Backfill, &mut outbox);
+            }
+        }
+
+        let plan = Plan {
+            strategy_id: submitted.as_ref().map(|s| s.strategy_id.clone()),
+            duplicate: submitted.as_ref().is_some_and(|s| s.duplicate),
+            nodes: engine
+                .nodes()
+                .iter()
+                .map(|n| NodePlan {
+                    name: n.name.clone(),
+                    node_id: n.node_id.clone(),
+                    mode: n.mode,
+                    topic: submitted.as_ref().and_then(|s| {
+                        s.queue_map
+                            .get(&n.node_id)
+                            .and_then(|q| q.first())
+                            .map(|q| q.queue.clone())
+                    }),
+                })
+                .collect(),
+            backfill: reports,
+        };
+        for node in &plan.nodes {
+            tracing::info!(node = %node.name, node_id = %node.node_id, mode = ?node.mode, topic = ?node.topic, "Node planned.");
+        }
+
+        // Live: feeds of the streams we produce, and the queues we read.
+        let stop = Shutdown::new();
+        let (events, incoming) = mpsc::channel::<Incoming>(self.settings.queue_depth.max(1));
+        for (index, feed) in feeds {
+            if engine.nodes()[index].mode == Mode::Read {
+                continue;
+            }
+            tokio::spawn(forward_feed(
+                Target::Emit(index),
+                feed,
+                events.clone(),
+                stop.clone(),
+            ));
+        }
+        let group = format!(
+            "{}.{}",
+            self.settings.consumer_group,
+            plan.strategy_id.as_deref().unwrap_or("offline")
+        );
+        for (target, topic) in reads {
+            let subscription =
+                self.transport
+                    .subscribe(&topic, &group)
+                    .await
+                    .map_err(|source| RunError::Transport {
+                        topic: topic.clone(),
+                        source,
+                    })?;
+            tokio::spawn(forward_queue(
+                target,
+                topic,
+                subscription,
+                events.clone(),
+                stop.clone(),
+            ));
+        }
+        drop(events);
+        let (commands, command_rx) = mpsc::channel(4);
+        let task = tokio::spawn(live(LiveRun {
+            engine,
+            incoming,
+            commands: command_rx,
+            transport: self.transport.clone(),
+            metrics: self.metrics.clone(),
+            leases,
+        }));
+        Ok(StrategyHandle {
+            plan,
+            stop,
+            commands,
+            task,
+        })
+    }
+
+    /// Bars of history that make every node ready: along each path, a node of period `p` needs
+    /// `p - 1` bars more than its inputs. `sdk.backfill_bars` overrides it.
+    fn warmup_bars(&self, strategy: &Strategy) -> i64 {
+        if self.settings.backfill_bars > 0 {
+            return self.settings.backfill_bars as i64;
+        }
+        let mut need: Vec<i64> = Vec::with_capacity(strategy.nodes.len());
+        for def in &strategy.nodes {
+            let from_inputs = def
+                .inputs
+                .iter()
+                .map(|i| need[i.index()])
+                .max()
+                .unwrap_or(1);
+            let own = match def.kind {
+                NodeKind::Stream { .. } => def.period as i64,
+                _ => from_inputs + def.period as i64 - 1,
+            };
+            need.push(own.max(1));
+        }
+        need.into_iter().max().unwrap_or(1)
+    }
+}
+
+async fn forward_feed(
+    target: Target,
+    mut feed: Box<dyn LiveFeed>,
+    events: mpsc::Sender<Incoming>,
+    stop: Shutdown,
+) {
+    let stopped = stop.triggered();
+    tokio::pin!(stopped);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            next = feed.next() => next,
+        };
+        let Some((timestamp, value)) = next else {
+            return;
+        };
+        let event = Incoming {
+            target,
+            timestamp,
+            value,
+            ack: None,
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn forward_queue(
+    target: Target,
+    topic: String,
+    mut subscription: Box<dyn Subscription>,
+    events: mpsc::Sender<Incoming>,
+    stop: Shutdown,
+) {
+    let stopped = stop.triggered();
+    tokio::pin!(stopped);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut stopped => return,
+            next = subscription.next() => next,
+        };
+        match next {
+            None => return,
+            Some(Ok(delivery)) => {
+                let (record, ack) = delivery.into_parts();
+                let event = Incoming {
+                    target,
+                    timestamp: record.timestamp,
+                    value: record.payload,
+                    ack,
+                };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Some(Err(error)) => {
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(%topic, %error, "Reading a queue failed; retrying.");
+                    last_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+struct LiveRun {
+    engine: Engine,
+    incoming: mpsc::Receiver<Incoming>,
+    commands: mpsc::Receiver<Command>,
+    transport: Arc<dyn Transport>,
+    metrics: Arc<SdkMetrics>,
+    leases: Vec<Box<dyn ProducerLease>>,
+}
+
+/// Takes events until every feed and queue has ended; returns how many it took.
+async fn live(mut run: LiveRun) -> u64 {
+    let feed_events = run.metrics.events(EventSource::Feed);
+    let queue_events = run.metrics.events(EventSource::Queue);
+    let (published, publish_failures) = run.metrics.published();
+    let mut outbox: Vec<Outgoing> = Vec::new();
+    let mut taken = 0u64;
+    let mut last_warning: Option<Instant> = None;
+    let mut commands_open = true;
+    loop {
+        let event = tokio::select! {
+            biased;
+            command = run.commands.recv(), if commands_open => {
+                match command {
+                    Some(Command::SwitchContext(context, reply)) => {
+                        let _ = reply.send(run.engine.set_context(&context));
+                    }
+                    None => commands_open = false,
+                }
+                continue;
+            }
+            event = run.incoming.recv() => event,
+        };
+        let Some(event) = event else { break };
+        taken += 1;
+        match event.target {
+            Target::Emit(node) => {
+                if run.engine.nodes()[node].mode == Mode::Read {
+                    queue_events.increment(1);
+                } else {
+                    feed_events.increment(1);
+                }
+                run.engine
+                    .emit(node, event.timestamp, event.value, Phase::Live, &mut outbox);
+            }
+            Target::Deliver(node, slot) => {
+                queue_events.increment(1);
+                run.engine.deliver(
+                    node,
+                    slot,
+                    event.timestamp,
+                    event.value,
+                    Phase::Live,
+                    &mut outbox,
+                );
+            }
+        }
+        for out in outbox.drain(..) {
+            let record = Record {
+                payload: out.value,
+                interval: out.interval,
+                timestamp: out.timestamp,
+                traceparent: None,
+            };
+            match run.transport.publish(&out.topic, record).await {
+                Ok(()) => published.increment(1),
+                Err(error) => {
+                    publish_failures.increment(1);
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(topic = %out.topic, %error, "Publishing a node's output failed.");
+                        last_warning = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if let Some(ack) = event.ack {
+            ack();
+        }
+    }
+    drop(run.leases);
+    taken
+}

@@ -1,0 +1,6 @@
+//! SDK runtime tests: strategies run offline and through a real Gateway and DAG Manager,
+//! outputs checked against hand-computed values, metrics checked on the scraped endpoint.
+
+mod offline;
+mod online;
+mod support;
