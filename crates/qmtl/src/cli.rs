@@ -23,6 +23,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole stack on this machine (embedded stores, no Kafka or Neo4j): the DAG
+    /// Manager and the Gateway as processes, then two demo strategies through them.
+    Up {
+        /// Live bars each demo strategy's feed produces.
+        #[arg(long, default_value_t = 200)]
+        bars: u64,
+        /// Milliseconds between live bars.
+        #[arg(long, default_value_t = 50)]
+        pace_ms: u64,
+        /// Keep the services running after the demo, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Run or drive a service.
     Service {
         #[command(subcommand)]
@@ -112,9 +125,26 @@ pub enum DagManagerCommand {
     },
 }
 
-pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+pub async fn run(
+    command: Command,
+    settings: Settings,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let service = match command {
         Command::Service { service } => service,
+        Command::Up {
+            bars,
+            pace_ms,
+            keep_running,
+        } => {
+            let options = crate::up::UpOptions {
+                config,
+                bars,
+                pace: std::time::Duration::from_millis(pace_ms),
+                keep_running,
+            };
+            return crate::up::up(settings, options).await;
+        }
         Command::Submit {
             file,
             world_ids,

@@ -4,8 +4,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 mod cli;
+mod demo;
 mod settings;
 mod submit;
+mod up;
 
 /// mimalloc: the diff path allocates many small strings, and glibc's allocator costs it about
 /// a third of its time (see BENCHMARKS.md).
@@ -31,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match runtime.block_on(cli::run(cli.command, settings)) {
+    match runtime.block_on(cli::run(cli.command, settings, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("qmtl: {error:#}");

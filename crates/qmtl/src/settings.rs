@@ -4,6 +4,7 @@ use dagmanager::DagManagerSettings;
 use gateway::GatewaySettings;
 use kit::config::{ConfigError, ConfigSources};
 use kit::telemetry::TelemetrySettings;
+use sdk_runtime::SdkSettings;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use std::path::Path;
 pub struct Settings {
     pub dagmanager: DagManagerSettings,
     pub gateway: GatewaySettings,
+    pub sdk: SdkSettings,
     pub telemetry: TelemetrySettings,
 }
 

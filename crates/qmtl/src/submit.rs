@@ -59,7 +59,7 @@ async fn send(
     let response = client
         .request(request)
         .await
-        .with_context(|| format!("could not reach the Gateway at {gateway}"))?;
+        .with_context(|| format!("could not reach {base}"))?;
     let status = response.status().as_u16();
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))

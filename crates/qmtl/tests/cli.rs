@@ -186,3 +186,40 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn qmtl_up_runs_the_stack_and_the_demo_and_sums_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
+        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
+        .env("QMTL__GATEWAY__PORT", free_port().to_string())
+        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
+        .env("QMTL__SDK__AS_OF", "2025-01-01")
+        .args(["up", "--bars", "30", "--pace-ms", "5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let value = |series: &str| -> f64 {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{stdout}"))
+    };
+    assert!(value("node_processed_total") > 0.0);
+    assert_eq!(value("backfill_completed_total"), 2.0);
+    assert_eq!(value("backfill_failure_total"), 0.0);
+    assert_eq!(value("diff_requests_total"), 2.0);
+    assert_eq!(
+        value("compute_nodes_total"),
+        6.0,
+        "7 nodes submitted, price shared"
+    );
+    assert_eq!(value("runtime_events_total{source=\"queue\"}"), 30.0);
+    assert!(stdout.contains("reused queue: ma-"), "{stdout}");
+    assert!(stdout.contains("gateway stopped."), "{stdout}");
+}

@@ -28,6 +28,7 @@ pub use backfill::{BackfillOutcome, BackfillPolicy, BackfillReport};
 pub use cache::{CacheView, Window, bucket};
 pub use engine::Mode;
 pub use gateway_client::{GatewayClient, GatewayClientSettings, SubmitError, Submitted};
+pub use kit::shutdown::Shutdown;
 pub use metrics::SdkMetrics;
 pub use runner::{NodePlan, Plan, RunError, RunReport, Runner, StrategyHandle};
 pub use settings::SdkSettings;

@@ -374,7 +374,7 @@ impl Runner {
             backfill: reports,
         };
         for node in &plan.nodes {
-            tracing::info!(node = %node.name, node_id = %node.node_id, mode = ?node.mode, topic = ?node.topic, "Node planned.");
+            tracing::debug!(node = %node.name, node_id = %node.node_id, mode = ?node.mode, topic = ?node.topic, "Node planned.");
         }
 
         // Live: feeds of the streams we produce, and the queues we read.

@@ -1,0 +1,436 @@
+//! `qmtl up`: the DAG Manager and the Gateway as separate processes on embedded defaults, then
+//! the demo strategies through them, with a progress line and a summary of every service's
+//! key counters. Ctrl-C drains the strategies and stops everything.
+
+use anyhow::Context as _;
+use kit::metrics::Readiness;
+use kit::shutdown::Shutdown;
+use sdk_runtime::{
+    InProcessTransport, Mode, Plan, RunReport, Runner, SdkMetrics, SdkSettings, StrategyHandle,
+    Transport,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::demo::{self, Pace};
+use crate::settings::Settings;
+
+/// What `qmtl up` was asked for.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub config: Option<PathBuf>,
+    pub bars: u64,
+    pub pace: Duration,
+    pub keep_running: bool,
+}
+
+/// A service process; stopped with SIGTERM (it drains) when dropped.
+struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn spawn(
+        name: &'static str,
+        args: &[&str],
+        env: &[(&str, String)],
+        config: Option<&Path>,
+        logs: &Path,
+    ) -> anyhow::Result<Service> {
+        let log = logs.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot write {}", log.display()))?;
+        let exe = std::env::current_exe().context("cannot find the qmtl executable")?;
+        let mut command = Command::new(exe);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        Ok(Service { name, child, log })
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
+    let _telemetry = kit::telemetry::init("sdk", &settings.telemetry)?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_os_signals();
+    let logs = PathBuf::from(".qmtl-data/logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+
+    let dm = &settings.dagmanager;
+    let gw = &settings.gateway;
+    let dm_admin = format!("http://{}:{}", dm.host, dm.admin_port);
+    let gateway = format!("http://{}:{}", gw.host, gw.port);
+    let config = options.config.as_deref();
+    // The Gateway talks to the DAG Manager started here, whatever its own setting says.
+    let dm_grpc = format!("{}:{}", dm.host, dm.grpc_port);
+    let mut services = vec![
+        Service::spawn(
+            "dagmanager",
+            &["service", "dagmanager", "server"],
+            &[],
+            config,
+            &logs,
+        )?,
+        Service::spawn(
+            "gateway",
+            &["service", "gateway"],
+            &[("QMTL__GATEWAY__DAGMANAGER_URL", dm_grpc)],
+            config,
+            &logs,
+        )?,
+    ];
+    wait_ready(
+        &mut services,
+        &[format!("{dm_admin}/readyz"), format!("{gateway}/health")],
+        &shutdown,
+    )
+    .await?;
+
+    let metrics = SdkMetrics::new()?;
+    let sdk = &settings.sdk;
+    let (listener, sdk_addr) = sdk_runtime::metrics::bind_metrics(&sdk.host, sdk.metrics_port)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve the runtime's metrics on port {}",
+                sdk.metrics_port
+            )
+        })?;
+    let readiness = Readiness::default();
+    readiness.set(true);
+    // Served until the summary has read it, after the strategies stop.
+    let server_stop = Shutdown::new();
+    let server = tokio::spawn(sdk_runtime::metrics::serve_metrics(
+        metrics.clone(),
+        listener,
+        readiness,
+        server_stop.clone(),
+    ));
+    let sdk_metrics = format!("http://{sdk_addr}/metrics");
+    println!("qmtl up: the stack is running on embedded stores (no Kafka, no Neo4j).");
+    println!(
+        "  DAG Manager  gRPC {}:{}   metrics {dm_admin}/metrics   log {}",
+        dm.host,
+        dm.grpc_port,
+        services[0].log.display()
+    );
+    println!(
+        "  Gateway      {gateway}   metrics {gateway}/metrics   log {}",
+        services[1].log.display()
+    );
+    println!("  SDK runtime  metrics {sdk_metrics}");
+
+    let runner_settings = SdkSettings {
+        gateway_url: gateway.clone(),
+        ..sdk.clone()
+    };
+    let transport: Arc<dyn Transport> = Arc::new(InProcessTransport::new(
+        sdk.queue_depth,
+        Duration::from_secs(1),
+    ));
+    let runner = Runner::new(runner_settings, metrics.clone(), transport);
+    let pace = Pace {
+        bars: options.bars,
+        every: options.pace,
+    };
+    let (crossover, _) = demo::ma_crossover(pace)?;
+    let (trend, _) = demo::ma_trend(pace)?;
+    println!(
+        "Submitting two strategies that share the btc-price stream ({} bars of {} ms each, after a backfilled history) ...",
+        options.bars,
+        options.pace.as_millis()
+    );
+    let (first, second) = tokio::join!(runner.start(crossover), runner.start(trend));
+    let handles: Vec<(&str, StrategyHandle)> = vec![
+        ("ma-crossover", first.context("ma-crossover")?),
+        ("ma-trend", second.context("ma-trend")?),
+    ];
+    for (name, handle) in &handles {
+        describe_plan(name, handle.plan());
+    }
+
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.triggered() => {
+                println!("\nStopping: the strategies drain, then the services stop.");
+                for (_, handle) in &handles {
+                    handle.stop();
+                }
+                break;
+            }
+            _ = ticker.tick() => {
+                if handles.iter().all(|(_, h)| h.is_finished()) {
+                    break;
+                }
+                println!("  {:>3} s  {}", started.elapsed().as_secs(), progress(&metrics.render()));
+            }
+        }
+    }
+    let mut reports: Vec<(&str, RunReport)> = Vec::new();
+    for (name, handle) in handles {
+        reports.push((name, handle.join().await));
+    }
+    println!("\nSummary");
+    for (name, report) in &reports {
+        println!("  {name}: {} live events taken", report.events);
+    }
+    summary(
+        "DAG Manager",
+        &format!("{dm_admin}/metrics"),
+        &[
+            "diff_requests_total",
+            "diff_failures_total",
+            "compute_nodes_total",
+            "queues_total",
+        ],
+    )
+    .await;
+    summary(
+        "Gateway",
+        &format!("{gateway}/metrics"),
+        &[
+            "gateway_submissions_total",
+            "lost_requests_total",
+            "dagclient_breaker_state",
+        ],
+    )
+    .await;
+    summary(
+        "SDK runtime",
+        &sdk_metrics,
+        &[
+            "node_processed_total",
+            "node_process_failure_total",
+            "backfill_completed_total",
+            "backfill_failure_total",
+            "runtime_events_total",
+            "runtime_published_total",
+        ],
+    )
+    .await;
+    if let Some(reused) = reused_queue(&reports) {
+        println!("  reused queue: {reused}");
+    }
+
+    if options.keep_running && !shutdown.is_triggered() {
+        println!("\nThe services keep running; press Ctrl-C to stop them.");
+        shutdown.triggered().await;
+    }
+    server_stop.trigger();
+    let _ = server.await;
+    for mut service in services {
+        service.stop(Duration::from_secs(10));
+        println!("{} stopped.", service.name);
+    }
+    Ok(())
+}
+
+async fn wait_ready(
+    services: &mut [Service],
+    urls: &[String],
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for service in services.iter_mut() {
+            if let Some(status) = service.exited() {
+                let tail = std::fs::read_to_string(&service.log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                anyhow::bail!(
+                    "the {} exited ({status}) before it was ready; are the ports in qmtl.yml free? Its log ({}) ends:\n{}",
+                    service.name,
+                    service.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        let mut ready = true;
+        for url in urls {
+            ready &= matches!(crate::submit::get(url, "").await, Ok((200, _)));
+        }
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            !shutdown.is_triggered(),
+            "stopped before the services were ready"
+        );
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the services were not ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn describe_plan(name: &str, plan: &Plan) {
+    let id = plan.strategy_id.as_deref().unwrap_or("-");
+    let again = if plan.duplicate {
+        " (submitted before: the same strategy)"
+    } else {
+        ""
+    };
+    println!("  {name}: strategy {id}{again}");
+    for node in &plan.nodes {
+        let how = match node.mode {
+            Mode::Local => "computed here, published to",
+            Mode::Read => "read from",
+        };
+        println!(
+            "    {:<10} {how} {}",
+            node.name,
+            node.topic.as_deref().unwrap_or("-")
+        );
+    }
+    for job in &plan.backfill {
+        println!(
+            "    backfill {} @{}s [{}, {}): {:?}",
+            short(&job.node_id),
+            job.interval,
+            job.start,
+            job.end,
+            job.outcome
+        );
+    }
+}
+
+fn short(node_id: &str) -> &str {
+    node_id.get(..15).unwrap_or(node_id)
+}
+
+/// The stream one strategy reads from the queue the other produces.
+fn reused_queue(reports: &[(&str, RunReport)]) -> Option<String> {
+    for (reader, report) in reports {
+        for node in report.plan.read() {
+            let producer = reports.iter().find(|(other, r)| {
+                other != reader
+                    && r.plan
+                        .nodes
+                        .iter()
+                        .any(|n| n.node_id == node.node_id && n.mode == Mode::Local)
+            });
+            if let (Some((producer, _)), Some(topic)) = (producer, &node.topic) {
+                return Some(format!(
+                    "{reader} reads {} from {topic}, which {producer} produces",
+                    node.name
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Sums of the families a progress line shows.
+fn progress(exposition: &str) -> String {
+    let sum = |family: &str, filter: &str| -> f64 {
+        exposition
+            .lines()
+            .filter(|l| {
+                l.starts_with(family)
+                    && l[family.len()..].starts_with(['{', ' '])
+                    && l.contains(filter)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    format!(
+        "events: {:.0} from the feed, {:.0} from queues, {:.0} backfilled | node runs: {:.0} | published: {:.0}",
+        sum("runtime_events_total", "source=\"feed\""),
+        sum("runtime_events_total", "source=\"queue\""),
+        sum("runtime_events_total", "source=\"backfill\""),
+        sum("node_processed_total", ""),
+        sum("runtime_published_total", ""),
+    )
+}
+
+/// Prints each family's series (summed over node ids) from a service's endpoint.
+async fn summary(service: &str, url: &str, families: &[&str]) {
+    let body = match crate::submit::get(url, "").await {
+        Ok((200, body)) => body,
+        other => {
+            println!("  {service}: {url} did not answer ({other:?})");
+            return;
+        }
+    };
+    println!("  {service} ({url})");
+    for family in families {
+        let mut by_labels: Vec<(String, f64)> = Vec::new();
+        for line in body.lines().filter(|l| l.starts_with(family)) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let rest = &series[family.len()..];
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                continue;
+            }
+            // Node ids are summed away; other labels are kept.
+            let labels: Vec<&str> = rest
+                .trim_matches(|c| c == '{' || c == '}')
+                .split(',')
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("node_id=") && !l.starts_with("interval=")
+                })
+                .collect();
+            let key = labels.join(",");
+            match by_labels.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, total)) => *total += value,
+                None => by_labels.push((key, value)),
+            }
+        }
+        for (labels, value) in by_labels {
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            };
+            println!("    {family}{labels} {value}");
+        }
+    }
+}
