@@ -322,6 +322,25 @@ pub async fn serve_metrics(
         .await
 }
 
+/// Starts the runtime's metrics server on `host:port` (0: any free port) until `shutdown`;
+/// returns the address it listens on.
+pub async fn start_metrics_server(
+    metrics: Arc<SdkMetrics>,
+    host: &str,
+    port: u16,
+    shutdown: kit::shutdown::Shutdown,
+) -> std::io::Result<SocketAddr> {
+    let (listener, address) = bind_metrics(host, port).await?;
+    let readiness = Readiness::default();
+    readiness.set(true);
+    tokio::spawn(async move {
+        if let Err(error) = serve_metrics(metrics, listener, readiness, shutdown).await {
+            tracing::warn!(%error, "The runtime's metrics server stopped.");
+        }
+    });
+    Ok(address)
+}
+
 /// Binds the metrics server's port (0: any free port).
 pub async fn bind_metrics(host: &str, port: u16) -> std::io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind((host, port)).await?;

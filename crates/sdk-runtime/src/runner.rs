@@ -265,8 +265,14 @@ impl Runner {
         let mut leases: Vec<Box<dyn ProducerLease>> = Vec::new();
         let mut reads: Vec<(Target, String)> = Vec::new();
         let fed: HashSet<usize> = feeds.iter().map(|(i, _)| *i).collect();
+        let query_nodes: HashSet<usize> = queries.iter().map(|(i, _, _)| *i).collect();
         if let Some(submitted) = &submitted {
             for index in 0..engine.nodes().len() {
+                // A tag query's queue map entry is the queues it matched, not a queue of its
+                // own: it always runs here, reading them.
+                if query_nodes.contains(&index) {
+                    continue;
+                }
                 let node_id = engine.nodes()[index].node_id.clone();
                 let Some(topic) = submitted
                     .queue_map
@@ -301,9 +307,6 @@ impl Runner {
                 }
             }
             for (index, _, _) in &queries {
-                if engine.nodes()[*index].mode == Mode::Read {
-                    continue;
-                }
                 let node_id = engine.nodes()[*index].node_id.clone();
                 let interval = engine.nodes()[*index].interval;
                 for queue in submitted.queue_map.get(&node_id).into_iter().flatten() {
@@ -359,16 +362,20 @@ impl Runner {
             nodes: engine
                 .nodes()
                 .iter()
-                .map(|n| NodePlan {
+                .enumerate()
+                .map(|(index, n)| NodePlan {
                     name: n.name.clone(),
                     node_id: n.node_id.clone(),
                     mode: n.mode,
-                    topic: submitted.as_ref().and_then(|s| {
-                        s.queue_map
-                            .get(&n.node_id)
-                            .and_then(|q| q.first())
-                            .map(|q| q.queue.clone())
-                    }),
+                    topic: submitted
+                        .as_ref()
+                        .filter(|_| !query_nodes.contains(&index))
+                        .and_then(|s| {
+                            s.queue_map
+                                .get(&n.node_id)
+                                .and_then(|q| q.first())
+                                .map(|q| q.queue.clone())
+                        }),
                 })
                 .collect(),
             backfill: reports,

@@ -414,3 +414,46 @@ async fn a_new_compute_context_clears_caches_that_hold_data_and_is_counted() -> 
     assert_eq!(taken(&means), vec![(180, 2.0), (360, 5.0)]);
     Ok(())
 }
+
+#[tokio::test]
+async fn offline_a_tag_query_reads_the_earlier_streams_whose_tags_match() -> anyhow::Result<()> {
+    let metrics = SdkMetrics::new()?;
+    let mut s = Strategy::new("basket");
+    let btc = s
+        .stream_input("btc")
+        .tags(["btc", "price"])
+        .live(bars(&[(60, 10.0), (120, 12.0)]))
+        .build()?;
+    let eth = s
+        .stream_input("eth")
+        .tags(["eth", "price"])
+        .live(bars(&[(60, 2.0), (120, 4.0)]))
+        .build()?;
+    s.stream_input("volume")
+        .tags(["btc", "volume"])
+        .live(bars(&[(60, 1000.0)]))
+        .build()?;
+    let basket = s
+        .tag_query("basket")
+        .tags(["price"])
+        .code("basket", "1")
+        .compute(|v| {
+            let lasts: Vec<f64> = v
+                .windows()
+                .filter_map(|(_, w)| w.last()?.as_f64())
+                .collect();
+            Some(lasts.iter().sum::<f64>() / lasts.len() as f64)
+        })?;
+    let (outputs, observe) = collector();
+    s.observe(basket, observe)?;
+    let _ = (btc, eth);
+    Runner::offline(settings(), metrics)
+        .run(s, Shutdown::new())
+        .await?;
+    // Ready once both price streams have a bar (the feeds interleave freely, so the first
+    // mean is 6 or 7); the volume stream does not match, or the means would be near 1000.
+    let values: Vec<f64> = taken(&outputs).into_iter().map(|(_, v)| v).collect();
+    assert!(values.iter().all(|v| [6.0, 7.0, 8.0].contains(v)), "{values:?}");
+    assert_eq!(values.last(), Some(&8.0));
+    Ok(())
+}

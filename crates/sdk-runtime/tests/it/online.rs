@@ -200,3 +200,57 @@ async fn a_gateway_refusal_is_a_clear_error_and_a_missing_gateway_opens_the_brea
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tag_query_reads_every_queue_its_tags_match_whoever_produces_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stack = stack(dir.path()).await?;
+    let metrics = SdkMetrics::new()?;
+    let transport: Arc<dyn Transport> = Arc::new(InProcessTransport::default());
+    let runner = Runner::new(settings(stack.gateway), metrics.clone(), transport);
+
+    let (btc_in, btc_feed) = channel_feed();
+    let (eth_in, eth_feed) = channel_feed();
+    let mut feeds = Strategy::new("feeds");
+    feeds
+        .stream_input("btc")
+        .tags(["btc", "price"])
+        .live(btc_feed)
+        .build()?;
+    feeds
+        .stream_input("eth")
+        .tags(["eth", "price"])
+        .live(eth_feed)
+        .build()?;
+    let producer = runner.start(feeds).await?;
+
+    let mut basket = Strategy::new("basket");
+    let query = basket
+        .tag_query("basket")
+        .tags(["price"])
+        .code("basket", "1")
+        .compute(|v| {
+            let lasts: Vec<f64> = v
+                .windows()
+                .filter_map(|(_, w)| w.last()?.as_f64())
+                .collect();
+            Some(lasts.iter().sum::<f64>())
+        })?;
+    let (sums, observe) = collector();
+    basket.observe(query, observe)?;
+    let reader = runner.start(basket).await?;
+    assert_eq!(reader.plan().nodes[0].mode, Mode::Local);
+
+    btc_in.send((60, Value::Number(10.0)))?;
+    eth_in.send((60, Value::Number(2.0)))?;
+    assert_eventually!(taken(&sums).len() == 1, Duration::from_secs(5), "one sum");
+    btc_in.send((120, Value::Number(11.0)))?;
+    assert_eventually!(taken(&sums).len() == 2, Duration::from_secs(5), "two sums");
+    assert_eq!(taken(&sums), vec![(60, 12.0), (120, 13.0)]);
+    drop((btc_in, eth_in));
+    producer.join().await;
+    let report = tokio::time::timeout(Duration::from_secs(5), reader.join()).await?;
+    assert_eq!(report.events, 3);
+    stack.stop().await;
+    Ok(())
+}

@@ -1,7 +1,6 @@
 //! Feeds the tests control, observers that collect, the metrics endpoint, and the services.
 
 use async_trait::async_trait;
-use kit::metrics::Readiness;
 use kit::shutdown::Shutdown;
 use sdk_runtime::{LiveFeed, SdkMetrics, Value};
 use std::net::SocketAddr;
@@ -54,16 +53,10 @@ pub fn rounded(values: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
 
 /// Serves the runtime's metrics on a free port; returns its address.
 pub async fn serve(metrics: Arc<SdkMetrics>) -> anyhow::Result<SocketAddr> {
-    let (listener, address) = sdk_runtime::metrics::bind_metrics("127.0.0.1", 0).await?;
-    let readiness = Readiness::default();
-    readiness.set(true);
-    tokio::spawn(sdk_runtime::metrics::serve_metrics(
-        metrics,
-        listener,
-        readiness,
-        Shutdown::new(),
-    ));
-    Ok(address)
+    Ok(
+        sdk_runtime::metrics::start_metrics_server(metrics, "127.0.0.1", 0, Shutdown::new())
+            .await?,
+    )
 }
 
 pub async fn scrape(address: SocketAddr) -> anyhow::Result<Exposition> {
