@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod diff;
+pub mod exporter;
 pub mod gc;
 pub mod grpc;
 pub mod metrics;

@@ -81,6 +81,22 @@ pub struct Target {
 pub enum DagManagerCommand {
     /// Run the DAG Manager (gRPC and admin HTTP) until SIGINT or SIGTERM.
     Server,
+    /// A standalone metrics exporter: the running DAG Manager's live figures (read from its
+    /// admin endpoint at every scrape) and `dagmanager_up`, on its own port.
+    Metrics {
+        /// Port to serve `/metrics` on (0: any free port; the address is logged).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The DAG Manager's admin HTTP address (default: dagmanager.host:admin_port).
+        #[arg(long)]
+        target: Option<String>,
+        /// How long one look at the DAG Manager may take.
+        #[arg(long, default_value_t = 2000)]
+        scrape_timeout_ms: u64,
+    },
     /// Diff a DAG file and print the queue map.
     Diff {
         /// The DAG document (JSON).
@@ -177,6 +193,36 @@ pub async fn run(
     };
     match command {
         DagManagerCommand::Server => serve_dagmanager(settings).await,
+        DagManagerCommand::Metrics {
+            port,
+            host,
+            target,
+            scrape_timeout_ms,
+        } => {
+            let _telemetry = kit::telemetry::init("dagmanager-metrics", &settings.telemetry)?;
+            let target = target.unwrap_or_else(|| {
+                format!(
+                    "{}:{}",
+                    settings.dagmanager.host, settings.dagmanager.admin_port
+                )
+            });
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            tracing::info!(
+                metrics = %format!("http://{}/metrics", listener.local_addr()?),
+                %target,
+                "DAG Manager metrics exporter listening."
+            );
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_os_signals();
+            let settings = dagmanager::exporter::ExporterSettings {
+                target,
+                scrape_timeout: std::time::Duration::from_millis(scrape_timeout_ms),
+            };
+            dagmanager::exporter::serve_exporter(settings, listener, shutdown).await?;
+            Ok(())
+        }
         DagManagerCommand::Diff {
             file,
             strategy_id,

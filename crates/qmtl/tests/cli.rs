@@ -112,6 +112,27 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
         assert!(Instant::now() < deadline, "the server did not start");
     }
     let target = format!("127.0.0.1:{grpc}");
+    // The standalone exporter, next to the running DAG Manager.
+    let exporter_port = free_port();
+    let _exporter = Server(
+        qmtl()
+            .args(["service", "dagmanager", "metrics", "--port"])
+            .arg(exporter_port.to_string())
+            .args(["--target", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exported(exporter_port, "dagmanager_up") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the exporter did not see the DAG Manager"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(exported(exporter_port, "diff_requests_total"), Some(0.0));
     let diff = |world: &str| {
         qmtl()
             .args([
@@ -143,6 +164,11 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap()["queue_map"],
         printed["queue_map"]
+    );
+    assert_eq!(
+        exported(exporter_port, "diff_requests_total"),
+        Some(2.0),
+        "the exporter shows the live figures"
     );
 
     let stats = qmtl()
@@ -185,6 +211,11 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        exported(exporter_port, "dagmanager_up"),
+        Some(0.0),
+        "the exporter keeps serving and says the DAG Manager is away"
+    );
 }
 
 #[test]
@@ -222,4 +253,17 @@ fn qmtl_up_runs_the_stack_and_the_demo_and_sums_it_up() {
     assert_eq!(value("runtime_events_total{source=\"queue\"}"), 30.0);
     assert!(stdout.contains("reused queue: ma-"), "{stdout}");
     assert!(stdout.contains("gateway stopped."), "{stdout}");
+}
+
+/// A sample's value from `GET /metrics` on a local port (plain HTTP/1.0).
+fn exported(port: u16, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -453,7 +453,10 @@ async fn offline_a_tag_query_reads_the_earlier_streams_whose_tags_match() -> any
     // Ready once both price streams have a bar (the feeds interleave freely, so the first
     // mean is 6 or 7); the volume stream does not match, or the means would be near 1000.
     let values: Vec<f64> = taken(&outputs).into_iter().map(|(_, v)| v).collect();
-    assert!(values.iter().all(|v| [6.0, 7.0, 8.0].contains(v)), "{values:?}");
+    assert!(
+        values.iter().all(|v| [6.0, 7.0, 8.0].contains(v)),
+        "{values:?}"
+    );
     assert_eq!(values.last(), Some(&8.0));
     Ok(())
 }

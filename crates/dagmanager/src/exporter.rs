@@ -1,0 +1,156 @@
+//! `qmtl service dagmanager metrics`: a standalone exporter that shows the live figures of a
+//! running DAG Manager (read from its admin `/metrics` at every scrape) beside its own
+//! `dagmanager_up`, so an operator running only this command sees `diff_requests_total` move,
+//! and sees plainly when the DAG Manager cannot be reached.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kit::metrics::{BucketError, MetricsRegistry};
+use kit::shutdown::Shutdown;
+use metrics::{Counter, Gauge, Unit};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+pub const DAGMANAGER_UP: &str = "dagmanager_up";
+pub const DAGMANAGER_SCRAPE_DURATION_SECONDS: &str = "dagmanager_scrape_duration_seconds";
+pub const DAGMANAGER_SCRAPE_FAILURES_TOTAL: &str = "dagmanager_scrape_failures_total";
+
+/// Where the DAG Manager is and how long a look at it may take.
+#[derive(Debug, Clone)]
+pub struct ExporterSettings {
+    /// The DAG Manager's admin HTTP address (`host:port` or `http://host:port`).
+    pub target: String,
+    pub scrape_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Exporter {
+    url: String,
+    timeout: Duration,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    registry: MetricsRegistry,
+    up: Gauge,
+    duration: Gauge,
+    failures: Counter,
+}
+
+impl Exporter {
+    fn new(settings: &ExporterSettings) -> Result<Exporter, BucketError> {
+        let base = if settings.target.contains("://") {
+            settings.target.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", settings.target.trim_end_matches('/'))
+        };
+        let registry = MetricsRegistry::builder().build()?;
+        registry.describe_gauge(
+            DAGMANAGER_UP,
+            None,
+            "1 when the last look at the DAG Manager's metrics succeeded, else 0.",
+        );
+        registry.describe_gauge(
+            DAGMANAGER_SCRAPE_DURATION_SECONDS,
+            Some(Unit::Seconds),
+            "How long the last look at the DAG Manager's metrics took.",
+        );
+        registry.describe_counter(
+            DAGMANAGER_SCRAPE_FAILURES_TOTAL,
+            Some(Unit::Count),
+            "Looks at the DAG Manager's metrics that failed.",
+        );
+        let exporter = Exporter {
+            url: format!("{base}/metrics"),
+            timeout: settings.scrape_timeout,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            up: registry.gauge(DAGMANAGER_UP, &[]),
+            duration: registry.gauge(DAGMANAGER_SCRAPE_DURATION_SECONDS, &[]),
+            failures: registry.counter(DAGMANAGER_SCRAPE_FAILURES_TOTAL, &[]),
+            registry,
+        };
+        exporter.up.set(0.0);
+        exporter.failures.increment(0);
+        Ok(exporter)
+    }
+
+    async fn fetch(&self) -> Result<String, String> {
+        let request = hyper::Request::get(&self.url)
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("answered {}", response.status()));
+            }
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            String::from_utf8(body.to_bytes().to_vec()).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
+    }
+
+    async fn scrape(&self) -> String {
+        let started = Instant::now();
+        let live = self.fetch().await;
+        self.duration.set(started.elapsed().as_secs_f64());
+        match live {
+            Ok(text) => {
+                self.up.set(1.0);
+                let mut body = text;
+                if !body.ends_with('\n') {
+                    body.push('\n');
+                }
+                body.push_str(&self.registry.render());
+                body
+            }
+            Err(error) => {
+                self.up.set(0.0);
+                self.failures.increment(1);
+                tracing::warn!(target = %self.url, %error, "The DAG Manager's metrics are unavailable.");
+                self.registry.render()
+            }
+        }
+    }
+}
+
+async fn metrics_handler(State(exporter): State<Arc<Exporter>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        exporter.scrape().await,
+    )
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
+pub async fn serve_exporter(
+    settings: ExporterSettings,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let exporter = Arc::new(Exporter::new(&settings).map_err(std::io::Error::other)?);
+    let router = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(exporter);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.triggered())
+        .await
+}
