@@ -9,6 +9,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# promtool checks every service's exposition (Debian's prometheus package).
+./scripts/tools/promtool.sh >/dev/null
+
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy"

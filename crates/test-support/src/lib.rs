@@ -264,3 +264,88 @@ pub mod bench {
         format!("machine: {model}; {cores} cores; {rustc}; profile: {profile}")
     }
 }
+
+/// `promtool check metrics` on an exposition: the names it lints (a parse error, or promtool
+/// missing, fails the test). `./scripts/test.sh` installs promtool (`scripts/tools/promtool.sh`).
+pub fn promtool_lint(exposition: &str) -> Vec<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool is not installed ({e}): run ./scripts/tools/promtool.sh, or ./scripts/test.sh which does")
+        });
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(exposition.as_bytes())
+            .unwrap_or_else(|e| panic!("promtool's stdin: {e}"));
+    }
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool did not finish: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match output.status.code() {
+        Some(0) => Vec::new(),
+        // 3: the exposition parsed; these are lint findings, one per line: `name message`.
+        Some(3) => text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect(),
+        _ => panic!("promtool check metrics refused the exposition:\n{text}\n---\n{exposition}"),
+    }
+}
+
+/// Families whose names the shared spec fixes although promtool's lint objects: gauges named
+/// `*_total`, a gauge named `*_count` and units abbreviated as `_ms`. Operators' dashboards and
+/// alerts use these names, so they stay; every other family must lint clean.
+pub const SPEC_NAMES_PROMTOOL_LINTS: &[&str] = &[
+    "compute_nodes_total",
+    "queues_total",
+    "orphan_queue_total",
+    "sentinel_gap_count",
+    "diff_duration_ms_p95",
+    "node_process_duration_ms",
+    "controlbus_apply_ack_latency_ms",
+];
+
+/// Asserts an exposition parses with promtool and lints clean outside the spec's fixed names.
+pub fn assert_promtool_clean(exposition: &str) {
+    let findings = promtool_lint(exposition);
+    let unexpected: Vec<&String> = findings
+        .iter()
+        .filter(|name| !SPEC_NAMES_PROMTOOL_LINTS.contains(&name.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "promtool check metrics objects to families outside the spec's fixed names: {unexpected:?}"
+    );
+}
+
+/// What a catalogue test expects of a family: its name, TYPE and label names.
+pub type FamilySpec<'a> = (&'a str, &'a str, &'a [&'a str]);
+
+/// Asserts every family is exposed with its type and exactly its label names.
+pub fn assert_catalogue(exposition: &Exposition, families: &[FamilySpec<'_>]) {
+    for (family, kind, labels) in families {
+        assert_eq!(exposition.kind(family), Some(*kind), "{family}: type");
+        let sample = match *kind {
+            "histogram" => format!("{family}_count"),
+            _ => (*family).to_owned(),
+        };
+        let mut expected: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        expected.sort();
+        let mut found = exposition
+            .label_names(&sample)
+            .unwrap_or_else(|| panic!("{family}: no samples"));
+        found.sort();
+        assert_eq!(found, expected, "{family}: labels");
+    }
+}

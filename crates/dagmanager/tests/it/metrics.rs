@@ -41,5 +41,22 @@ async fn every_catalogue_family_is_exposed_with_its_type_and_labels() {
         Some(vec!["stage".to_owned()])
     );
     assert_eq!(metrics.label_names("diff_requests_total"), Some(vec![]));
+    test_support::assert_catalogue(
+        &metrics,
+        &[
+            ("diff_duration_seconds", "histogram", &[]),
+            ("gc_failures_total", "counter", &["stage"]),
+        ],
+    );
+    // The Kafka and Neo4j breakers and the lag gauges belong to those back ends; with the
+    // embedded stores there is no such dependency to break or lag, so they are not exposed.
+    for absent in [
+        "kafka_breaker_open_total",
+        "neo4j_breaker_open_total",
+        "queue_lag_seconds",
+    ] {
+        assert_eq!(metrics.kind(absent), None, "{absent}");
+    }
+    test_support::assert_promtool_clean(&app.metrics_text().await);
     app.stop().await;
 }

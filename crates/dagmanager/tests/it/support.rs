@@ -90,6 +90,14 @@ impl TestApp {
             .expect("metrics scrape")
     }
 
+    pub async fn metrics_text(&self) -> String {
+        let (status, text) = test_support::http_get(&self.admin_url("/metrics"))
+            .await
+            .expect("metrics scrape");
+        assert_eq!(status, 200);
+        text
+    }
+
     /// Stops the service and waits until it has drained, so its files can be reopened.
     pub async fn stop(self) -> DagManagerSettings {
         self.shutdown.trigger();

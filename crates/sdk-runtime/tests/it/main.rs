@@ -1,6 +1,7 @@
 //! SDK runtime tests: strategies run offline and through a real Gateway and DAG Manager,
 //! outputs checked against hand-computed values, metrics checked on the scraped endpoint.
 
+mod catalogue;
 mod offline;
 mod online;
 mod support;
