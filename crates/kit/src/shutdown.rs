@@ -41,6 +41,12 @@ impl Shutdown {
 
     /// Fires the trigger on the first SIGINT or SIGTERM; exits the process on the second.
     pub fn trigger_on_os_signals(&self) {
+        self.trigger_on_os_signals_then(|| {});
+    }
+
+    /// As [`Shutdown::trigger_on_os_signals`], calling `before_exit` on the second signal (to
+    /// stop child processes, say) before the process exits.
+    pub fn trigger_on_os_signals_then(&self, before_exit: impl FnOnce() + Send + 'static) {
         let shutdown = self.clone();
         tokio::spawn(async move {
             wait_for_os_signal().await;
@@ -48,6 +54,7 @@ impl Shutdown {
             shutdown.trigger();
             wait_for_os_signal().await;
             tracing::warn!("Second shutdown signal; exiting without draining.");
+            before_exit();
             std::process::exit(130);
         });
     }

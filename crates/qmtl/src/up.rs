@@ -49,7 +49,9 @@ impl Service {
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
-        let child = command
+        // Their own process group: Ctrl-C reaches `qmtl up`, which drains the strategies and
+        // reads every service's counters before it stops the services.
+        let child = std::os::unix::process::CommandExt::process_group(&mut command, 0)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -93,7 +95,16 @@ impl Drop for Service {
 pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     let _telemetry = kit::telemetry::init("sdk", &settings.telemetry)?;
     let shutdown = Shutdown::new();
-    shutdown.trigger_on_os_signals();
+    let children: Arc<std::sync::Mutex<Vec<u32>>> = Arc::default();
+    let to_stop = children.clone();
+    shutdown.trigger_on_os_signals_then(move || {
+        for pid in to_stop.lock().map(|p| p.clone()).unwrap_or_default() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    });
     let logs = PathBuf::from(".qmtl-data/logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
 
@@ -120,6 +131,9 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             &logs,
         )?,
     ];
+    if let Ok(mut pids) = children.lock() {
+        pids.extend(services.iter().map(|s| s.child.id()));
+    }
     wait_ready(
         &mut services,
         &[format!("{dm_admin}/readyz"), format!("{gateway}/health")],
@@ -129,14 +143,21 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
 
     let metrics = SdkMetrics::new()?;
     let sdk = &settings.sdk;
-    let (listener, sdk_addr) = sdk_runtime::metrics::bind_metrics(&sdk.host, sdk.metrics_port)
+    // The SDK's default port (8000, as in the Python SDK) is the Gateway's too: on one machine
+    // a taken port gives way to a free one.
+    let taken = [gw.port, dm.admin_port, dm.grpc_port];
+    let sdk_port = if taken.contains(&sdk.metrics_port) {
+        println!(
+            "  (sdk.metrics_port {} is a service's port; the runtime takes a free one)",
+            sdk.metrics_port
+        );
+        0
+    } else {
+        sdk.metrics_port
+    };
+    let (listener, sdk_addr) = sdk_runtime::metrics::bind_metrics(&sdk.host, sdk_port)
         .await
-        .with_context(|| {
-            format!(
-                "cannot serve the runtime's metrics on port {}",
-                sdk.metrics_port
-            )
-        })?;
+        .with_context(|| format!("cannot serve the runtime's metrics on port {sdk_port}"))?;
     let readiness = Readiness::default();
     readiness.set(true);
     // Served until the summary has read it, after the strategies stop.
@@ -212,7 +233,10 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     }
     let mut reports: Vec<(&str, RunReport)> = Vec::new();
     for (name, handle) in handles {
-        reports.push((name, handle.join().await));
+        match handle.join().await {
+            Ok(report) => reports.push((name, report)),
+            Err(error) => println!("  {name}: {error}"),
+        }
     }
     println!("\nSummary");
     for (name, report) in &reports {

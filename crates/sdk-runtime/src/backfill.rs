@@ -39,19 +39,18 @@ pub(crate) struct BackfillJob {
     pub(crate) node_id: String,
     pub(crate) interval: i64,
     pub(crate) bars: i64,
+    /// The first live bar's bucket: history ends before it.
+    pub(crate) end: i64,
     pub(crate) provider: Arc<dyn HistoryProvider>,
 }
 
 /// Runs every job at once; the rows of all of them, in timestamp order, tagged with their node.
 pub(crate) async fn run_jobs(
     jobs: Vec<BackfillJob>,
-    end: i64,
     policy: BackfillPolicy,
     metrics: &SdkMetrics,
 ) -> (Vec<(i64, usize, Value)>, Vec<BackfillReport>) {
-    let runs = jobs
-        .into_iter()
-        .map(|job| run_job(job, end, policy, metrics));
+    let runs = jobs.into_iter().map(|job| run_job(job, policy, metrics));
     let results = futures_util::future::join_all(runs).await;
     let mut rows = Vec::new();
     let mut reports = Vec::new();
@@ -63,17 +62,34 @@ pub(crate) async fn run_jobs(
     (rows, reports)
 }
 
+/// Keeps `backfill_jobs_in_progress` true even when a job is dropped half-way.
+struct InProgress<'a>(&'a SdkMetrics);
+
+impl<'a> InProgress<'a> {
+    fn start(metrics: &'a SdkMetrics) -> InProgress<'a> {
+        metrics.backfill_jobs_in_progress.increment(1.0);
+        InProgress(metrics)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.backfill_jobs_in_progress.decrement(1.0);
+    }
+}
+
 async fn run_job(
     job: BackfillJob,
-    end: i64,
     policy: BackfillPolicy,
     metrics: &SdkMetrics,
 ) -> (Vec<(i64, usize, Value)>, BackfillReport) {
     let series = metrics.backfill(&job.node_id, job.interval);
+    let end = job.end;
+    let span = job.bars.checked_mul(job.interval).unwrap_or(i64::MAX);
     let request = HistoryRequest {
         node_id: job.node_id.clone(),
         interval: job.interval,
-        start: end - job.bars * job.interval,
+        start: end.saturating_sub(span),
         end,
     };
     let report = |outcome| BackfillReport {
@@ -83,7 +99,7 @@ async fn run_job(
         end,
         outcome,
     };
-    metrics.backfill_jobs_in_progress.increment(1.0);
+    let in_progress = InProgress::start(metrics);
     let mut attempt = 0u32;
     let fetched = loop {
         match job.provider.fetch(&request).await {
@@ -98,7 +114,7 @@ async fn run_job(
             Err(error) => break Err(error),
         }
     };
-    metrics.backfill_jobs_in_progress.decrement(1.0);
+    drop(in_progress);
     let rows = match fetched {
         Ok(rows) => rows,
         Err(error) => {
@@ -114,7 +130,13 @@ async fn run_job(
     };
     let mut kept: Vec<(i64, usize, Value)> = Vec::with_capacity(rows.len());
     let mut skipped = 0;
+    let mut gaps = 0usize;
     for (at, value) in rows {
+        if let Some((last, _, _)) = kept.last()
+            && at > *last + job.interval
+        {
+            gaps += 1;
+        }
         match kept.last() {
             Some((last, _, _)) if at < *last => series.out_of_order.increment(1),
             Some((last, _, _)) if at == *last => series.duplicate.increment(1),
@@ -127,6 +149,9 @@ async fn run_job(
     }
     if skipped > 0 {
         tracing::warn!(node_id = %job.node_id, skipped, "History rows out of order or repeated were skipped.");
+    }
+    if gaps > 0 {
+        tracing::warn!(node_id = %job.node_id, interval = job.interval, gaps, "History has gaps: bars are missing between some rows.");
     }
     if let Some((last, _, _)) = kept.last() {
         series.last_timestamp.set(*last as f64);

@@ -101,7 +101,8 @@ impl NodeCache {
             upstream,
             label,
             interval,
-            entries: VecDeque::with_capacity(self.period),
+            // Grown as bars arrive: a window that never fills costs only what it holds.
+            entries: VecDeque::new(),
             bytes: 0,
             metrics,
         });

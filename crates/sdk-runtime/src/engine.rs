@@ -2,6 +2,7 @@
 //! per incoming event. No I/O here; the runner feeds it and publishes what it returns.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,7 +187,7 @@ impl Engine {
         let mut cleared = 0;
         for index in 0..self.nodes.len() {
             let node = &mut self.nodes[index];
-            if node.context == *context {
+            if same_compute_key(&node.context, context) {
                 continue;
             }
             if !node.cache.is_empty() {
@@ -219,7 +220,16 @@ impl Engine {
     ) {
         let source = &mut self.nodes[node];
         for observer in &mut source.observers {
-            observer(at, &value);
+            let seen = QuietPanics::run(|| observer(at, &value));
+            if let Err(panic) = seen {
+                source.metrics.observer_failures.increment(1);
+                tracing::warn!(
+                    node_id = %source.node_id,
+                    node = %source.name,
+                    error = %panic_message(panic.as_ref()),
+                    "An observer panicked; the value still flows downstream."
+                );
+            }
         }
         if phase == Phase::Live
             && let Some(topic) = &source.publish
@@ -266,8 +276,7 @@ impl Engine {
         if now != target.reported_bytes {
             let delta = now as i64 - target.reported_bytes as i64;
             target.reported_bytes = now;
-            target.metrics.resident.set(now as f64);
-            self.metrics.add_resident(delta);
+            self.metrics.add_resident(&target.metrics, delta);
         }
     }
 
@@ -301,7 +310,7 @@ impl Engine {
         }
         let started = Instant::now();
         let view = CacheView::new(cache, clock, started);
-        let result = catch_unwind(AssertUnwindSafe(|| compute(&view)));
+        let result = QuietPanics::run(|| compute(&view));
         metrics
             .duration_ms
             .record(started.elapsed().as_secs_f64() * 1000.0);
@@ -335,11 +344,18 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let held: usize = self.nodes.iter().map(|n| n.reported_bytes).sum();
         for node in &self.nodes {
-            node.metrics.resident.set(0.0);
+            self.metrics
+                .add_resident(&node.metrics, -(node.reported_bytes as i64));
+            if node.failures_unlogged > 0 {
+                tracing::warn!(
+                    node_id = %node.node_id,
+                    node = %node.name,
+                    failures = node.failures_unlogged,
+                    "Compute function failures since the last report."
+                );
+            }
         }
-        self.metrics.add_resident(-(held as i64));
     }
 }
 
@@ -350,5 +366,68 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         text
     } else {
         "(no message)"
+    }
+}
+
+/// Whether two contexts give a node the same compute key (wire.md section 4): world, normalised
+/// domain, as_of and partition. The dataset fingerprint is not part of it.
+fn same_compute_key(a: &wire::ComputeContext, b: &wire::ComputeContext) -> bool {
+    let domain = |c: &wire::ComputeContext| {
+        wire::Domain::parse(&c.execution_domain).unwrap_or(wire::Domain::Backtest)
+    };
+    a.world_id == b.world_id
+        && domain(a) == domain(b)
+        && a.as_of == b.as_of
+        && a.partition == b.partition
+}
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs user code, turning a panic into an error without the default hook's report: the engine
+/// counts and logs it, rate-limited, instead of a message (and backtrace) per bar.
+struct QuietPanics;
+
+impl QuietPanics {
+    fn run<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if !QUIET.with(Cell::get) {
+                    previous(info);
+                }
+            }));
+        });
+        QUIET.with(|q| q.set(true));
+        let result = catch_unwind(AssertUnwindSafe(f));
+        QUIET.with(|q| q.set(false));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compute_key_ignores_the_fingerprint_and_domain_spelling() {
+        let base = wire::ComputeContext {
+            world_id: "w".into(),
+            execution_domain: "backtest".into(),
+            ..wire::ComputeContext::default()
+        };
+        let fingerprinted = wire::ComputeContext {
+            dataset_fingerprint: "abc".into(),
+            execution_domain: "default".into(),
+            ..base.clone()
+        };
+        assert!(same_compute_key(&base, &fingerprinted));
+        let elsewhere = wire::ComputeContext {
+            world_id: "w2".into(),
+            ..base.clone()
+        };
+        assert!(!same_compute_key(&base, &elsewhere));
     }
 }

@@ -38,6 +38,9 @@ pub struct Submitted {
     pub queue_map: QueueMap,
     /// The same DAG had been submitted before (409); this is that strategy.
     pub duplicate: bool,
+    /// Why the Gateway ran the strategy in a safer context than asked (`missing_as_of`,
+    /// `decision_unavailable`), when it said so.
+    pub downgrade_reason: Option<String>,
 }
 
 /// Why a submission did not give a queue map.
@@ -148,29 +151,43 @@ impl GatewayClient {
             },
         })
         .to_string();
-        let (strategy_id, duplicate) = loop {
+        let (strategy_id, duplicate, downgrade) = loop {
             match self.call(hyper::Method::POST, "/strategies", &body).await {
                 Ok((_, answer)) => {
                     let id = text(&answer, "strategy_id")?;
+                    let downgrade = (answer["downgraded"] == true).then(|| {
+                        answer["downgrade_reason"]
+                            .as_str()
+                            .unwrap_or("unspecified")
+                            .to_owned()
+                    });
+                    if let Some(reason) = &downgrade {
+                        tracing::warn!(strategy_id = %id, %reason, safe_mode = %answer["safe_mode"], "The Gateway downgraded the strategy's context.");
+                    }
                     if answer["status"] == "completed" {
                         return Ok(Submitted {
                             strategy_id: id,
                             queue_map: queue_map(&answer)?,
                             duplicate: false,
+                            downgrade_reason: downgrade,
                         });
                     }
-                    break (id, false);
+                    break (id, false, downgrade);
                 }
                 Err(Retry::No(SubmitError::Rejected {
                     status: 409,
                     strategy_id: Some(existing),
                     ..
-                })) => break (existing, true),
+                })) => break (existing, true, None),
                 Err(Retry::No(error)) => return Err(error),
                 Err(Retry::After(error)) => self.wait_or(deadline, error).await?,
             }
         };
-        self.wait_completed(&strategy_id, duplicate, deadline).await
+        let mut submitted = self
+            .wait_completed(&strategy_id, duplicate, deadline)
+            .await?;
+        submitted.downgrade_reason = downgrade;
+        Ok(submitted)
     }
 
     async fn wait_completed(
@@ -188,6 +205,7 @@ impl GatewayClient {
                             strategy_id: strategy_id.to_owned(),
                             queue_map: queue_map(&answer)?,
                             duplicate,
+                            downgrade_reason: None,
                         });
                     }
                     Some("failed") => {

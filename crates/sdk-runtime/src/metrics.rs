@@ -18,6 +18,7 @@ pub const NODECACHE_DROPPED_TOTAL: &str = "nodecache_dropped_total";
 pub const NODE_PROCESSED_TOTAL: &str = "node_processed_total";
 pub const NODE_PROCESS_DURATION_MS: &str = "node_process_duration_ms";
 pub const NODE_PROCESS_FAILURE_TOTAL: &str = "node_process_failure_total";
+pub const NODE_OBSERVER_FAILURE_TOTAL: &str = "node_observer_failure_total";
 pub const BACKFILL_JOBS_IN_PROGRESS: &str = "backfill_jobs_in_progress";
 pub const BACKFILL_LAST_TIMESTAMP: &str = "backfill_last_timestamp";
 pub const BACKFILL_RETRY_TOTAL: &str = "backfill_retry_total";
@@ -70,7 +71,10 @@ pub(crate) struct NodeMetrics {
     pub(crate) processed: Counter,
     pub(crate) duration_ms: Histogram,
     pub(crate) failures: Counter,
-    pub(crate) resident: Gauge,
+    pub(crate) observer_failures: Counter,
+    /// The node's resident bytes over every engine of the process that holds it.
+    resident_sum: Arc<AtomicI64>,
+    resident: Gauge,
     pub(crate) gaps: Counter,
     pub(crate) out_of_order: Counter,
 }
@@ -79,6 +83,7 @@ pub(crate) struct NodeMetrics {
 #[derive(Debug)]
 pub struct SdkMetrics {
     registry: MetricsRegistry,
+    resident_by_node: std::sync::Mutex<std::collections::HashMap<String, Arc<AtomicI64>>>,
     resident_total: AtomicI64,
     resident_total_gauge: Gauge,
     pub(crate) backfill_jobs_in_progress: Gauge,
@@ -92,6 +97,7 @@ impl SdkMetrics {
             .build()?;
         describe(&registry);
         let metrics = SdkMetrics {
+            resident_by_node: Default::default(),
             resident_total: AtomicI64::new(0),
             resident_total_gauge: registry.gauge(
                 NODECACHE_RESIDENT_BYTES,
@@ -117,10 +123,19 @@ impl SdkMetrics {
 
     pub(crate) fn node(&self, node_id: &str) -> NodeMetrics {
         let labels = [("node_id", node_id)];
+        let resident_sum = self
+            .resident_by_node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node_id.to_owned())
+            .or_default()
+            .clone();
         let metrics = NodeMetrics {
             processed: self.registry.counter(NODE_PROCESSED_TOTAL, &labels),
             duration_ms: self.registry.histogram(NODE_PROCESS_DURATION_MS, &labels),
             failures: self.registry.counter(NODE_PROCESS_FAILURE_TOTAL, &labels),
+            observer_failures: self.registry.counter(NODE_OBSERVER_FAILURE_TOTAL, &labels),
+            resident_sum,
             resident: self.registry.gauge(
                 NODECACHE_RESIDENT_BYTES,
                 &[("node_id", node_id), ("scope", "node")],
@@ -150,8 +165,10 @@ impl SdkMetrics {
         slot
     }
 
-    /// Moves the process-wide resident total by `delta` bytes.
-    pub(crate) fn add_resident(&self, delta: i64) {
+    /// Moves a node's resident bytes, and the process-wide total, by `delta` bytes.
+    pub(crate) fn add_resident(&self, node: &NodeMetrics, delta: i64) {
+        let held = node.resident_sum.fetch_add(delta, Ordering::Relaxed) + delta;
+        node.resident.set(held as f64);
         let total = self.resident_total.fetch_add(delta, Ordering::Relaxed) + delta;
         self.resident_total_gauge.set(total as f64);
     }
@@ -250,6 +267,10 @@ fn describe(registry: &MetricsRegistry) {
         (
             NODE_PROCESS_FAILURE_TOTAL,
             "Compute function runs that failed or panicked.",
+        ),
+        (
+            NODE_OBSERVER_FAILURE_TOTAL,
+            "Observer callbacks that panicked; the value still flowed downstream.",
         ),
         (
             BACKFILL_RETRY_TOTAL,

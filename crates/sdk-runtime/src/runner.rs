@@ -3,6 +3,7 @@
 
 use kit::shutdown::Shutdown;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,18 @@ pub enum RunError {
     },
     #[error("the strategy has stopped")]
     Stopped,
+    #[error("the strategy's run ended abnormally: {0}")]
+    Crashed(String),
+    #[error(
+        "a strategy submitted through the Gateway keeps its context; stop it and start it again in the new one (its queues are namespaced by context)"
+    )]
+    ContextFixedOnline,
+    #[error("the metrics server could not listen on {address}: {source}")]
+    MetricsServer {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How one node runs, once the queue map is applied.
@@ -52,6 +65,8 @@ pub struct Plan {
     pub strategy_id: Option<String>,
     /// The same DAG had been submitted before.
     pub duplicate: bool,
+    /// Why the Gateway downgraded the strategy's context, if it did.
+    pub downgrade_reason: Option<String>,
     pub nodes: Vec<NodePlan>,
     pub backfill: Vec<BackfillReport>,
 }
@@ -79,9 +94,11 @@ enum Command {
 #[derive(Debug)]
 pub struct StrategyHandle {
     plan: Plan,
+    online: bool,
     stop: Shutdown,
     commands: mpsc::Sender<Command>,
-    task: tokio::task::JoinHandle<u64>,
+    done: oneshot::Receiver<u64>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl StrategyHandle {
@@ -89,9 +106,13 @@ impl StrategyHandle {
         &self.plan
     }
 
-    /// Runs the strategy's nodes under a new compute context from now on. Every node whose
-    /// cache holds data from the old one is cleared (and counted); returns how many.
+    /// Runs an offline strategy's nodes under a new compute context from now on. Every node
+    /// whose cache holds data from another compute key is cleared (and counted); returns how
+    /// many. A submitted strategy keeps its context: its queues belong to it.
     pub async fn switch_context(&self, context: wire::ComputeContext) -> Result<usize, RunError> {
+        if self.online {
+            return Err(RunError::ContextFixedOnline);
+        }
         let (reply, cleared) = oneshot::channel();
         self.commands
             .send(Command::SwitchContext(context, reply))
@@ -106,15 +127,27 @@ impl StrategyHandle {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.thread.is_finished()
     }
 
     /// Waits for the run to end (feeds exhausted and queues closed, or stopped).
-    pub async fn join(self) -> RunReport {
-        let events = self.task.await.unwrap_or(0);
-        RunReport {
-            plan: self.plan,
-            events,
+    pub async fn join(self) -> Result<RunReport, RunError> {
+        match self.done.await {
+            Ok(events) => Ok(RunReport {
+                plan: self.plan,
+                events,
+            }),
+            Err(_) => {
+                let reason = match self.thread.join() {
+                    Err(panic) => panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "the engine thread panicked".into()),
+                    Ok(()) => "the engine thread ended without a result".into(),
+                };
+                Err(RunError::Crashed(reason))
+            }
         }
     }
 }
@@ -189,6 +222,18 @@ impl Runner {
         &self.metrics
     }
 
+    /// Starts the runtime's metrics server on `sdk.host:sdk.metrics_port` until `shutdown`;
+    /// returns the address it listens on.
+    pub async fn serve_metrics(&self, shutdown: Shutdown) -> Result<SocketAddr, RunError> {
+        let (host, port) = (&self.settings.host, self.settings.metrics_port);
+        crate::metrics::start_metrics_server(self.metrics.clone(), host, port, shutdown)
+            .await
+            .map_err(|source| RunError::MetricsServer {
+                address: format!("{host}:{port}"),
+                source,
+            })
+    }
+
     /// Runs a strategy to its end (feeds exhausted, or `shutdown`).
     pub async fn run(&self, strategy: Strategy, shutdown: Shutdown) -> Result<RunReport, RunError> {
         let handle = self.start(strategy).await?;
@@ -199,7 +244,7 @@ impl Runner {
         });
         let report = handle.join().await;
         watcher.abort();
-        Ok(report)
+        report
     }
 
     /// Submits (when connected), applies the queue map, backfills, and starts the live run.
@@ -208,7 +253,11 @@ impl Runner {
         let submitted = match &self.gateway {
             Some(gateway) => Some(
                 gateway
-                    .submit(&strategy.dag_json(), strategy.node_ids_crc32(), &context)
+                    .submit(
+                        &strategy.dag_json(&context),
+                        strategy.node_ids_crc32(),
+                        &context,
+                    )
                     .await?,
             ),
             None => None,
@@ -218,6 +267,7 @@ impl Runner {
         let mut jobs = Vec::new();
         let mut queries: Vec<(usize, Vec<String>, MatchMode)> = Vec::new();
         let warmup = self.warmup_bars(&strategy);
+        let history_end = self.history_end.unwrap_or_else(unix_now);
         let mut tags: Vec<Vec<String>> = Vec::new();
         let mut streams: HashSet<usize> = HashSet::new();
         for (index, def) in strategy.nodes.into_iter().enumerate() {
@@ -230,6 +280,7 @@ impl Runner {
                             node_id: def.node_id.clone(),
                             interval: def.interval,
                             bars: warmup.max(def.period as i64),
+                            end: bucket(history_end, def.interval),
                             provider,
                         });
                     }
@@ -318,6 +369,8 @@ impl Runner {
         } else {
             // Offline, a tag query reads the earlier nodes of the strategy whose tags match.
             for (index, wanted, mode) in &queries {
+                let before = engine.nodes()[*index].name.clone();
+                let mut matched = 0;
                 for (upstream, have) in tags.iter().enumerate().take(*index) {
                     let matches = match mode {
                         MatchMode::Any => wanted.iter().any(|t| have.contains(t)),
@@ -327,38 +380,44 @@ impl Runner {
                         let label = engine.nodes()[upstream].node_id.clone();
                         let interval = engine.nodes()[upstream].interval;
                         engine.add_external_slot(*index, Some(upstream), label, interval);
+                        matched += 1;
                     }
+                }
+                if matched == 0 {
+                    tracing::warn!(node = %before, tags = ?wanted, "No earlier node of the strategy has these tags: the tag query will never compute offline.");
                 }
             }
         }
 
-        // Backfill: every node computes over history before live data flows.
-        let end = self.history_end.unwrap_or_else(unix_now);
-        let end_for = |interval: i64| bucket(end, interval);
-        let policy = self.settings.backfill_policy();
-        let mut by_end: Vec<(i64, Vec<BackfillJob>)> = Vec::new();
-        for job in jobs {
-            let job_end = end_for(job.interval);
-            match by_end.iter_mut().find(|(e, _)| *e == job_end) {
-                Some((_, group)) => group.push(job),
-                None => by_end.push((job_end, vec![job])),
-            }
+        // Subscribe before backfill, so records published meanwhile wait in the subscription.
+        let group = format!(
+            "{}.{}",
+            self.settings.consumer_group,
+            submitted
+                .as_ref()
+                .map_or("offline", |s| s.strategy_id.as_str())
+        );
+        let mut subscriptions = Vec::with_capacity(reads.len());
+        for (target, topic) in reads {
+            let subscription =
+                self.transport
+                    .subscribe(&topic, &group)
+                    .await
+                    .map_err(|source| RunError::Transport {
+                        topic: topic.clone(),
+                        source,
+                    })?;
+            subscriptions.push((target, topic, subscription));
         }
-        let mut reports = Vec::new();
-        let backfill_events = self.metrics.events(EventSource::Backfill);
-        let mut outbox = Vec::new();
-        for (job_end, group) in by_end {
-            let (rows, group_reports) = run_jobs(group, job_end, policy, &self.metrics).await;
-            reports.extend(group_reports);
-            for (at, node, value) in rows {
-                backfill_events.increment(1);
-                engine.emit(node, at, value, Phase::Backfill, &mut outbox);
-            }
-        }
+
+        // Backfill: fetched here, replayed by the engine's thread before live data flows.
+        let (history, reports) =
+            run_jobs(jobs, self.settings.backfill_policy(), &self.metrics).await;
 
         let plan = Plan {
             strategy_id: submitted.as_ref().map(|s| s.strategy_id.clone()),
             duplicate: submitted.as_ref().is_some_and(|s| s.duplicate),
+            downgrade_reason: submitted.as_ref().and_then(|s| s.downgrade_reason.clone()),
             nodes: engine
                 .nodes()
                 .iter()
@@ -389,6 +448,7 @@ impl Runner {
         let (events, incoming) = mpsc::channel::<Incoming>(self.settings.queue_depth.max(1));
         for (index, feed) in feeds {
             if engine.nodes()[index].mode == Mode::Read {
+                tracing::debug!(node = %engine.nodes()[index].name, "Another runner produces this stream; its live feed is not used.");
                 continue;
             }
             tokio::spawn(forward_feed(
@@ -398,20 +458,7 @@ impl Runner {
                 stop.clone(),
             ));
         }
-        let group = format!(
-            "{}.{}",
-            self.settings.consumer_group,
-            plan.strategy_id.as_deref().unwrap_or("offline")
-        );
-        for (target, topic) in reads {
-            let subscription =
-                self.transport
-                    .subscribe(&topic, &group)
-                    .await
-                    .map_err(|source| RunError::Transport {
-                        topic: topic.clone(),
-                        source,
-                    })?;
+        for (target, topic, subscription) in subscriptions {
             tokio::spawn(forward_queue(
                 target,
                 topic,
@@ -422,19 +469,47 @@ impl Runner {
         }
         drop(events);
         let (commands, command_rx) = mpsc::channel(4);
-        let task = tokio::spawn(live(LiveRun {
+        let (finished, done) = oneshot::channel();
+        let run = LiveRun {
             engine,
+            history,
             incoming,
             commands: command_rx,
             transport: self.transport.clone(),
             metrics: self.metrics.clone(),
             leases,
-        }));
+        };
+        // Compute functions run on the strategy's own thread, never on the runtime's workers:
+        // a slow one delays its strategy only.
+        let thread = std::thread::Builder::new()
+            .name(format!(
+                "strategy-{}",
+                plan.strategy_id.as_deref().unwrap_or("offline")
+            ))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        tracing::error!(%error, "Could not start the strategy's runtime.");
+                        return;
+                    }
+                };
+                let taken = runtime.block_on(live(run));
+                let _ = finished.send(taken);
+            })
+            .map_err(|e| {
+                RunError::Crashed(format!("could not start the strategy's thread: {e}"))
+            })?;
         Ok(StrategyHandle {
             plan,
+            online: submitted.is_some(),
             stop,
             commands,
-            task,
+            done,
+            thread,
         })
     }
 
@@ -534,6 +609,8 @@ async fn forward_queue(
 
 struct LiveRun {
     engine: Engine,
+    /// Backfilled rows, replayed before the first live event.
+    history: Vec<(i64, usize, Value)>,
     incoming: mpsc::Receiver<Incoming>,
     commands: mpsc::Receiver<Command>,
     transport: Arc<dyn Transport>,
@@ -547,6 +624,12 @@ async fn live(mut run: LiveRun) -> u64 {
     let queue_events = run.metrics.events(EventSource::Queue);
     let (published, publish_failures) = run.metrics.published();
     let mut outbox: Vec<Outgoing> = Vec::new();
+    let backfilled = run.metrics.events(EventSource::Backfill);
+    for (at, node, value) in std::mem::take(&mut run.history) {
+        backfilled.increment(1);
+        run.engine
+            .emit(node, at, value, Phase::Backfill, &mut outbox);
+    }
     let mut taken = 0u64;
     let mut last_warning: Option<Instant> = None;
     let mut commands_open = true;

@@ -41,7 +41,13 @@ pub enum DefineError {
         "node `{node}`: period must be at least 1 bar (it is the window its compute function reads)"
     )]
     ZeroPeriod { node: String },
-    #[error("node `{node}`: interval must be a positive number of seconds")]
+    #[error("node `{node}`: a period of {period} bars is more than the {max} a node may keep")]
+    PeriodTooLong {
+        node: String,
+        period: usize,
+        max: usize,
+    },
+    #[error("node `{node}`: interval must be a positive number of seconds, at most a year")]
     BadInterval { node: String },
     #[error("tag query `{node}` needs at least one tag")]
     NoTags { node: String },
@@ -207,12 +213,22 @@ impl Strategy {
             .flatten()
     }
 
-    /// The DAG document (schema v1), nodes in definition order, which is topological.
-    pub fn dag_json(&self) -> String {
+    /// The DAG document (schema v1), nodes in definition order, which is topological. The
+    /// compute context rides in `meta`, so the same strategy in another world, domain, as_of or
+    /// partition is another submission (the Gateway's duplicate check hashes the document).
+    pub fn dag_json(&self, context: &wire::ComputeContext) -> String {
         json!({
             "schema_version": "v1",
             "nodes": self.nodes.iter().map(|n| &n.document).collect::<Vec<_>>(),
-            "meta": {"strategy": self.name},
+            "meta": {
+                "strategy": self.name,
+                "compute_context": {
+                    "world_id": context.world_id,
+                    "execution_domain": context.execution_domain,
+                    "as_of": context.as_of,
+                    "partition": context.partition,
+                },
+            },
         })
         .to_string()
     }
@@ -280,8 +296,21 @@ impl Strategy {
     }
 }
 
+/// The longest window a node may keep, in bars (ten years of minute bars).
+pub const MAX_PERIOD: usize = 5_256_000;
+
+/// The longest interval, in seconds (a year).
+const MAX_INTERVAL: i64 = 366 * 24 * 3600;
+
 fn check_shape(name: &str, interval: i64, period: usize) -> Result<(), DefineError> {
-    if interval <= 0 {
+    if period > MAX_PERIOD {
+        return Err(DefineError::PeriodTooLong {
+            node: name.to_owned(),
+            period,
+            max: MAX_PERIOD,
+        });
+    }
+    if interval <= 0 || interval > MAX_INTERVAL {
         return Err(DefineError::BadInterval {
             node: name.to_owned(),
         });
@@ -582,7 +611,7 @@ mod tests {
         let price = s.stream_input("price").tags(["btc"]).period(3).build();
         let price = price.unwrap_or_else(|e| panic!("{e}"));
         let fast = sma(&mut s, price, 3, "1");
-        let doc = s.dag_json();
+        let doc = s.dag_json(&wire::ComputeContext::default());
         let dag = wire::parse_dag(&doc, wire::DagLimits::default(), true);
         let dag = dag.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(dag.nodes.len(), 2);
@@ -637,5 +666,9 @@ mod tests {
         assert!(matches!(again, Err(DefineError::Duplicate { .. })));
         let untagged = a.tag_query("all").code("q", "1").compute(|_| 1.0);
         assert!(matches!(untagged, Err(DefineError::NoTags { .. })));
+        let huge = a.stream_input("huge").period(usize::MAX).build();
+        assert!(matches!(huge, Err(DefineError::PeriodTooLong { .. })));
+        let slow = a.stream_input("slow").interval(i64::MAX).build();
+        assert!(matches!(slow, Err(DefineError::BadInterval { .. })));
     }
 }

@@ -111,6 +111,8 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 struct Topic {
     producing: bool,
+    /// A producer was here and left: the queue has ended.
+    ended: bool,
     /// group -> its members' channels, and the member the next record goes to.
     groups: HashMap<String, (Vec<mpsc::Sender<Record>>, usize)>,
 }
@@ -165,6 +167,7 @@ impl Drop for InProcessLease {
         self.topics.with(|topics| {
             if let Some(topic) = topics.get_mut(&self.topic) {
                 topic.producing = false;
+                topic.ended = true;
                 // Dropping the senders ends every subscription of the queue.
                 topic.groups.clear();
             }
@@ -189,7 +192,11 @@ impl Transport for InProcessTransport {
     ) -> Result<Option<Box<dyn ProducerLease>>, TransportError> {
         let claimed = self.topics.with(|topics| {
             let entry = topics.entry(topic.to_owned()).or_default();
-            !std::mem::replace(&mut entry.producing, true)
+            let claimed = !std::mem::replace(&mut entry.producing, true);
+            if claimed {
+                entry.ended = false;
+            }
+            claimed
         });
         Ok(claimed.then(|| {
             Box::new(InProcessLease {
@@ -248,14 +255,16 @@ impl Transport for InProcessTransport {
     ) -> Result<Box<dyn Subscription>, TransportError> {
         let (sender, receiver) = mpsc::channel(self.depth);
         self.topics.with(|topics| {
-            topics
-                .entry(topic.to_owned())
-                .or_default()
-                .groups
-                .entry(group.to_owned())
-                .or_default()
-                .0
-                .push(sender);
+            let entry = topics.entry(topic.to_owned()).or_default();
+            // A queue whose producer has left ends at once (the sender is dropped here).
+            if !entry.ended {
+                entry
+                    .groups
+                    .entry(group.to_owned())
+                    .or_default()
+                    .0
+                    .push(sender);
+            }
         });
         Ok(Box::new(InProcessSubscription(receiver)))
     }
@@ -294,6 +303,12 @@ mod tests {
         assert_eq!(next_timestamp(&mut b).await, Some(60));
         drop(lease);
         assert_eq!(next_timestamp(&mut a).await, None);
+        let mut late = transport.subscribe("q", "late").await?;
+        assert_eq!(
+            next_timestamp(&mut late).await,
+            None,
+            "an ended queue ends at once"
+        );
         assert!(transport.claim_producer("q").await?.is_some());
         Ok(())
     }

@@ -75,6 +75,6 @@ async fn every_catalogue_family_is_exposed_with_its_type_and_labels() -> anyhow:
     );
     assert_promtool_clean(&text);
     drop(bars_in);
-    handle.join().await;
+    handle.join().await?;
     Ok(())
 }

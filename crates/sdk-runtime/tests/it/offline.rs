@@ -409,7 +409,7 @@ async fn a_new_compute_context_clears_caches_that_hold_data_and_is_counted() -> 
         bars_in.send((60 * k, Value::Number(k as f64)))?;
     }
     drop(bars_in);
-    let report = handle.join().await;
+    let report = handle.join().await?;
     assert_eq!(report.events, 6);
     assert_eq!(taken(&means), vec![(180, 2.0), (360, 5.0)]);
     Ok(())
@@ -458,5 +458,80 @@ async fn offline_a_tag_query_reads_the_earlier_streams_whose_tags_match() -> any
         "{values:?}"
     );
     assert_eq!(values.last(), Some(&8.0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_observer_is_counted_and_values_still_flow() -> anyhow::Result<()> {
+    let metrics = SdkMetrics::new()?;
+    let address = serve(metrics.clone()).await?;
+    let mut s = Strategy::new("observed");
+    let feed: Vec<(i64, f64)> = (1..=4).map(|k| (60 * k, k as f64)).collect();
+    let price = s.stream_input("price").live(bars(&feed)).build()?;
+    let mean = sma(&mut s, price, 2);
+    s.observe(price, |at, _| assert!(at != 120, "observer refuses 120"))?;
+    let (means, observe) = collector();
+    s.observe(mean, observe)?;
+    let price_id = s.node_id(price).unwrap_or_default().to_owned();
+    let report = Runner::offline(settings(), metrics)
+        .run(s, Shutdown::new())
+        .await?;
+    assert_eq!(report.events, 4);
+    assert_eq!(taken(&means), vec![(120, 1.5), (180, 2.5), (240, 3.5)]);
+    let scraped = scrape(address).await?;
+    assert_eq!(
+        scraped.value("node_observer_failure_total", &[("node_id", &price_id)]),
+        Some(1.0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_shared_by_two_running_strategies_reports_the_bytes_both_hold() -> anyhow::Result<()>
+{
+    let metrics = SdkMetrics::new()?;
+    let address = serve(metrics.clone()).await?;
+    let runner = Runner::offline(settings(), metrics);
+    let mut handles = Vec::new();
+    let mut senders = Vec::new();
+    let mut mean_id = String::new();
+    for name in ["one", "two"] {
+        let (bars_in, feed) = channel_feed();
+        let mut s = Strategy::new(name);
+        let price = s.stream_input("price").live(feed).build()?;
+        let mean = sma(&mut s, price, 2);
+        mean_id = s.node_id(mean).unwrap_or_default().to_owned();
+        handles.push(runner.start(s).await?);
+        bars_in.send((60, Value::Number(1.0)))?;
+        senders.push(bars_in);
+    }
+    let node = [("node_id", mean_id.as_str()), ("scope", "node")];
+    let total = [("node_id", "all"), ("scope", "total")];
+    let held = |e: &test_support::Exposition| {
+        (
+            e.value("nodecache_resident_bytes", &node),
+            e.value("nodecache_resident_bytes", &total),
+        )
+    };
+    assert_eventually!(
+        {
+            let (node, total) = held(&scrape(address).await?);
+            node.is_some_and(|n| n > 0.0) && node == total
+        },
+        Duration::from_secs(5),
+        "both strategies' caches count"
+    );
+    let (both, _) = held(&scrape(address).await?);
+    drop(senders.remove(0));
+    handles.remove(0).join().await?;
+    let (one, _) = held(&scrape(address).await?);
+    assert_eq!(
+        one.map(|b| b * 2.0),
+        both,
+        "the other strategy still holds its bytes"
+    );
+    drop(senders);
+    handles.remove(0).join().await?;
+    assert_eq!(held(&scrape(address).await?), (Some(0.0), Some(0.0)));
     Ok(())
 }

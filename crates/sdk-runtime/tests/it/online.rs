@@ -99,8 +99,8 @@ async fn a_shared_stream_is_produced_once_and_read_from_its_queue_by_the_second_
     );
     // The first strategy's feed ends, it leaves the queue, and the reader's queue ends with it.
     drop(bars_in);
-    let first = first.join().await;
-    let second = tokio::time::timeout(Duration::from_secs(5), second.join()).await?;
+    let first = first.join().await?;
+    let second = tokio::time::timeout(Duration::from_secs(5), second.join()).await??;
     drop(unused);
     assert_eq!(first.events, 5);
     assert_eq!(second.events, 5, "the second strategy read every price bar");
@@ -126,14 +126,42 @@ async fn a_shared_stream_is_produced_once_and_read_from_its_queue_by_the_second_
     assert_eq!(scraped.value("runtime_published_total", &[]), Some(12.0));
     assert_eq!(scraped.value("gatewayclient_breaker_state", &[]), Some(0.0));
 
-    // The same DAG again is the same strategy (409 at the Gateway), with its queue map.
+    // The same DAG again is the same strategy (409 at the Gateway), with its queue map, and
+    // its context cannot be switched under it.
     let (_, feed_c) = channel_feed();
     let (again, _, _) = with_sma("fast", 2, feed_c);
     let handle = runner.start(again).await?;
     assert!(handle.plan().duplicate);
     assert_eq!(handle.plan().strategy_id, first.plan.strategy_id);
+    let switched = handle.switch_context(wire::ComputeContext::default()).await;
+    assert!(
+        matches!(switched, Err(RunError::ContextFixedOnline)),
+        "{switched:?}"
+    );
     handle.stop();
-    handle.join().await;
+    handle.join().await?;
+
+    // In another world it is another strategy, with that world's queues.
+    let elsewhere = Runner::new(
+        SdkSettings {
+            world_id: "w2".into(),
+            ..settings(stack.gateway)
+        },
+        metrics.clone(),
+        Arc::new(InProcessTransport::default()),
+    );
+    let (_, feed_d) = channel_feed();
+    let (moved, _, _) = with_sma("fast", 2, feed_d);
+    let handle = elsewhere.start(moved).await?;
+    assert!(!handle.plan().duplicate);
+    assert_ne!(handle.plan().strategy_id, first.plan.strategy_id);
+    assert!(handle.plan().nodes.iter().all(|n| {
+        n.topic
+            .as_deref()
+            .is_some_and(|t| t.starts_with("w2.backtest."))
+    }));
+    handle.stop();
+    handle.join().await?;
     stack.stop().await;
     Ok(())
 }
@@ -248,8 +276,8 @@ async fn a_tag_query_reads_every_queue_its_tags_match_whoever_produces_it() -> a
     assert_eventually!(taken(&sums).len() == 2, Duration::from_secs(5), "two sums");
     assert_eq!(taken(&sums), vec![(60, 12.0), (120, 13.0)]);
     drop((btc_in, eth_in));
-    producer.join().await;
-    let report = tokio::time::timeout(Duration::from_secs(5), reader.join()).await?;
+    producer.join().await?;
+    let report = tokio::time::timeout(Duration::from_secs(5), reader.join()).await??;
     assert_eq!(report.events, 3);
     stack.stop().await;
     Ok(())
