@@ -72,7 +72,18 @@ pub async fn collect_diff(
     client: &mut DiffServiceClient<Channel>,
     request: DiffRequest,
 ) -> Result<CollectedDiff, ClientError> {
-    let mut stream = client.diff(request).await?.into_inner();
+    // The caller's span continues in the DAG Manager (W3C trace context in the metadata).
+    let mut call = tonic::Request::new(request);
+    if let Some((parent, state)) = kit::trace::context_of(&tracing::Span::current()) {
+        let metadata = call.metadata_mut();
+        if let Ok(value) = parent.parse() {
+            metadata.insert(kit::trace::TRACEPARENT, value);
+        }
+        if let Some(value) = state.and_then(|s| s.parse().ok()) {
+            metadata.insert(kit::trace::TRACESTATE, value);
+        }
+    }
+    let mut stream = client.diff(call).await?.into_inner();
     let mut collected = CollectedDiff::default();
     while let Some(chunk) = stream.message().await? {
         let chunk_id = collected.chunks;

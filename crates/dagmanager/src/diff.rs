@@ -7,6 +7,7 @@ use proto::BufferInstruction;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 use wire::{
     ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, topic_asset, topic_name,
 };
@@ -413,7 +414,14 @@ impl DiffEngine {
         }
 
         if !new_specs.is_empty()
-            && let Err(error) = self.queues.create_queues(&new_specs, now).await
+            && let Err(error) = self
+                .queues
+                .create_queues(&new_specs, now)
+                .instrument(tracing::info_span!(
+                    "dagmanager.topic_create",
+                    queues = new_specs.len()
+                ))
+                .await
         {
             self.metrics
                 .queue_create_error_total

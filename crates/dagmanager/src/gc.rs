@@ -99,6 +99,7 @@ impl GarbageCollector {
     }
 
     /// One GC pass. Per-queue failures are counted and logged; the pass goes on.
+    #[tracing::instrument(name = "dagmanager.gc", skip_all)]
     pub async fn run_once(&self) -> Result<GcReport, GcError> {
         let _running = self.running.lock().await;
         let orphans = match self.orphans().await {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::diff::{DiffEngine, DiffError, DiffInput, DiffOutcome};
 use crate::gc::GarbageCollector;
@@ -226,9 +227,30 @@ impl DiffService for DiffServer {
         &self,
         request: Request<DiffRequest>,
     ) -> Result<Response<Self::DiffStream>, Status> {
+        let metadata = |key: &str| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (parent, state) = (
+            metadata(kit::trace::TRACEPARENT),
+            metadata(kit::trace::TRACESTATE),
+        );
+        let request = request.into_inner();
+        let span = tracing::info_span!(
+            "dagmanager.diff",
+            otel.kind = "server",
+            strategy_id = %request.strategy_id,
+            world_id = %request.world_id,
+            execution_domain = %request.execution_domain,
+        );
+        kit::trace::continue_from(&span, parent.as_deref(), state.as_deref());
         let outcome = self
             .engine
-            .diff(input_of(request.into_inner()))
+            .diff(input_of(request))
+            .instrument(span)
             .await
             .map_err(|e| Status::from(&e))?;
         let sentinel_id = outcome.sentinel_id.clone();

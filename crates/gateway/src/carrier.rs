@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument as _;
 
 use crate::api::{QueueMap, QueueRef, TagQuery};
 use crate::link::{DagManagerLink, LinkError};
@@ -151,7 +152,9 @@ impl Carrier {
                 continue;
             }
             self.submissions.mark_processing(strategy_id);
-            let result = self.attempt(&record).await;
+            let span = tracing::info_span!("gateway.carry", strategy_id = %strategy_id);
+            kit::trace::continue_from(&span, record.traceparent.as_deref(), None);
+            let result = self.attempt(&record).instrument(span).await;
             let (status, reason, queue_map, sentinel_id) = match result {
                 Ok((queue_map, sentinel_id)) => (Status::Completed, None, queue_map, sentinel_id),
                 Err(LinkError::Unavailable { reason }) => {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use crate::api::{ApiError, QueueMap, StrategyAck};
 use crate::carrier::{Carrier, DiffPlan, diff_in_worlds};
@@ -75,10 +76,32 @@ pub async fn submit(
     State(state): State<ApiState>,
     payload: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let span = tracing::info_span!(
+        "gateway.submit",
+        strategy_id = tracing::field::Empty,
+        world_id = tracing::field::Empty,
+        execution_domain = tracing::field::Empty,
+    );
+    submit_in(state, payload, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn submit_in(
+    state: ApiState,
+    payload: Result<Bytes, BytesRejection>,
+    span: tracing::Span,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let payload = body(payload)?;
     let submission = validate(&payload, state.max_nodes, &state.metrics)?;
     let strategy_id = strategy_id_of(&submission);
+    span.record("strategy_id", strategy_id.as_str());
+    span.record("world_id", submission.world_ids.join(",").as_str());
+    span.record(
+        "execution_domain",
+        submission.context.execution_domain.as_str(),
+    );
     let now = state.clock.unix_seconds();
     let record = StrategyRecord {
         strategy_id: strategy_id.clone(),
@@ -94,6 +117,7 @@ pub async fn submit(
         sentinel_id: format!("{strategy_id}-sentinel"),
         created_at: now,
         updated_at: now,
+        traceparent: kit::trace::traceparent_of(&span),
     };
     let record = match state.submissions.accept(record).await {
         Ok(Accepted::New(record)) => *record,
@@ -362,13 +386,33 @@ pub async fn record_request(
         "OPTIONS" => "OPTIONS",
         _ => "other",
     };
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics.request(
-        &route,
-        method,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
+    // In a block: a borrow of the request must not live across the await below.
+    let (parent, state) = {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (
+            header(kit::trace::TRACEPARENT),
+            header(kit::trace::TRACESTATE),
+        )
+    };
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        otel.name = %format!("{method} {route}"),
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
     );
+    kit::trace::continue_from(&span, parent.as_deref(), state.as_deref());
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    metrics.request(&route, method, status, started.elapsed().as_secs_f64());
     response
 }

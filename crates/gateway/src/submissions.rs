@@ -76,6 +76,10 @@ pub struct StrategyRecord {
     pub sentinel_id: String,
     pub created_at: f64,
     pub updated_at: f64,
+    /// W3C `traceparent` of the submission's span: carrying it, even after a restart, continues
+    /// the same trace.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// Why a submission could not be stored.

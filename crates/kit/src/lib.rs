@@ -7,3 +7,4 @@ pub mod config;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

@@ -49,9 +49,21 @@ impl MetricsRegistryBuilder {
         }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        Ok(MetricsRegistry {
+        let registry = MetricsRegistry {
             recorder: Arc::new(recorder),
             handle,
+            spans_dropped: Counter::noop(),
+        };
+        registry.describe_counter(
+            SPANS_DROPPED_TOTAL,
+            Some(Unit::Count),
+            "Spans the trace collector could not take (down or slow); dropped, never blocking.",
+        );
+        let spans_dropped = registry.counter(SPANS_DROPPED_TOTAL, &[]);
+        spans_dropped.absolute(0);
+        Ok(MetricsRegistry {
+            spans_dropped,
+            ..registry
         })
     }
 }
@@ -62,7 +74,11 @@ impl MetricsRegistryBuilder {
 pub struct MetricsRegistry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    spans_dropped: Counter,
 }
+
+/// Every registry carries the process's dropped-span count, current at each render.
+pub const SPANS_DROPPED_TOTAL: &str = "otel_spans_dropped_total";
 
 impl std::fmt::Debug for MetricsRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +131,8 @@ impl MetricsRegistry {
 
     /// The Prometheus text exposition of everything registered so far.
     pub fn render(&self) -> String {
+        self.spans_dropped
+            .absolute(crate::telemetry::spans_dropped());
         self.handle.run_upkeep();
         self.handle.render()
     }

@@ -5,8 +5,12 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
+};
 use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -111,7 +115,66 @@ pub fn tracer_provider(
 
 /// Exports on a background thread from a bounded queue: when the collector is slow or down,
 /// spans beyond the queue are dropped and no caller ever waits.
-fn batched<E: opentelemetry_sdk::trace::SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
+/// Spans the exporter failed to deliver (a collector that is down or slow), since start.
+static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Unix seconds of the last warning about dropped spans.
+static LAST_DROP_WARNING: AtomicU64 = AtomicU64::new(0);
+/// At most one warning per this many seconds; every dropped span is counted.
+const DROP_WARNING_EVERY_SECS: u64 = 60;
+
+/// Spans dropped because the collector could not take them, since the process started. Each
+/// service exports it as `otel_spans_dropped_total`.
+pub fn spans_dropped() -> u64 {
+    SPANS_DROPPED.load(Ordering::Relaxed)
+}
+
+/// Counts what the wrapped exporter could not deliver and warns once per interval.
+#[derive(Debug)]
+struct Counted<E>(E);
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let spans = batch.len() as u64;
+        let export = self.0.export(batch);
+        async move {
+            let result = export.await;
+            if let Err(error) = &result {
+                let total = SPANS_DROPPED.fetch_add(spans, Ordering::Relaxed) + spans;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let last = LAST_DROP_WARNING.load(Ordering::Relaxed);
+                if now >= last + DROP_WARNING_EVERY_SECS
+                    && LAST_DROP_WARNING
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(%error, dropped = total, "The trace collector is unavailable; spans are dropped (counted in otel_spans_dropped_total).");
+                }
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+fn batched<E: SpanExporter + 'static>(exporter: E) -> BatchSpanProcessor {
+    let exporter = Counted(exporter);
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(4096)
         .with_scheduled_delay(Duration::from_millis(500))
@@ -149,6 +212,7 @@ pub fn init(
         .map_err(TelemetryError::AlreadyInstalled)?;
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        crate::trace::set_exporting(true);
     }
     Ok(TelemetryGuard { provider })
 }

@@ -250,6 +250,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             "diff_failures_total",
             "compute_nodes_total",
             "queues_total",
+            "otel_spans_dropped_total",
         ],
     )
     .await;
@@ -260,6 +261,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             "gateway_submissions_total",
             "lost_requests_total",
             "dagclient_breaker_state",
+            "otel_spans_dropped_total",
         ],
     )
     .await;
@@ -273,6 +275,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             "backfill_failure_total",
             "runtime_events_total",
             "runtime_published_total",
+            "otel_spans_dropped_total",
         ],
     )
     .await;

@@ -306,10 +306,18 @@ impl GatewayClient {
         path: &str,
         body: &str,
     ) -> Result<(u16, String), CallError> {
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        // The caller's span continues in the Gateway (W3C trace context headers).
+        if let Some((parent, state)) = kit::trace::context_of(&tracing::Span::current()) {
+            request = request.header(kit::trace::TRACEPARENT, parent);
+            if let Some(state) = state {
+                request = request.header(kit::trace::TRACESTATE, state);
+            }
+        }
+        let request = request
             .body(Full::new(Bytes::from(body.to_owned())))
             .map_err(|e| CallError::Dependency(e.to_string()))?;
         let exchange = async {

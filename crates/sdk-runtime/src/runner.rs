@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::backfill::{BackfillJob, BackfillReport, run_jobs};
 use crate::cache::bucket;
@@ -175,6 +176,8 @@ struct Incoming {
     target: Target,
     timestamp: i64,
     value: Value,
+    /// The producer's trace context, for records read from a queue.
+    traceparent: Option<String>,
     ack: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -251,15 +254,25 @@ impl Runner {
     pub async fn start(&self, strategy: Strategy) -> Result<StrategyHandle, RunError> {
         let context = self.settings.context();
         let submitted = match &self.gateway {
-            Some(gateway) => Some(
-                gateway
+            Some(gateway) => {
+                let span = tracing::info_span!(
+                    "sdk.submit",
+                    strategy = %strategy.name(),
+                    world_id = %context.world_id,
+                    execution_domain = %context.execution_domain,
+                    strategy_id = tracing::field::Empty,
+                );
+                let submitted = gateway
                     .submit(
                         &strategy.dag_json(&context),
                         strategy.node_ids_crc32(),
                         &context,
                     )
-                    .await?,
-            ),
+                    .instrument(span.clone())
+                    .await?;
+                span.record("strategy_id", submitted.strategy_id.as_str());
+                Some(submitted)
+            }
             None => None,
         };
         let mut setups = Vec::with_capacity(strategy.nodes.len());
@@ -558,6 +571,7 @@ async fn forward_feed(
             target,
             timestamp,
             value,
+            traceparent: None,
             ack: None,
         };
         if events.send(event).await.is_err() {
@@ -590,6 +604,7 @@ async fn forward_queue(
                     target,
                     timestamp: record.timestamp,
                     value: record.payload,
+                    traceparent: record.traceparent,
                     ack,
                 };
                 if events.send(event).await.is_err() {
@@ -654,28 +669,74 @@ async fn live(mut run: LiveRun) -> u64 {
         if received == 0 {
             break;
         }
+        let tracing = kit::trace::exporting();
         for event in batch.drain(..) {
             taken += 1;
-            match event.target {
-                Target::Emit(node) => {
-                    if run.engine.nodes()[node].mode == Mode::Read {
-                        queue_events.increment(1);
-                    } else {
-                        feed_events.increment(1);
-                    }
-                    run.engine
-                        .emit(node, event.timestamp, event.value, Phase::Live, &mut outbox);
+            // With span export on, every event is a span: `node.feed` for a feed's bar,
+            // `node.process` for a record read from a queue, child of (and linked to) the
+            // producer's span. Outputs published meanwhile carry this span's context.
+            let span = if tracing {
+                let (node, from_queue) = match event.target {
+                    Target::Emit(node) => (node, run.engine.nodes()[node].mode == Mode::Read),
+                    Target::Deliver(node, _) => (node, true),
+                };
+                let node_id = run.engine.nodes()[node].node_id.as_str();
+                let span = if from_queue {
+                    tracing::info_span!(
+                        "node.process",
+                        otel.kind = "consumer",
+                        node_id,
+                        timestamp = event.timestamp
+                    )
+                } else {
+                    tracing::info_span!(
+                        "node.feed",
+                        otel.kind = "producer",
+                        node_id,
+                        timestamp = event.timestamp
+                    )
+                };
+                if let Some(parent) = &event.traceparent {
+                    kit::trace::continue_from(&span, Some(parent), None);
+                    kit::trace::link_to(&span, parent);
                 }
-                Target::Deliver(node, slot) => {
-                    queue_events.increment(1);
-                    run.engine.deliver(
-                        node,
-                        slot,
-                        event.timestamp,
-                        event.value,
-                        Phase::Live,
-                        &mut outbox,
-                    );
+                span
+            } else {
+                tracing::Span::none()
+            };
+            let traceparent = if tracing {
+                kit::trace::traceparent_of(&span)
+            } else {
+                None
+            };
+            {
+                let _entered = span.enter();
+                match event.target {
+                    Target::Emit(node) => {
+                        if run.engine.nodes()[node].mode == Mode::Read {
+                            queue_events.increment(1);
+                        } else {
+                            feed_events.increment(1);
+                        }
+                        run.engine.emit(
+                            node,
+                            event.timestamp,
+                            event.value,
+                            Phase::Live,
+                            &mut outbox,
+                        );
+                    }
+                    Target::Deliver(node, slot) => {
+                        queue_events.increment(1);
+                        run.engine.deliver(
+                            node,
+                            slot,
+                            event.timestamp,
+                            event.value,
+                            Phase::Live,
+                            &mut outbox,
+                        );
+                    }
                 }
             }
             for out in outbox.drain(..) {
@@ -683,7 +744,7 @@ async fn live(mut run: LiveRun) -> u64 {
                     payload: out.value,
                     interval: out.interval,
                     timestamp: out.timestamp,
-                    traceparent: None,
+                    traceparent: traceparent.clone(),
                 };
                 match run.transport.publish(&out.topic, record).await {
                     Ok(()) => published.increment(1),

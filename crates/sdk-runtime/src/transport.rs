@@ -115,6 +115,8 @@ struct Topic {
     ended: bool,
     /// group -> its members' channels, and the member the next record goes to.
     groups: HashMap<String, (Vec<mpsc::Sender<Record>>, usize)>,
+    /// The newest records, which a new consumer group reads first (as a broker's retention).
+    retained: std::collections::VecDeque<Record>,
 }
 
 #[derive(Debug, Default)]
@@ -127,8 +129,9 @@ impl Topics {
 }
 
 /// Queues inside one process: for embedded mode and tests. A record goes to one member of each
-/// group subscribed when it is published (no retention); each member buffers `depth` records.
-/// When a queue's producer leaves, its subscriptions end.
+/// group subscribed; a new group first reads the newest `depth` records the queue kept, so a
+/// reader that subscribes just after its producer started misses nothing. Each member buffers
+/// `depth` records. When a queue's producer leaves, its subscriptions end.
 #[derive(Debug, Clone)]
 pub struct InProcessTransport {
     topics: Arc<Topics>,
@@ -207,10 +210,13 @@ impl Transport for InProcessTransport {
     }
 
     async fn publish(&self, topic: &str, record: Record) -> Result<(), TransportError> {
+        let depth = self.depth;
         let targets: Vec<mpsc::Sender<Record>> = self.topics.with(|topics| {
-            let Some(entry) = topics.get_mut(topic) else {
-                return Vec::new();
-            };
+            let entry = topics.entry(topic.to_owned()).or_default();
+            entry.retained.push_back(record.clone());
+            while entry.retained.len() > depth {
+                entry.retained.pop_front();
+            }
             entry
                 .groups
                 .values_mut()
@@ -256,7 +262,13 @@ impl Transport for InProcessTransport {
         let (sender, receiver) = mpsc::channel(self.depth);
         self.topics.with(|topics| {
             let entry = topics.entry(topic.to_owned()).or_default();
-            // A queue whose producer has left ends at once (the sender is dropped here).
+            // A new group starts from what the queue kept (the channel holds `depth`, as many
+            // as are kept). A queue whose producer has left ends once that is read.
+            if !entry.groups.contains_key(group) {
+                for record in &entry.retained {
+                    let _ = sender.try_send(record.clone());
+                }
+            }
             if !entry.ended {
                 entry
                     .groups
@@ -304,11 +316,10 @@ mod tests {
         drop(lease);
         assert_eq!(next_timestamp(&mut a).await, None);
         let mut late = transport.subscribe("q", "late").await?;
-        assert_eq!(
-            next_timestamp(&mut late).await,
-            None,
-            "an ended queue ends at once"
-        );
+        let kept = next_timestamp(&mut late).await;
+        assert_eq!(kept, Some(60), "a new group reads what the queue kept");
+        let then = next_timestamp(&mut late).await;
+        assert_eq!(then, None, "then the ended queue ends");
         assert!(transport.claim_producer("q").await?.is_some());
         Ok(())
     }
