@@ -11,10 +11,10 @@ use opentelemetry_sdk::trace::{
 };
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// The `telemetry` section of `qmtl.yml`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub enum TelemetryError {
     #[error("the OTLP exporter could not be built")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("a global tracing subscriber is already installed")]
-    AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
+    AlreadyInstalled(#[source] tracing::dispatcher::SetGlobalDefaultError),
 }
 
 /// Flushes and shuts the span exporter down when dropped.
@@ -196,20 +196,37 @@ pub fn init(
     let otel_layer = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    let dispatch_cell: Arc<OnceLock<tracing::dispatcher::WeakDispatch>> = Arc::default();
     let (text, json) = match settings.log_format {
         LogFormat::Text => (
-            Some(tracing_subscriber::fmt::layer().with_target(false)),
+            Some(tracing_subscriber::fmt::layer().event_format(WithTraceIds {
+                inner: tracing_subscriber::fmt::format().with_target(false),
+                json: false,
+                dispatch: dispatch_cell.clone(),
+            })),
             None,
         ),
-        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json())),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format().json(),
+                        json: true,
+                        dispatch: dispatch_cell.clone(),
+                    }),
+            ),
+        ),
     };
-    tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(filter)
         .with(text)
         .with(json)
-        .with(otel_layer)
-        .try_init()
-        .map_err(TelemetryError::AlreadyInstalled)?;
+        .with(otel_layer);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let _ = dispatch_cell.set(dispatch.downgrade());
+    tracing::dispatcher::set_global_default(dispatch).map_err(TelemetryError::AlreadyInstalled)?;
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
         crate::trace::set_exporting(true);
@@ -217,9 +234,144 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
+/// Prefixes each log line with the `trace_id` and `span_id` of the span it was logged in (as
+/// fields of the JSON object, or as `trace_id=… span_id=…` in text), when spans are exported.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+    /// The subscriber this formatter is part of: while an event is dispatched the current
+    /// dispatcher cannot be looked up, so the span's context is read through this one.
+    dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
+}
+
+/// The exported trace and span ids of a span.
+fn ids_of(
+    span: &tracing::span::Id,
+    dispatch: &OnceLock<tracing::dispatcher::WeakDispatch>,
+) -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt as _;
+    if !crate::trace::exporting() {
+        return None;
+    }
+    let dispatch = dispatch.get()?.upgrade()?;
+    let context = tracing_opentelemetry::get_otel_context(span, &dispatch)?;
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let current = ctx.lookup_current().map(|span| span.id());
+        let Some((trace_id, span_id)) = current.and_then(|id| ids_of(&id, &self.dispatch)) else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if self.json {
+            let mut line = String::new();
+            self.inner.format_event(
+                ctx,
+                tracing_subscriber::fmt::format::Writer::new(&mut line),
+                event,
+            )?;
+            match line.strip_prefix('{') {
+                Some(rest) => write!(
+                    writer,
+                    "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+                ),
+                None => writer.write_str(&line),
+            }
+        } else {
+            write!(writer, "trace_id={trace_id} span_id={span_id} ")?;
+            self.inner.format_event(ctx, writer, event)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut held) = self.0.lock() {
+                held.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_carry_the_trace_and_span_ids_of_their_span() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let provider = SdkTracerProvider::builder().build();
+        let (text, json) = (Buffer::default(), Buffer::default());
+        let (text_out, json_out) = (text.clone(), json.clone());
+        let cell: Arc<OnceLock<tracing::dispatcher::WeakDispatch>> = Arc::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(move || text_out.clone())
+                    .with_ansi(false)
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format().with_target(false),
+                        json: false,
+                        dispatch: cell.clone(),
+                    }),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || json_out.clone())
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format().json(),
+                        json: true,
+                        dispatch: cell.clone(),
+                    }),
+            );
+        crate::trace::set_exporting(true);
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let _ = cell.set(dispatch.downgrade());
+        let ids = tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("work");
+            let _entered = span.enter();
+            tracing::info!("inside");
+            let context = span.context();
+            let ids = context.span().span_context().clone();
+            (ids.trace_id().to_string(), ids.span_id().to_string())
+        });
+        let read = |b: &Buffer| {
+            String::from_utf8(b.0.lock().map(|v| v.clone()).unwrap_or_default()).unwrap_or_default()
+        };
+        let text = read(&text);
+        assert!(
+            text.starts_with(&format!("trace_id={} span_id={} ", ids.0, ids.1)),
+            "{text}"
+        );
+        let line: serde_json::Value = serde_json::from_str(read(&json).trim()).unwrap_or_default();
+        assert_eq!(line["trace_id"], ids.0.as_str());
+        assert_eq!(line["span_id"], ids.1.as_str());
+        assert_eq!(line["fields"]["message"], "inside");
+    }
 
     #[test]
     fn no_endpoint_means_no_export_and_a_bad_one_is_refused() {
