@@ -3,6 +3,10 @@
 //! per second (a submission counts once its 202 says `completed`, so every diff finished).
 //!
 //! Run: `cargo bench -p gateway --bench submit_http [-- NODES CONCURRENCY COUNT]`
+//!
+//! `QMTL_BENCH_TELEMETRY` measures the cost of telemetry: unset, no subscriber at all; `off`, logs
+//! and spans as a service runs them with no `otel_exporter_endpoint`; an OTLP/HTTP URL, spans
+//! exported there as well.
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
@@ -113,6 +117,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let telemetry = std::env::var("QMTL_BENCH_TELEMETRY").ok();
+    let _telemetry = runtime.block_on(async {
+        telemetry.as_deref().map(|mode| {
+            let settings = kit::telemetry::TelemetrySettings {
+                otel_exporter_endpoint: (mode != "off").then(|| mode.to_owned()),
+                ..kit::telemetry::TelemetrySettings::default()
+            };
+            kit::telemetry::init("bench", &settings).expect("telemetry")
+        })
+    });
+    println!(
+        "telemetry: {}",
+        telemetry.as_deref().unwrap_or("none (no subscriber)")
+    );
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let dagmanager = dagmanager::App::build(dagmanager::DagManagerSettings {
