@@ -9,8 +9,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
-# promtool checks every service's exposition (Debian's prometheus package).
+# promtool checks every service's exposition (Debian's prometheus package); the Kafka tests
+# start a real broker, built once from the crate registry (about 5 min the first time).
 ./scripts/tools/promtool.sh >/dev/null
+./scripts/tools/kafka.sh install >/dev/null
 
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check

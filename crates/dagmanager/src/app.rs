@@ -15,6 +15,7 @@ use crate::gc::GarbageCollector;
 use crate::grpc::{
     AckRegistry, AdminServer, DiffServer, HealthServer, StreamSettings, TagQueryServer,
 };
+use crate::kafka::KafkaQueueAdmin;
 use crate::metrics::DagManagerMetrics;
 use crate::queues::{EmbeddedQueueAdmin, QueueAdmin, QueueAdminError};
 use crate::settings::DagManagerSettings;
@@ -80,7 +81,16 @@ impl App {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = DagManagerMetrics::new()?;
         let store: Arc<dyn GraphStore> = Arc::new(RedbGraphStore::open(&settings.data_dir)?);
-        let queues: Arc<dyn QueueAdmin> = Arc::new(EmbeddedQueueAdmin::open(&settings.data_dir)?);
+        let queues: Arc<dyn QueueAdmin> = if settings.kafka_dsn.trim().is_empty() {
+            Arc::new(EmbeddedQueueAdmin::open(&settings.data_dir)?)
+        } else {
+            Arc::new(KafkaQueueAdmin::open(
+                &settings.kafka_dsn,
+                &settings.data_dir,
+                Duration::from_millis(settings.kafka_timeout_ms),
+                metrics.registry(),
+            )?)
+        };
         let diff_settings = DiffSettings::from(&settings);
         let recreated = reconcile_queues(store.as_ref(), queues.as_ref(), &diff_settings).await?;
         if recreated > 0 {
@@ -289,7 +299,22 @@ async fn readiness_probe(
     let stop = shutdown.triggered();
     tokio::pin!(stop);
     loop {
-        let ready = store.health().await.is_ok() && queues.health().await.is_ok();
+        let queues_ok = match queues.health().await {
+            Ok(()) => {
+                // A healthy probe, outside the breaker, closes it.
+                if let Some(breaker) = queues.breaker()
+                    && breaker.is_open()
+                {
+                    breaker.reset();
+                }
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "The queue service is not healthy.");
+                false
+            }
+        };
+        let ready = store.health().await.is_ok() && queues_ok;
         if readiness.is_ready() != ready {
             tracing::info!(ready, "Readiness changed.");
         }

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod exporter;
 pub mod gc;
 pub mod grpc;
+pub mod kafka;
 pub mod metrics;
 pub mod parse_cache;
 pub mod queues;

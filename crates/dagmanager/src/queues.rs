@@ -39,6 +39,15 @@ pub enum QueueAdminError {
     ConfigMismatch { name: String, detail: String },
     #[error("embedded queue registry failed")]
     Embedded(#[from] EmbeddedError),
+    /// The broker failed or did not answer: counts against its breaker.
+    #[error("the broker failed to {operation}: {detail}")]
+    Broker {
+        operation: &'static str,
+        detail: String,
+    },
+    /// The breaker is open: the call was not made.
+    #[error("{dependency} is unavailable (its circuit breaker is open)")]
+    Unavailable { dependency: String },
     #[error("archive of queue {name} could not be written to {path}")]
     Archive {
         name: String,
@@ -67,6 +76,10 @@ pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
         now: f64,
     ) -> Result<PathBuf, QueueAdminError>;
     async fn health(&self) -> Result<(), QueueAdminError>;
+    /// The breaker guarding a remote queue service, for the probe that closes it.
+    fn breaker(&self) -> Option<&kit::breaker::CircuitBreaker> {
+        None
+    }
 }
 
 const QUEUES: Table = embedded::table("queues");
@@ -79,6 +92,30 @@ pub struct EmbeddedQueueAdmin {
 }
 
 impl EmbeddedQueueAdmin {
+    /// Refuses specs that name a recorded queue with another configuration.
+    pub fn check(&self, specs: &[QueueSpec]) -> Result<(), QueueAdminError> {
+        let queues = self.read();
+        for spec in specs {
+            if let Some(existing) = queues.get(&spec.name)
+                && existing.spec != *spec
+            {
+                return Err(QueueAdminError::ConfigMismatch {
+                    name: spec.name.clone(),
+                    detail: format!(
+                        "partitions {}/{}, replication {}/{}, retention_ms {}/{}",
+                        existing.spec.partitions,
+                        spec.partitions,
+                        existing.spec.replication_factor,
+                        spec.replication_factor,
+                        existing.spec.retention_ms,
+                        spec.retention_ms
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
         let db = EmbeddedDb::open(dir, "queues.redb", &[QUEUES])?;
         let queues = db
@@ -111,30 +148,16 @@ impl EmbeddedQueueAdmin {
 #[async_trait]
 impl QueueAdmin for EmbeddedQueueAdmin {
     async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError> {
+        self.check(specs)?;
         let mut new = Vec::new();
         {
             let queues = self.read();
             for spec in specs {
-                match queues.get(&spec.name) {
-                    Some(existing) if existing.spec == *spec => {}
-                    Some(existing) => {
-                        return Err(QueueAdminError::ConfigMismatch {
-                            name: spec.name.clone(),
-                            detail: format!(
-                                "partitions {}/{}, replication {}/{}, retention_ms {}/{}",
-                                existing.spec.partitions,
-                                spec.partitions,
-                                existing.spec.replication_factor,
-                                spec.replication_factor,
-                                existing.spec.retention_ms,
-                                spec.retention_ms
-                            ),
-                        });
-                    }
-                    None => new.push(BrokerQueue {
+                if !queues.contains_key(&spec.name) {
+                    new.push(BrokerQueue {
                         spec: spec.clone(),
                         created_at: now,
-                    }),
+                    });
                 }
             }
         }

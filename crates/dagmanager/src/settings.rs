@@ -37,6 +37,11 @@ pub struct DagManagerSettings {
     pub gc: GcSettings,
     /// How long a graceful shutdown may take before in-flight work is dropped.
     pub shutdown_grace_ms: u64,
+    /// Kafka bootstrap servers (`kafka://host:port` or `host:port,...`); empty keeps queues in
+    /// the embedded registry, with no broker.
+    pub kafka_dsn: String,
+    /// One broker request's limit.
+    pub kafka_timeout_ms: u64,
 }
 
 impl Default for DagManagerSettings {
@@ -57,6 +62,8 @@ impl Default for DagManagerSettings {
             topics: default_topics(),
             gc: GcSettings::default(),
             shutdown_grace_ms: 10_000,
+            kafka_dsn: String::new(),
+            kafka_timeout_ms: 5_000,
         }
     }
 }

@@ -349,3 +349,86 @@ pub fn assert_catalogue(exposition: &Exposition, families: &[FamilySpec<'_>]) {
         assert_eq!(found, expected, "{family}: labels");
     }
 }
+
+/// A Kafka-protocol broker started by `scripts/tools/kafka.sh` (built once and cached) on a free
+/// port, stopped when dropped. Fails the test loudly when it cannot start.
+pub struct KafkaBroker {
+    pub port: u16,
+    pub bootstrap: String,
+    dir: std::path::PathBuf,
+    _temp: Option<tempfile_dir::TempDir>,
+}
+
+mod tempfile_dir {
+    /// A directory removed when dropped.
+    #[derive(Debug)]
+    pub struct TempDir(pub std::path::PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn kafka_script() -> String {
+    format!(
+        "{}/../../scripts/tools/kafka.sh",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+impl KafkaBroker {
+    pub fn start() -> KafkaBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let dir = std::env::temp_dir().join(format!("qmtl-kafka-{port}-{}", std::process::id()));
+        let broker = KafkaBroker {
+            port,
+            bootstrap: format!("127.0.0.1:{port}"),
+            dir: dir.clone(),
+            _temp: Some(tempfile_dir::TempDir(dir)),
+        };
+        broker.resume();
+        broker
+    }
+
+    /// Stops the broker (its in-memory topics are gone with it).
+    pub fn stop(&self) {
+        let status = std::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status()
+            .unwrap_or_else(|e| panic!("kafka.sh stop: {e}"));
+        assert!(status.success(), "kafka.sh stop failed");
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn resume(&self) {
+        let output = std::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("start")
+            .arg(self.port.to_string())
+            .arg(&self.dir)
+            .output()
+            .unwrap_or_else(|e| panic!("kafka.sh start: {e}"));
+        assert!(
+            output.status.success(),
+            "the Kafka broker did not start (scripts/tools/kafka.sh start): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}

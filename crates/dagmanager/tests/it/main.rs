@@ -5,5 +5,6 @@ mod admin;
 mod bad_input;
 mod diff;
 mod gc;
+mod kafka;
 mod metrics;
 mod support;

@@ -1,0 +1,165 @@
+//! Queues on a real Kafka-protocol broker (`scripts/tools/kafka.sh`): topics created with the
+//! configured policy, a configuration mismatch refused as the caller's problem, and the Kafka
+//! breaker opening while the broker is down and closing through the probe once it is back.
+
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use std::time::{Duration, Instant};
+use test_support::{KafkaBroker, assert_eventually, synthetic_dag};
+use tonic::Code;
+
+use crate::support::{spawn_app, temp_dir, test_settings};
+
+fn kafka_settings(dir: &std::path::Path, broker: &KafkaBroker) -> dagmanager::DagManagerSettings {
+    let mut settings = test_settings(dir);
+    settings.kafka_dsn = format!("kafka://{}", broker.bootstrap);
+    settings.kafka_timeout_ms = 1_500;
+    settings
+}
+
+/// Partitions and `retention.ms` of a topic, as the broker has them.
+async fn topic_config(bootstrap: &str, topic: &str) -> (usize, Option<i64>) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("an admin client");
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("topic metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    let configs = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .expect("topic configs");
+    let retention = configs
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.entries)
+        .find(|e| e.name == "retention.ms")
+        .and_then(|e| e.value)
+        .and_then(|v| v.parse().ok());
+    (partitions, retention)
+}
+
+#[tokio::test]
+async fn topics_are_created_on_the_broker_with_their_kinds_policy() {
+    let broker = KafkaBroker::start();
+    let (_dir, path) = temp_dir();
+    let settings = kafka_settings(&path, &broker);
+    let app = spawn_app(settings.clone()).await;
+    let dag = synthetic_dag(3, "kafka-policy");
+    let diff = app.diff("k1", &dag).await.expect("the diff succeeds");
+    let mut topics: Vec<&String> = diff.queue_map.values().collect();
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics.len(), 3);
+    for topic in topics {
+        let kind = if topic.contains("PriceFeed") {
+            "raw"
+        } else {
+            "indicator"
+        };
+        let policy = &settings.topics[kind];
+        assert_eq!(
+            topic_config(&broker.bootstrap, topic).await,
+            (policy.partitions as usize, Some(policy.retention_ms)),
+            "{topic} ({kind})"
+        );
+    }
+    // Again, and concurrently with itself: the same queues, no error.
+    let (again, twice) = tokio::join!(app.diff("k1", &dag), app.diff("k2", &dag));
+    assert_eq!(again.expect("again").queue_map, diff.queue_map);
+    assert!(twice.is_ok());
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.value("queue_create_error_total", &[]), Some(0.0));
+    assert_eq!(metrics.value("kafka_breaker_state", &[]), Some(0.0));
+    assert_eq!(metrics.kind("kafka_breaker_open_total"), Some("counter"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_existing_topic_with_another_configuration_is_refused_without_blaming_the_broker() {
+    let broker = KafkaBroker::start();
+    let (_dir, path) = temp_dir();
+    let first = spawn_app(kafka_settings(&path.join("a"), &broker)).await;
+    let dag = synthetic_dag(2, "kafka-mismatch");
+    first.diff("m1", &dag).await.expect("the first diff");
+    first.stop().await;
+
+    // Another DAG Manager (its own registry) that wants 2 partitions for indicators.
+    let mut settings = kafka_settings(&path.join("b"), &broker);
+    if let Some(indicator) = settings.topics.get_mut("indicator") {
+        indicator.partitions = 2;
+    }
+    let second = spawn_app(settings).await;
+    let refused = second.diff("m1", &dag).await.expect_err("a mismatch");
+    let status = match refused {
+        dagclient::ClientError::Status(status) => status,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("E_QUEUE_CONFIG_MISMATCH"),
+        "{status:?}"
+    );
+    let metrics = second.metrics().await;
+    assert!(
+        metrics
+            .value("queue_create_error_total", &[])
+            .is_some_and(|v| v > 0.0)
+    );
+    assert_eq!(metrics.value("kafka_breaker_failures", &[]), Some(0.0));
+    assert_eq!(metrics.value("kafka_breaker_state", &[]), Some(0.0));
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_that_goes_away_opens_the_breaker_and_one_that_returns_closes_it() {
+    let broker = KafkaBroker::start();
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(kafka_settings(&path, &broker)).await;
+    app.diff("up", &synthetic_dag(2, "kafka-up"))
+        .await
+        .expect("the broker is up");
+
+    broker.stop();
+    for attempt in 0..3 {
+        let failed = app
+            .diff("down", &synthetic_dag(2, &format!("kafka-down-{attempt}")))
+            .await
+            .expect_err("the broker is down");
+        assert!(format!("{failed:?}").contains("Unavailable"), "{failed:?}");
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.value("kafka_breaker_state", &[]), Some(1.0));
+    assert_eq!(metrics.value("kafka_breaker_open_total", &[]), Some(1.0));
+    // Open: the next create fails at once, without waiting for the broker.
+    let started = Instant::now();
+    let fast = app.diff("down", &synthetic_dag(2, "kafka-down-fast")).await;
+    assert!(fast.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _) = test_support::http_get(&app.admin_url("/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503, "not ready while the broker is away");
+
+    broker.resume();
+    assert_eventually!(
+        app.metrics().await.value("kafka_breaker_state", &[]) == Some(0.0),
+        Duration::from_secs(20),
+        "the probe closes the breaker once the broker answers"
+    );
+    app.diff("back", &synthetic_dag(2, "kafka-back"))
+        .await
+        .expect("creation works again");
+    app.stop().await;
+}
