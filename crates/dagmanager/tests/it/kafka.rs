@@ -163,3 +163,114 @@ async fn a_broker_that_goes_away_opens_the_breaker_and_one_that_returns_closes_i
         .expect("creation works again");
     app.stop().await;
 }
+
+/// Topic names on the broker.
+fn broker_topics(bootstrap: &str) -> Vec<String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("an admin client");
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn gc_drops_and_archives_only_the_topics_this_system_created() {
+    use dagmanager::settings::{GcAction, GcPolicy};
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = KafkaBroker::start();
+    let (_dir, path) = temp_dir();
+    let mut settings = kafka_settings(&path, &broker);
+    let policy = |action| GcPolicy {
+        ttl_secs: 0,
+        grace_secs: 0,
+        action,
+    };
+    settings.gc.policies = [
+        ("raw".to_owned(), policy(GcAction::Drop)),
+        ("indicator".to_owned(), policy(GcAction::Archive)),
+    ]
+    .into();
+    let app = spawn_app(settings.clone()).await;
+
+    // Somebody else's topic on the same broker.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("an admin client");
+    admin
+        .create_topics(
+            [&NewTopic::new(
+                "someone-elses-topic",
+                1,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("a foreign topic");
+
+    let diff = app
+        .diff("gc-kafka", &synthetic_dag(2, "kafka-gc"))
+        .await
+        .expect("the diff");
+    let ours: Vec<String> = diff.queue_map.values().cloned().collect();
+    let indicator = ours
+        .iter()
+        .find(|t| t.contains("Indicator"))
+        .expect("an indicator topic")
+        .clone();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("a producer");
+    for payload in ["first", "second"] {
+        producer
+            .send(
+                FutureRecord::<(), str>::to(&indicator).payload(payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a record");
+    }
+
+    app.admin_client()
+        .await
+        .cleanup(proto::CleanupRequest {
+            strategy_id: "gc-kafka".into(),
+        })
+        .await
+        .expect("cleanup runs GC");
+    let left = broker_topics(&broker.bootstrap);
+    assert!(
+        ours.iter().all(|t| !left.contains(t)),
+        "our topics are dropped: {left:?}"
+    );
+    assert!(left.contains(&"someone-elses-topic".to_owned()), "{left:?}");
+
+    let archived: Vec<std::path::PathBuf> = std::fs::read_dir(&settings.gc.archive_dir)
+        .expect("the archive directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    let lines = std::fs::read_to_string(&archived[0]).expect("the archive");
+    let payloads: Vec<String> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["payload"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(payloads, ["first", "second"]);
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.value("gc_queues_dropped_total", &[]), Some(2.0));
+    assert_eq!(metrics.value("gc_queues_archived_total", &[]), Some(1.0));
+    app.stop().await;
+}
