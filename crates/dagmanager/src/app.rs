@@ -16,6 +16,7 @@ use crate::grpc::{
     AckRegistry, AdminServer, DiffServer, HealthServer, StreamSettings, TagQueryServer,
 };
 use crate::kafka::KafkaQueueAdmin;
+use crate::lag::{LagMonitor, LagSettings};
 use crate::metrics::DagManagerMetrics;
 use crate::queues::{EmbeddedQueueAdmin, QueueAdmin, QueueAdminError};
 use crate::settings::DagManagerSettings;
@@ -64,6 +65,7 @@ pub struct App {
     queues: Arc<dyn QueueAdmin>,
     engine: Arc<DiffEngine>,
     gc: Arc<GarbageCollector>,
+    lag: Option<Arc<LagMonitor>>,
 }
 
 async fn bind(host: &str, port: u16) -> Result<TcpListener, BuildError> {
@@ -116,6 +118,19 @@ impl App {
             settings.gc.clone(),
             clock.clone(),
         ));
+        let lag = (!settings.kafka_dsn.trim().is_empty()).then(|| {
+            Arc::new(LagMonitor::new(
+                LagSettings {
+                    bootstrap: crate::kafka::bootstrap_of(&settings.kafka_dsn),
+                    interval: Duration::from_secs(settings.lag_interval_secs.max(1)),
+                    timeout: Duration::from_millis(settings.kafka_timeout_ms),
+                    default_threshold_secs: settings.lag_threshold_secs,
+                    thresholds: settings.lag_thresholds.clone(),
+                },
+                queues.clone(),
+                metrics.registry(),
+            ))
+        });
         let grpc_listener = bind(&settings.host, settings.grpc_port).await?;
         let admin_listener = bind(&settings.host, settings.admin_port).await?;
         Ok(App {
@@ -127,6 +142,7 @@ impl App {
             queues,
             engine,
             gc,
+            lag,
         })
     }
 
@@ -210,6 +226,10 @@ impl App {
             axum::serve(self.admin_listener, admin).with_graceful_shutdown(shutdown.triggered());
 
         let gc_task = tokio::spawn(self.gc.clone().run_scheduled(shutdown.clone()));
+        let lag_task = self
+            .lag
+            .clone()
+            .map(|lag| tokio::spawn(lag.run_scheduled(shutdown.clone())));
         let probe_task = tokio::spawn(readiness_probe(
             self.store.clone(),
             self.queues.clone(),
@@ -236,6 +256,9 @@ impl App {
         shutdown.trigger();
         readiness.set(false);
         let _ = gc_task.await;
+        if let Some(task) = lag_task {
+            let _ = task.await;
+        }
         let _ = probe_task.await;
         result
     }

@@ -8,6 +8,7 @@ pub mod exporter;
 pub mod gc;
 pub mod grpc;
 pub mod kafka;
+pub mod lag;
 pub mod metrics;
 pub mod parse_cache;
 pub mod queues;

@@ -42,6 +42,12 @@ pub struct DagManagerSettings {
     pub kafka_dsn: String,
     /// One broker request's limit.
     pub kafka_timeout_ms: u64,
+    /// Seconds between consumer lag measurements (with a broker).
+    pub lag_interval_secs: u64,
+    /// Lag in seconds a queue may reach before `QueueLagHigh` fires ...
+    pub lag_threshold_secs: f64,
+    /// ... unless the queue has its own threshold here (topic -> seconds).
+    pub lag_thresholds: BTreeMap<String, f64>,
 }
 
 impl Default for DagManagerSettings {
@@ -64,6 +70,9 @@ impl Default for DagManagerSettings {
             shutdown_grace_ms: 10_000,
             kafka_dsn: String::new(),
             kafka_timeout_ms: 5_000,
+            lag_interval_secs: 15,
+            lag_threshold_secs: 60.0,
+            lag_thresholds: BTreeMap::new(),
         }
     }
 }

@@ -274,3 +274,132 @@ async fn gc_drops_and_archives_only_the_topics_this_system_created() {
     assert_eq!(metrics.value("gc_queues_archived_total", &[]), Some(1.0));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = KafkaBroker::start();
+    let (_dir, path) = temp_dir();
+    let mut settings = kafka_settings(&path, &broker);
+    settings.lag_interval_secs = 1;
+    settings.lag_threshold_secs = 30.0;
+    let app = spawn_app(settings).await;
+    let diff = app
+        .diff("lag", &synthetic_dag(2, "kafka-lag"))
+        .await
+        .expect("the diff");
+    let topic = diff
+        .queue_map
+        .values()
+        .find(|t| t.contains("Indicator"))
+        .expect("an indicator topic (one partition)")
+        .clone();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("a producer");
+    for i in 0..5 {
+        producer
+            .send(
+                FutureRecord::<(), str>::to(&topic).payload(&format!("event {i}")),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a record");
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "a-strategy")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a consumer");
+    consumer.subscribe(&[topic.as_str()]).expect("subscribed");
+    let take = |count: usize| {
+        let mut taken = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while taken < count {
+            assert!(Instant::now() < deadline, "took {taken} of {count} records");
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                taken += 1;
+            }
+        }
+    };
+    // Two consumed and committed, then the consumer pauses with three left.
+    take(2);
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("committed");
+
+    let labels = [("topic", topic.as_str())];
+    assert_eventually!(
+        app.metrics().await.value("queue_lag_messages", &labels) == Some(3.0),
+        Duration::from_secs(20),
+        "three messages behind"
+    );
+    let first = app
+        .metrics()
+        .await
+        .value("queue_lag_seconds", &labels)
+        .unwrap_or(0.0);
+    assert_eventually!(
+        app.metrics()
+            .await
+            .value("queue_lag_seconds", &labels)
+            .is_some_and(|later| later >= first + 1.5),
+        Duration::from_secs(15),
+        "the age of the oldest unconsumed record grows while the consumer is paused"
+    );
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metrics.value("queue_lag_threshold_seconds", &labels),
+        Some(30.0)
+    );
+    for family in [
+        "queue_lag_seconds",
+        "queue_lag_messages",
+        "queue_lag_threshold_seconds",
+    ] {
+        assert_eq!(
+            metrics.label_names(family),
+            Some(vec!["topic".to_owned()]),
+            "{family}"
+        );
+    }
+
+    // Resumed: the rest consumed and committed.
+    take(3);
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("committed");
+    assert_eventually!(
+        {
+            let metrics = app.metrics().await;
+            metrics.value("queue_lag_messages", &labels) == Some(0.0)
+                && metrics.value("queue_lag_seconds", &labels) == Some(0.0)
+        },
+        Duration::from_secs(20),
+        "no lag once the consumer caught up"
+    );
+    assert_eq!(
+        app.metrics().await.value("queue_lag_errors_total", &[]),
+        Some(0.0)
+    );
+    // With a broker, the Kafka families of the catalogue are there too, and promtool agrees.
+    let topic_label = &["topic"][..];
+    test_support::assert_catalogue(
+        &app.metrics().await,
+        &[
+            ("kafka_breaker_open_total", "counter", &[]),
+            ("kafka_breaker_state", "gauge", &[]),
+            ("kafka_breaker_failures", "gauge", &[]),
+            ("queue_lag_seconds", "gauge", topic_label),
+            ("queue_lag_messages", "gauge", topic_label),
+            ("queue_lag_threshold_seconds", "gauge", topic_label),
+        ],
+    );
+    test_support::assert_promtool_clean(&app.metrics_text().await);
+    app.stop().await;
+}

@@ -1,0 +1,333 @@
+//! Consumer lag of every queue this system created, measured against the broker on an
+//! interval: for each consumer group that has committed offsets on a topic, the messages behind
+//! the high watermarks (`queue_lag_messages`) and the age of the oldest one not yet consumed,
+//! from the broker's record timestamps (`queue_lag_seconds`). The worst group counts. Beside
+//! them `queue_lag_threshold_seconds`, with the same `{topic}` label, so
+//! `queue_lag_seconds > queue_lag_threshold_seconds` matches series for series. A failed
+//! measurement is counted and logged; the monitor keeps going.
+
+use kit::metrics::MetricsRegistry;
+use kit::shutdown::Shutdown;
+use metrics::{Counter, Gauge, Unit};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::queues::QueueAdmin;
+
+pub const QUEUE_LAG_SECONDS: &str = "queue_lag_seconds";
+pub const QUEUE_LAG_MESSAGES: &str = "queue_lag_messages";
+pub const QUEUE_LAG_THRESHOLD_SECONDS: &str = "queue_lag_threshold_seconds";
+pub const QUEUE_LAG_ERRORS_TOTAL: &str = "queue_lag_errors_total";
+pub const QUEUE_LAG_LAST_RUN_TIMESTAMP: &str = "queue_lag_last_run_timestamp";
+
+/// Groups of this service itself, never measured.
+const OWN_GROUP_PREFIX: &str = "qmtl-dagmanager-";
+
+/// When and against what lag is measured.
+#[derive(Debug, Clone)]
+pub struct LagSettings {
+    pub bootstrap: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Seconds of lag a queue may have before `QueueLagHigh` fires.
+    pub default_threshold_secs: f64,
+    /// Per-topic thresholds, overriding the default.
+    pub thresholds: BTreeMap<String, f64>,
+}
+
+/// One topic's measured lag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicLag {
+    pub topic: String,
+    pub messages: i64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Series {
+    seconds: Gauge,
+    messages: Gauge,
+}
+
+/// Measures lag and sets the gauges.
+pub struct LagMonitor {
+    settings: LagSettings,
+    queues: Arc<dyn QueueAdmin>,
+    registry: MetricsRegistry,
+    series: Mutex<HashMap<String, Series>>,
+    errors: Counter,
+    last_run: Gauge,
+    clients: Arc<Mutex<Clients>>,
+}
+
+impl std::fmt::Debug for LagMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LagMonitor")
+            .field("bootstrap", &self.settings.bootstrap)
+            .finish()
+    }
+}
+
+/// Broker clients kept between measurements: one for metadata, watermarks and groups, one that
+/// reads the oldest unconsumed records (its fetches never queue ahead of the other's requests),
+/// and one per group to read its committed offsets (which does not join the group).
+#[derive(Default)]
+struct Clients {
+    reader: Option<BaseConsumer>,
+    sampler: Option<BaseConsumer>,
+    groups: HashMap<String, BaseConsumer>,
+}
+
+fn client(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| e.to_string())
+}
+
+impl LagMonitor {
+    pub fn new(
+        settings: LagSettings,
+        queues: Arc<dyn QueueAdmin>,
+        registry: &MetricsRegistry,
+    ) -> LagMonitor {
+        registry.describe_gauge(
+            QUEUE_LAG_SECONDS,
+            Some(Unit::Seconds),
+            "Age of the oldest message a consumer group has not consumed yet (worst group).",
+        );
+        registry.describe_gauge(
+            QUEUE_LAG_MESSAGES,
+            Some(Unit::Count),
+            "Messages behind the high watermarks (worst consumer group).",
+        );
+        registry.describe_gauge(
+            QUEUE_LAG_THRESHOLD_SECONDS,
+            Some(Unit::Seconds),
+            "Lag in seconds a queue may reach before QueueLagHigh fires.",
+        );
+        registry.describe_counter(
+            QUEUE_LAG_ERRORS_TOTAL,
+            Some(Unit::Count),
+            "Lag measurements that failed (the broker did not answer).",
+        );
+        registry.describe_gauge(
+            QUEUE_LAG_LAST_RUN_TIMESTAMP,
+            Some(Unit::Seconds),
+            "Unix time of the last completed lag measurement.",
+        );
+        let errors = registry.counter(QUEUE_LAG_ERRORS_TOTAL, &[]);
+        errors.increment(0);
+        let last_run = registry.gauge(QUEUE_LAG_LAST_RUN_TIMESTAMP, &[]);
+        LagMonitor {
+            settings,
+            queues,
+            registry: registry.clone(),
+            series: Mutex::new(HashMap::new()),
+            errors,
+            last_run,
+            clients: Arc::default(),
+        }
+    }
+
+    /// Measures every queue once and sets the gauges.
+    pub async fn measure_once(&self) -> Result<Vec<TopicLag>, String> {
+        let topics: Vec<String> = self
+            .queues
+            .list_queues()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|q| q.spec.name)
+            .collect();
+        let settings = self.settings.clone();
+        let clients = self.clients.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+            measure(&settings, &mut clients, &topics)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for lag in &lags {
+            let entry = series.entry(lag.topic.clone()).or_insert_with(|| {
+                let labels = [("topic", lag.topic.as_str())];
+                let threshold = self
+                    .settings
+                    .thresholds
+                    .get(&lag.topic)
+                    .copied()
+                    .unwrap_or(self.settings.default_threshold_secs);
+                self.registry
+                    .gauge(QUEUE_LAG_THRESHOLD_SECONDS, &labels)
+                    .set(threshold);
+                Series {
+                    seconds: self.registry.gauge(QUEUE_LAG_SECONDS, &labels),
+                    messages: self.registry.gauge(QUEUE_LAG_MESSAGES, &labels),
+                }
+            });
+            entry.seconds.set(lag.seconds);
+            entry.messages.set(lag.messages as f64);
+        }
+        self.last_run.set(now_ms() as f64 / 1000.0);
+        Ok(lags)
+    }
+
+    /// Measures on the interval until `shutdown`.
+    pub async fn run_scheduled(self: Arc<Self>, shutdown: Shutdown) {
+        let stop = shutdown.triggered();
+        tokio::pin!(stop);
+        loop {
+            if let Err(error) = self.measure_once().await {
+                self.errors.increment(1);
+                tracing::warn!(code = "E_LAG_MEASURE", %error, "Consumer lag could not be measured.");
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(self.settings.interval) => {}
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn measure(
+    settings: &LagSettings,
+    clients: &mut Clients,
+    topics: &[String],
+) -> Result<Vec<TopicLag>, String> {
+    let timeout = settings.timeout;
+    if clients.reader.is_none() {
+        clients.reader = Some(client(
+            &settings.bootstrap,
+            &format!("{OWN_GROUP_PREFIX}lag"),
+        )?);
+    }
+    if clients.sampler.is_none() {
+        let sampler: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.bootstrap)
+            .set("group.id", format!("{OWN_GROUP_PREFIX}lag-sampler"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "20")
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| e.to_string())?;
+        clients.sampler = Some(sampler);
+    }
+    let reader = clients.reader.as_ref().ok_or("no reader")?;
+    let metadata = reader
+        .fetch_metadata(None, timeout)
+        .map_err(|e| format!("metadata: {e}"))?;
+    let mut partitions: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for topic in metadata.topics() {
+        if let Some(name) = topics.iter().find(|t| t.as_str() == topic.name()) {
+            partitions.insert(
+                name.as_str(),
+                topic.partitions().iter().map(|p| p.id()).collect(),
+            );
+        }
+    }
+    let mut watermarks: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
+    for (topic, ids) in &partitions {
+        for id in ids {
+            let marks = reader
+                .fetch_watermarks(topic, *id, timeout)
+                .map_err(|e| format!("watermarks of {topic}: {e}"))?;
+            watermarks.insert((topic, *id), marks);
+        }
+    }
+    let groups: Vec<String> = reader
+        .fetch_group_list(None, timeout)
+        .map_err(|e| format!("groups: {e}"))?
+        .groups()
+        .iter()
+        .map(|g| g.name().to_owned())
+        .filter(|g| !g.starts_with(OWN_GROUP_PREFIX))
+        .collect();
+    let mut all = TopicPartitionList::new();
+    for (topic, ids) in &partitions {
+        for id in ids {
+            all.add_partition(topic, *id);
+        }
+    }
+    // (topic, partition) -> the lowest committed offset of any group that reads it.
+    let mut behind: HashMap<(String, i32), i64> = HashMap::new();
+    let mut messages: HashMap<String, i64> = HashMap::new();
+    for group in groups {
+        if !clients.groups.contains_key(&group) {
+            let consumer = client(&settings.bootstrap, &group)?;
+            clients.groups.insert(group.clone(), consumer);
+        }
+        let Some(consumer) = clients.groups.get(&group) else {
+            continue;
+        };
+        let committed = consumer
+            .committed_offsets(all.clone(), timeout)
+            .map_err(|e| format!("offsets of group {group}: {e}"))?;
+        let mut per_topic: HashMap<String, i64> = HashMap::new();
+        for element in committed.elements() {
+            let Offset::Offset(offset) = element.offset() else {
+                continue;
+            };
+            let key = (element.topic(), element.partition());
+            let Some((low, high)) = watermarks.get(&key) else {
+                continue;
+            };
+            let position = offset.max(*low);
+            *per_topic.entry(element.topic().to_owned()).or_default() += (high - position).max(0);
+            if position < *high {
+                let slot = behind
+                    .entry((element.topic().to_owned(), element.partition()))
+                    .or_insert(position);
+                *slot = (*slot).min(position);
+            }
+        }
+        for (topic, lag) in per_topic {
+            let worst = messages.entry(topic).or_default();
+            *worst = (*worst).max(lag);
+        }
+    }
+    // The oldest unconsumed record of each lagging partition gives its age.
+    let mut seconds: HashMap<String, f64> = HashMap::new();
+    let now = now_ms();
+    let sampler = clients.sampler.as_ref().ok_or("no sampler")?;
+    for ((topic, partition), offset) in &behind {
+        let mut one = TopicPartitionList::new();
+        one.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| e.to_string())?;
+        sampler.assign(&one).map_err(|e| e.to_string())?;
+        let sampled = sampler.poll(timeout);
+        if let Some(Ok(message)) = &sampled
+            && let Some(at) = message.timestamp().to_millis()
+        {
+            let age = ((now - at).max(0)) as f64 / 1000.0;
+            let worst = seconds.entry(topic.clone()).or_default();
+            *worst = worst.max(age);
+        }
+        drop(sampled);
+        sampler.unassign().map_err(|e| e.to_string())?;
+    }
+    Ok(partitions
+        .keys()
+        .map(|topic| TopicLag {
+            topic: (*topic).to_owned(),
+            messages: messages.get(*topic).copied().unwrap_or(0),
+            seconds: seconds.get(*topic).copied().unwrap_or(0.0),
+        })
+        .collect())
+}
