@@ -652,6 +652,7 @@ async fn live(mut run: LiveRun) -> u64 {
     let mut last_warning: Option<Instant> = None;
     let mut commands_open = true;
     let mut batch: Vec<Incoming> = Vec::with_capacity(EVENT_BATCH);
+    let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     loop {
         let received = tokio::select! {
             biased;
@@ -759,7 +760,21 @@ async fn live(mut run: LiveRun) -> u64 {
             }
             // At least once: a record is acknowledged only after its outputs are published.
             if let Some(ack) = event.ack {
-                ack();
+                acks.push(ack);
+            }
+        }
+        // Published outputs are delivered before the records that caused them are acknowledged.
+        match run.transport.flush().await {
+            Ok(()) => {
+                for ack in acks.drain(..) {
+                    ack();
+                }
+            }
+            Err(error) => {
+                // Not acknowledged: after a restart these records are read again.
+                publish_failures.increment(1);
+                acks.clear();
+                tracing::warn!(%error, "Published outputs were not all delivered; their inputs stay unacknowledged.");
             }
         }
     }

@@ -100,6 +100,11 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
     async fn publish(&self, topic: &str, record: Record) -> Result<(), TransportError>;
 
+    /// Waits until every record published so far is delivered (or has failed).
+    async fn flush(&self) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     /// Reads a queue in a consumer group: each record goes to one member of every group.
     async fn subscribe(
         &self,

@@ -2,6 +2,7 @@
 //! outputs checked against hand-computed values, metrics checked on the scraped endpoint.
 
 mod catalogue;
+mod kafka;
 mod offline;
 mod online;
 mod support;

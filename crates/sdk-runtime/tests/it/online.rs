@@ -25,7 +25,7 @@ fn settings(gateway: std::net::SocketAddr) -> SdkSettings {
     }
 }
 
-fn with_sma(
+pub(crate) fn with_sma(
     name: &str,
     window: usize,
     feed: crate::support::ChannelFeed,

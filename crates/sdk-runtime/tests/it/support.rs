@@ -79,11 +79,17 @@ impl Stack {
 
 /// A DAG Manager and a Gateway on embedded stores under `dir`, on free ports.
 pub async fn stack(dir: &Path) -> anyhow::Result<Stack> {
+    stack_with(dir, None).await
+}
+
+/// As [`stack`], with the DAG Manager's queues on a Kafka broker when one is given.
+pub async fn stack_with(dir: &Path, kafka: Option<&str>) -> anyhow::Result<Stack> {
     let mut dm = dagmanager::DagManagerSettings {
         grpc_port: 0,
         admin_port: 0,
         data_dir: dir.join("dagmanager"),
         shutdown_grace_ms: 2_000,
+        kafka_dsn: kafka.unwrap_or_default().to_owned(),
         ..dagmanager::DagManagerSettings::default()
     };
     dm.gc.interval_secs = 3600;

@@ -1,0 +1,196 @@
+//! The Kafka transport against a real broker (`scripts/tools/kafka.sh`): leases, the envelope,
+//! at-least-once consumption that resumes after a restart, bad records skipped and counted, and
+//! two strategies sharing a node through the broker.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sdk_runtime::{
+    KafkaTransport, Mode, Record, Runner, SdkMetrics, SdkSettings, Subscription, Transport, Value,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use test_support::{KafkaBroker, assert_eventually};
+
+use crate::support::{channel_feed, collector, rounded, scrape, serve, stack_with, taken};
+
+async fn create_topic(bootstrap: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("an admin client");
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topics");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+}
+
+fn record(timestamp: i64) -> Record {
+    Record {
+        payload: Value::Number(timestamp as f64),
+        interval: 60,
+        timestamp,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    }
+}
+
+async fn next(sub: &mut Box<dyn Subscription>) -> Record {
+    let delivery = tokio::time::timeout(Duration::from_secs(20), sub.next())
+        .await
+        .expect("a record in time")
+        .expect("the subscription is open")
+        .expect("a valid record");
+    let (record, ack) = delivery.into_parts();
+    if let Some(ack) = ack {
+        ack();
+    }
+    record
+}
+
+#[tokio::test]
+async fn a_queue_has_one_producer_until_it_lets_go() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start();
+    let metrics = SdkMetrics::new()?;
+    let transport = KafkaTransport::new(&broker.bootstrap, Duration::from_secs(5), &metrics)?;
+    let other = KafkaTransport::new(&broker.bootstrap, Duration::from_secs(5), &metrics)?;
+    let lease = transport.claim_producer("q-lease").await?;
+    assert!(lease.is_some());
+    assert!(other.claim_producer("q-lease").await?.is_none(), "held");
+    assert!(other.claim_producer("another-queue").await?.is_some());
+    drop(lease);
+    assert_eventually!(
+        other
+            .claim_producer("q-lease")
+            .await
+            .ok()
+            .flatten()
+            .is_some(),
+        Duration::from_secs(10),
+        "released, the queue can be claimed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn records_keep_their_envelope_and_trace_and_a_restarted_reader_resumes() -> anyhow::Result<()>
+{
+    let broker = KafkaBroker::start();
+    create_topic(&broker.bootstrap, "q-resume").await;
+    let metrics = SdkMetrics::new()?;
+    let transport = KafkaTransport::new(&broker.bootstrap, Duration::from_secs(5), &metrics)?;
+    for t in 1..=6 {
+        transport.publish("q-resume", record(60 * t)).await?;
+    }
+    transport.flush().await?;
+
+    let mut first = transport.subscribe("q-resume", "g-resume").await?;
+    let seen = next(&mut first).await;
+    assert_eq!(seen, record(60), "payload, interval, timestamp");
+    assert_eq!(seen.traceparent, record(60).traceparent, "the trace header");
+    for t in 2..=3 {
+        assert_eq!(next(&mut first).await.timestamp, 60 * t);
+    }
+    // Stopped after three acknowledged records; its group resumes at the fourth.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let mut again = transport.subscribe("q-resume", "g-resume").await?;
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        rest.push(next(&mut again).await.timestamp);
+    }
+    assert_eq!(rest, vec![240, 300, 360], "none lost, none read twice");
+    // Another group reads everything.
+    let mut other = transport.subscribe("q-resume", "g-other").await?;
+    assert_eq!(next(&mut other).await.timestamp, 60);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_record_that_is_not_an_envelope_is_counted_and_skipped() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start();
+    create_topic(&broker.bootstrap, "q-bad").await;
+    let metrics = SdkMetrics::new()?;
+    let address = serve(metrics.clone()).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()?;
+    producer
+        .send(
+            FutureRecord::<(), str>::to("q-bad").payload("{not an envelope"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let transport = KafkaTransport::new(&broker.bootstrap, Duration::from_secs(5), &metrics)?;
+    transport.publish("q-bad", record(60)).await?;
+    transport.flush().await?;
+    let mut sub = transport.subscribe("q-bad", "g-bad").await?;
+    assert_eq!(next(&mut sub).await.timestamp, 60);
+    let scraped = scrape(address).await?;
+    assert_eq!(scraped.value("runtime_bad_records_total", &[]), Some(1.0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_strategies_share_a_node_through_the_broker() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start();
+    let dir = tempfile::tempdir()?;
+    let stack = stack_with(dir.path(), Some(&broker.bootstrap)).await?;
+    let metrics = SdkMetrics::new()?;
+    let address = serve(metrics.clone()).await?;
+    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
+        &broker.bootstrap,
+        Duration::from_secs(5),
+        &metrics,
+    )?);
+    let settings = SdkSettings {
+        gateway_url: format!("http://{}", stack.gateway),
+        world_id: "wk".into(),
+        as_of: "2025-01-01".into(),
+        poll_interval_ms: 20,
+        ..SdkSettings::default()
+    };
+    let runner = Runner::new(settings, metrics.clone(), transport);
+    let (bars_in, feed_a) = channel_feed();
+    let (_unused, feed_b) = channel_feed();
+    let (a, _, _) = crate::online::with_sma("fast", 2, feed_a);
+    let (mut b, _, slow) = crate::online::with_sma("slow", 3, feed_b);
+    let (slow_means, observe) = collector();
+    b.observe(slow, observe)?;
+    let first = runner.start(a).await?;
+    let second = runner.start(b).await?;
+    assert_eq!(first.plan().nodes[0].mode, Mode::Local);
+    assert_eq!(
+        second.plan().nodes[0].mode,
+        Mode::Read,
+        "the price is read from the broker"
+    );
+    for k in 1..=5 {
+        bars_in.send((60 * k, Value::Number(k as f64)))?;
+    }
+    assert_eventually!(
+        taken(&slow_means).len() == 3,
+        Duration::from_secs(20),
+        "the reader computes from the broker's records"
+    );
+    assert_eq!(
+        rounded(taken(&slow_means)),
+        vec![(180, 2.0), (240, 3.0), (300, 4.0)]
+    );
+    let scraped = scrape(address).await?;
+    assert_eq!(
+        scraped.value("runtime_events_total", &[("source", "queue")]),
+        Some(5.0)
+    );
+    drop(bars_in);
+    first.join().await?;
+    second.stop();
+    second.join().await?;
+    stack.stop().await;
+    Ok(())
+}
