@@ -35,6 +35,10 @@ pub enum Command {
         /// Keep the services running after the demo, until Ctrl-C.
         #[arg(long)]
         keep_running: bool,
+        /// Run the queues on this Kafka broker (`host:port`) instead of in process
+        /// (default: `dagmanager.kafka_dsn` when set).
+        #[arg(long)]
+        kafka: Option<String>,
     },
     /// Run or drive a service.
     Service {
@@ -152,12 +156,17 @@ pub async fn run(
             bars,
             pace_ms,
             keep_running,
+            kafka,
         } => {
+            let kafka = kafka
+                .or_else(|| Some(settings.dagmanager.kafka_dsn.clone()))
+                .filter(|k| !k.trim().is_empty());
             let options = crate::up::UpOptions {
                 config,
                 bars,
                 pace: std::time::Duration::from_millis(pace_ms),
                 keep_running,
+                kafka,
             };
             return crate::up::up(settings, options).await;
         }

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use kit::metrics::Readiness;
 use kit::shutdown::Shutdown;
 use sdk_runtime::{
-    InProcessTransport, Mode, Plan, RunReport, Runner, SdkMetrics, SdkSettings, StrategyHandle,
-    Transport,
+    InProcessTransport, KafkaTransport, Mode, Plan, RunReport, Runner, SdkMetrics, SdkSettings,
+    StrategyHandle, Transport,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +24,8 @@ pub struct UpOptions {
     pub bars: u64,
     pub pace: Duration,
     pub keep_running: bool,
+    /// A Kafka bootstrap list: the DAG Manager's topics and the runtime's queues go there.
+    pub kafka: Option<String>,
 }
 
 /// A service process; stopped with SIGTERM (it drains) when dropped.
@@ -119,7 +121,11 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         Service::spawn(
             "dagmanager",
             &["service", "dagmanager", "server"],
-            &[],
+            &options
+                .kafka
+                .iter()
+                .map(|k| ("QMTL__DAGMANAGER__KAFKA_DSN", k.clone()))
+                .collect::<Vec<_>>(),
             config,
             &logs,
         )?,
@@ -169,7 +175,12 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         server_stop.clone(),
     ));
     let sdk_metrics = format!("http://{sdk_addr}/metrics");
-    println!("qmtl up: the stack is running on embedded stores (no Kafka, no Neo4j).");
+    match &options.kafka {
+        Some(bootstrap) => println!(
+            "qmtl up: the stack is running with its queues on the Kafka broker at {bootstrap}."
+        ),
+        None => println!("qmtl up: the stack is running on embedded stores (no Kafka, no Neo4j)."),
+    }
     println!(
         "  DAG Manager  gRPC {}:{}   metrics {dm_admin}/metrics   log {}",
         dm.host,
@@ -186,10 +197,20 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         gateway_url: gateway.clone(),
         ..sdk.clone()
     };
-    let transport: Arc<dyn Transport> = Arc::new(InProcessTransport::new(
-        sdk.queue_depth,
-        Duration::from_secs(1),
-    ));
+    let transport: Arc<dyn Transport> = match &options.kafka {
+        Some(bootstrap) => Arc::new(
+            KafkaTransport::new(
+                bootstrap,
+                Duration::from_millis(settings.dagmanager.kafka_timeout_ms),
+                &metrics,
+            )
+            .context("cannot use the Kafka broker")?,
+        ),
+        None => Arc::new(InProcessTransport::new(
+            sdk.queue_depth,
+            Duration::from_secs(1),
+        )),
+    };
     let runner = Runner::new(runner_settings, metrics.clone(), transport);
     let pace = Pace {
         bars: options.bars,
@@ -214,6 +235,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let started = Instant::now();
+    let (mut last_read, mut quiet) = (-1.0, 0);
     loop {
         tokio::select! {
             () = shutdown.triggered() => {
@@ -227,7 +249,21 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
                 if handles.iter().all(|(_, h)| h.is_finished()) {
                     break;
                 }
-                println!("  {:>3} s  {}", started.elapsed().as_secs(), progress(&metrics.render()));
+                let exposition = metrics.render();
+                // A broker's queue outlives its producer: once a strategy's feed has ended and
+                // the readers have taken nothing new for two seconds, the demo is over.
+                let read = sum_of(&exposition, "runtime_events_total", "source=\"queue\"");
+                if handles.iter().any(|(_, h)| h.is_finished()) {
+                    quiet = if read == last_read { quiet + 1 } else { 0 };
+                    if quiet >= 2 {
+                        for (_, handle) in &handles {
+                            handle.stop();
+                        }
+                        break;
+                    }
+                }
+                last_read = read;
+                println!("  {:>3} s  {}", started.elapsed().as_secs(), progress(&exposition));
             }
         }
     }
@@ -391,19 +427,20 @@ fn reused_queue(reports: &[(&str, RunReport)]) -> Option<String> {
     None
 }
 
+/// The sum of a family's series whose labels contain `filter`.
+fn sum_of(exposition: &str, family: &str, filter: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']) && l.contains(filter)
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sums of the families a progress line shows.
 fn progress(exposition: &str) -> String {
-    let sum = |family: &str, filter: &str| -> f64 {
-        exposition
-            .lines()
-            .filter(|l| {
-                l.starts_with(family)
-                    && l[family.len()..].starts_with(['{', ' '])
-                    && l.contains(filter)
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
+    let sum = |family: &str, filter: &str| sum_of(exposition, family, filter);
     format!(
         "events: {:.0} from the feed, {:.0} from queues, {:.0} backfilled | node runs: {:.0} | published: {:.0}",
         sum("runtime_events_total", "source=\"feed\""),

@@ -267,3 +267,46 @@ fn exported(port: u16, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+#[test]
+fn qmtl_up_runs_the_demo_through_a_kafka_broker() {
+    let broker = test_support::KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
+        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
+        .env("QMTL__GATEWAY__PORT", free_port().to_string())
+        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
+        .env("QMTL__SDK__AS_OF", "2025-01-01")
+        .args([
+            "up",
+            "--bars",
+            "20",
+            "--pace-ms",
+            "20",
+            "--kafka",
+            &broker.bootstrap,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("on the Kafka broker at"), "{stdout}");
+    let value = |series: &str| -> f64 {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{series}` in:\n{stdout}"))
+    };
+    assert_eq!(
+        value("runtime_events_total{source=\"queue\"}"),
+        20.0,
+        "every bar through the broker"
+    );
+    assert_eq!(value("backfill_completed_total"), 2.0);
+    assert!(value("node_processed_total") > 0.0);
+    assert!(stdout.contains("reused queue: ma-"), "{stdout}");
+}
