@@ -109,7 +109,7 @@ fn start_collector(run_dir: &Path, http_port: u16) -> Collector {
     Collector { pid }
 }
 
-fn qmtl_up(dir: &Path, endpoint: &str, bars: &str) -> std::process::Output {
+fn qmtl_up(dir: &Path, endpoint: &str, bars: &str, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_qmtl"))
         .current_dir(dir)
         .env_remove("RUST_LOG")
@@ -120,6 +120,7 @@ fn qmtl_up(dir: &Path, endpoint: &str, bars: &str) -> std::process::Output {
         .env("QMTL__SDK__AS_OF", "2025-01-01")
         .env("QMTL__TELEMETRY__OTEL_EXPORTER_ENDPOINT", endpoint)
         .args(["up", "--bars", bars, "--pace-ms", "25"])
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -130,7 +131,7 @@ fn one_trace_runs_from_the_sdk_through_the_gateway_into_the_dag_manager() {
     let http_port = free_port();
     let _collector = start_collector(&dir.path().join("rotel"), http_port);
     let endpoint = format!("http://127.0.0.1:{http_port}/v1/traces");
-    let output = qmtl_up(dir.path(), &endpoint, "5");
+    let output = qmtl_up(dir.path(), &endpoint, "5", &[]);
     assert!(
         output.status.success(),
         "{}\n{}",
@@ -211,7 +212,7 @@ fn a_collector_that_is_down_drops_spans_counts_them_and_blocks_nothing() {
     let endpoint = format!("http://127.0.0.1:{}/v1/traces", free_port());
     let started = Instant::now();
     // Long enough (40 bars, 25 ms apart) that every process has tried to export by the summary.
-    let output = qmtl_up(dir.path(), &endpoint, "40");
+    let output = qmtl_up(dir.path(), &endpoint, "40", &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -239,4 +240,44 @@ fn a_collector_that_is_down_drops_spans_counts_them_and_blocks_nothing() {
         .collect();
     assert_eq!(dropped.len(), 3, "{stdout}");
     assert!(dropped.iter().all(|d| *d > 0.0), "{stdout}");
+}
+
+#[test]
+fn through_a_kafka_broker_the_consumer_span_continues_the_producers_from_the_record_headers() {
+    let broker = test_support::KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let _collector = start_collector(&dir.path().join("rotel"), http_port);
+    let endpoint = format!("http://127.0.0.1:{http_port}/v1/traces");
+    let output = qmtl_up(dir.path(), &endpoint, "5", &["--kafka", &broker.bootstrap]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let log_path = dir.path().join("rotel/server.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
+        let linked = spans.iter().find(|s| {
+            s.name == "node.process"
+                && by_id
+                    .get(s.parent.as_str())
+                    .is_some_and(|p| p.name == "node.feed" && s.links.contains(&p.id))
+        });
+        if linked.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node.process span continued its producer's node.feed span; spans: {:#?}",
+            spans
+                .iter()
+                .filter(|s| s.name.starts_with("node."))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

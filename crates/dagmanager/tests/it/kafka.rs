@@ -403,3 +403,33 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
     test_support::assert_promtool_clean(&app.metrics_text().await);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears() {
+    let broker = KafkaBroker::start();
+    broker.stop();
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(kafka_settings(&path, &broker)).await;
+    let readyz = || async {
+        test_support::http_get(&app.admin_url("/readyz"))
+            .await
+            .map(|(status, _)| status)
+            .unwrap_or(0)
+    };
+    let (status, _) = test_support::http_get(&app.admin_url("/healthz"))
+        .await
+        .expect("the service answers");
+    assert_eq!(status, 200, "it started without the broker");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(readyz().await, 503, "not ready without its broker");
+    broker.resume();
+    assert_eventually!(
+        readyz().await == 200,
+        Duration::from_secs(20),
+        "ready once the broker answers"
+    );
+    app.diff("late", &synthetic_dag(2, "kafka-late"))
+        .await
+        .expect("diffs work");
+    app.stop().await;
+}
