@@ -6,13 +6,17 @@
 //! log holds it, renewing it every few seconds; a lease not renewed for 15 s has expired.
 
 use async_trait::async_trait;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::DeliveryResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -28,8 +32,46 @@ pub const LEASE_TOPIC: &str = "qmtl-leases";
 const LEASE_TTL: Duration = Duration::from_secs(15);
 /// The holder renews this often.
 const LEASE_RENEW: Duration = Duration::from_secs(5);
-/// Deliveries awaited at most this many at a time (bounded memory, backpressure).
-const MAX_IN_FLIGHT: usize = 10_000;
+/// Counts deliveries in flight and failed, from the producer's own thread.
+#[derive(Default)]
+struct Deliveries {
+    in_flight: AtomicU64,
+    failed: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+    settled: tokio::sync::Notify,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(error.to_string());
+            }
+        }
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+}
+
+/// Shares the delivery counters with the producer's context.
+#[derive(Clone, Default)]
+struct SharedDeliveries(Arc<Deliveries>);
+
+impl ClientContext for SharedDeliveries {}
+
+impl ProducerContext for SharedDeliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: ()) {
+        self.0.delivery(result, opaque);
+    }
+}
 
 fn unavailable(error: impl std::fmt::Display) -> TransportError {
     TransportError::Unavailable(error.to_string())
@@ -62,8 +104,11 @@ struct LeaseRecord {
 #[derive(Clone)]
 pub struct KafkaTransport {
     bootstrap: String,
-    producer: FutureProducer,
-    in_flight: Arc<tokio::sync::Mutex<Vec<DeliveryFuture>>>,
+    /// Node outputs: one delivery callback per record, no future per record.
+    producer: Arc<ThreadedProducer<SharedDeliveries>>,
+    deliveries: Arc<Deliveries>,
+    /// Lease records, awaited one by one.
+    leases: FutureProducer,
     timeout: Duration,
     bad_records: metrics::Counter,
     owner_prefix: String,
@@ -87,7 +132,8 @@ impl KafkaTransport {
         metrics: &SdkMetrics,
     ) -> Result<KafkaTransport, TransportError> {
         let bootstrap = bootstrap.trim().trim_start_matches("kafka://").to_owned();
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -96,9 +142,12 @@ impl KafkaTransport {
                 "message.timeout.ms",
                 timeout.as_millis().max(1000).to_string(),
             )
-            .set("log_level", "3")
-            .create()
-            .map_err(unavailable)?;
+            .set("log_level", "3");
+        let shared = SharedDeliveries::default();
+        let deliveries = shared.0.clone();
+        let producer: ThreadedProducer<SharedDeliveries> =
+            config.create_with_context(shared).map_err(unavailable)?;
+        let leases: FutureProducer = config.create().map_err(unavailable)?;
         metrics.registry().describe_counter(
             RUNTIME_BAD_RECORDS_TOTAL,
             Some(metrics::Unit::Count),
@@ -108,8 +157,9 @@ impl KafkaTransport {
         bad_records.increment(0);
         Ok(KafkaTransport {
             bootstrap,
-            producer,
-            in_flight: Arc::default(),
+            producer: Arc::new(producer),
+            deliveries,
+            leases,
             timeout,
             bad_records,
             owner_prefix: format!("{}-{}", std::process::id(), now_ms()),
@@ -140,7 +190,7 @@ impl KafkaTransport {
     async fn write_lease(&self, record: &LeaseRecord) -> Result<i64, TransportError> {
         let payload = serde_json::to_vec(record).map_err(unavailable)?;
         let delivered = self
-            .producer
+            .leases
             .send(
                 FutureRecord::to(LEASE_TOPIC)
                     .key(record.queue.as_str())
@@ -209,18 +259,31 @@ impl KafkaTransport {
         }
     }
 
-    /// Awaits every delivery in flight.
+    /// Waits until nothing is in flight; an error if a delivery failed since the last wait.
     async fn drain(&self) -> Result<(), TransportError> {
-        let pending: Vec<DeliveryFuture> = std::mem::take(&mut *self.in_flight.lock().await);
-        let mut failure = None;
-        for delivery in pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => failure = Some(unavailable(error)),
-                Err(_) => failure = Some(unavailable("the producer went away")),
+        let deadline = Instant::now() + self.timeout.saturating_mul(2);
+        loop {
+            let settled = self.deliveries.settled.notified();
+            if self.deliveries.in_flight.load(Ordering::Acquire) == 0 {
+                break;
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(unavailable("deliveries did not settle in time"));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), settled).await;
         }
-        failure.map_or(Ok(()), Err)
+        if self.deliveries.failed.swap(0, Ordering::AcqRel) > 0 {
+            let last = self
+                .deliveries
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|mut e| e.take())
+                .unwrap_or_default();
+            return Err(unavailable(format!("a delivery failed: {last}")));
+        }
+        Ok(())
     }
 }
 
@@ -249,12 +312,12 @@ impl Drop for KafkaLease {
             record.at_ms = now_ms();
             if let Ok(payload) = serde_json::to_vec(&record) {
                 // Enqueued now, delivered by the producer's own thread.
-                let _ = transport.producer.send_result(
+                let _ = transport.leases.send_result(
                     FutureRecord::to(LEASE_TOPIC)
                         .key(record.queue.as_str())
                         .payload(&payload),
                 );
-                let _ = rdkafka::producer::Producer::flush(&transport.producer, transport.timeout);
+                let _ = rdkafka::producer::Producer::flush(&transport.leases, transport.timeout);
             }
         }
     }
@@ -370,34 +433,29 @@ impl Transport for KafkaTransport {
                 value: Some(parent.as_str()),
             });
         }
-        let message = FutureRecord::<(), [u8]>::to(topic)
+        let mut message = BaseRecord::<(), [u8]>::to(topic)
             .payload(payload.as_slice())
             .headers(headers);
-        let delivery = match self.producer.send_result(message) {
-            Ok(delivery) => delivery,
-            Err((error, _)) => {
-                // The local queue is full: wait for what is in flight, then try once more.
-                self.drain().await?;
-                return self
-                    .producer
-                    .send(
-                        FutureRecord::<(), [u8]>::to(topic).payload(payload.as_slice()),
-                        self.timeout,
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| unavailable(format!("{error}; then {e}")));
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            self.deliveries.in_flight.fetch_add(1, Ordering::AcqRel);
+            match self.producer.send(message) {
+                Ok(()) => return Ok(()),
+                Err((error, returned)) => {
+                    self.deliveries.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    let full = matches!(
+                        error.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::QueueFull)
+                    );
+                    if !full || Instant::now() > deadline {
+                        return Err(unavailable(error));
+                    }
+                    // The producer's queue is full: the broker is slower than the nodes.
+                    message = returned;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
-        };
-        let full = {
-            let mut in_flight = self.in_flight.lock().await;
-            in_flight.push(delivery);
-            in_flight.len() >= MAX_IN_FLIGHT
-        };
-        if full {
-            self.drain().await?;
         }
-        Ok(())
     }
 
     async fn flush(&self) -> Result<(), TransportError> {

@@ -624,6 +624,31 @@ async fn forward_queue(
 
 /// Events taken from the channel at once: fewer wake-ups under load, no wait when idle.
 const EVENT_BATCH: usize = 256;
+/// Records read from queues are acknowledged in groups of at most this many ...
+const ACK_BATCH: usize = 4096;
+/// ... or at least this often, once their outputs are delivered.
+const ACK_EVERY: Duration = Duration::from_millis(50);
+
+/// Waits for every published output, then acknowledges the records that caused them; on a
+/// failed delivery they stay unacknowledged, so a restarted reader reads them again.
+async fn flush_then_ack(
+    transport: &Arc<dyn Transport>,
+    acks: &mut Vec<Box<dyn FnOnce() + Send>>,
+    failures: &metrics::Counter,
+) {
+    match transport.flush().await {
+        Ok(()) => {
+            for ack in acks.drain(..) {
+                ack();
+            }
+        }
+        Err(error) => {
+            failures.increment(1);
+            acks.clear();
+            tracing::warn!(%error, "Published outputs were not all delivered; their inputs stay unacknowledged.");
+        }
+    }
+}
 
 struct LiveRun {
     engine: Engine,
@@ -653,6 +678,7 @@ async fn live(mut run: LiveRun) -> u64 {
     let mut commands_open = true;
     let mut batch: Vec<Incoming> = Vec::with_capacity(EVENT_BATCH);
     let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    let mut last_flush = Instant::now();
     loop {
         let received = tokio::select! {
             biased;
@@ -764,20 +790,17 @@ async fn live(mut run: LiveRun) -> u64 {
             }
         }
         // Published outputs are delivered before the records that caused them are acknowledged.
-        match run.transport.flush().await {
-            Ok(()) => {
-                for ack in acks.drain(..) {
-                    ack();
-                }
-            }
-            Err(error) => {
-                // Not acknowledged: after a restart these records are read again.
-                publish_failures.increment(1);
-                acks.clear();
-                tracing::warn!(%error, "Published outputs were not all delivered; their inputs stay unacknowledged.");
-            }
+        // Acknowledgements wait for a batch of them (or a pause), so deliveries overlap.
+        if !acks.is_empty()
+            && (acks.len() >= ACK_BATCH
+                || last_flush.elapsed() >= ACK_EVERY
+                || run.incoming.is_empty())
+        {
+            flush_then_ack(&run.transport, &mut acks, &publish_failures).await;
+            last_flush = Instant::now();
         }
     }
+    flush_then_ack(&run.transport, &mut acks, &publish_failures).await;
     drop(run.leases);
     taken
 }

@@ -1,0 +1,195 @@
+//! Events per second through the runtime on a real broker, next to a plain rdkafka loop on the
+//! same broker, printed as a ratio.
+//!
+//! - Plain: an rdkafka producer (idempotent, `acks=all`, as the runtime's) sends N records to a
+//!   topic while a consumer group reads them. The figure is N over the time to the last record.
+//! - Runtime: strategy A produces a price stream of N bars (produce); strategy B reads it from
+//!   the broker (consume), computes a 5-bar SMA (compute) and publishes it (publish). The figure
+//!   is N over the time until B has processed every bar.
+//!
+//! Both start `scripts/tools/kafka.sh`'s broker; the runtime also runs a DAG Manager (queues on
+//! that broker) and a Gateway in this process.
+//!
+//! Run: `cargo bench -p sdk-runtime --bench kafka_chain [-- EVENTS]`
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sdk_runtime::{
+    KafkaTransport, Mode, ReplayFeed, Runner, SdkMetrics, SdkSettings, Shutdown, Strategy,
+    Transport, Value,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+async fn plain(bootstrap: &str, events: usize) -> anyhow::Result<f64> {
+    let topic = format!("plain-{}", std::process::id());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    admin
+        .create_topics(
+            [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "plain-bench")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .create()?;
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < events {
+            if consumer.recv().await.is_ok() {
+                seen += 1;
+            }
+        }
+    });
+    let payload = br#"{"payload":100.0,"interval":60,"timestamp":60}"#;
+    let mut sent = 0;
+    while sent < events {
+        match producer.send_result(FutureRecord::<(), [u8]>::to(&topic).payload(&payload[..])) {
+            Ok(_) => sent += 1,
+            Err(_) => {
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    reader.await?;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn runtime(bootstrap: &str, events: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut dm = dagmanager::DagManagerSettings {
+        grpc_port: 0,
+        admin_port: 0,
+        data_dir: dir.path().join("dagmanager"),
+        kafka_dsn: bootstrap.to_owned(),
+        ..dagmanager::DagManagerSettings::default()
+    };
+    dm.gc.interval_secs = 3600;
+    let dm = dagmanager::App::build(dm).await?;
+    let dm_addr = dm.grpc_addr();
+    let stop = Shutdown::new();
+    let dm_task = tokio::spawn(dm.run_until_stopped(stop.clone()));
+    let gw = gateway::App::build(gateway::GatewaySettings {
+        port: 0,
+        dagmanager_url: dm_addr.to_string(),
+        data_dir: dir.path().join("gateway"),
+        ..gateway::GatewaySettings::default()
+    })
+    .await?;
+    let gw_addr = gw.addr();
+    let gw_task = tokio::spawn(gw.run_until_stopped(stop.clone()));
+
+    let metrics = SdkMetrics::new()?;
+    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
+        bootstrap,
+        Duration::from_secs(10),
+        &metrics,
+    )?);
+    let settings = SdkSettings {
+        gateway_url: format!("http://{gw_addr}"),
+        world_id: "bench".into(),
+        as_of: "2025-01-01".into(),
+        poll_interval_ms: 10,
+        ..SdkSettings::default()
+    };
+    let runner = Runner::new(settings, metrics, transport);
+    let define = |feed: Option<ReplayFeed>,
+                  with_sma: bool|
+     -> anyhow::Result<(Strategy, Arc<AtomicUsize>)> {
+        let mut s = Strategy::new(if with_sma { "reader" } else { "producer" });
+        let mut price = s
+            .stream_input("price")
+            .tags(["bench", "price"])
+            .interval(60);
+        if let Some(feed) = feed {
+            price = price.live(feed);
+        }
+        let price = price.build()?;
+        let seen = Arc::new(AtomicUsize::new(0));
+        if with_sma {
+            let sma = s
+                .node("SMA")
+                .input(price)
+                .period(5)
+                .params(json!({"window": 5}))
+                .code("sma", "1")
+                .compute(move |v| v.window(price).mean())?;
+            let counter = seen.clone();
+            s.observe(price, move |_, _| {
+                counter.fetch_add(1, Ordering::Relaxed);
+            })?;
+            let _ = sma;
+        }
+        Ok((s, seen))
+    };
+    let feed = ReplayFeed::new(
+        (1..=events as i64).map(|k| (60 * k, Value::Number(100.0 + (k % 7) as f64))),
+    );
+    let (producer, _) = define(Some(feed), false)?;
+    let (reader, seen) = define(None, true)?;
+    let started = Instant::now();
+    let a = runner.start(producer).await?;
+    let b = runner.start(reader).await?;
+    anyhow::ensure!(
+        a.plan().nodes[0].mode == Mode::Local,
+        "A produces the stream"
+    );
+    anyhow::ensure!(
+        b.plan().nodes[0].mode == Mode::Read,
+        "B reads it from the broker"
+    );
+    while seen.load(Ordering::Relaxed) < events {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "B did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    a.join().await?;
+    b.stop();
+    b.join().await?;
+    stop.trigger();
+    let _ = gw_task.await;
+    let _ = dm_task.await;
+    Ok(rate)
+}
+
+fn main() -> anyhow::Result<()> {
+    let events: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50_000);
+    println!("{}", test_support::bench::machine_facts());
+    let broker = test_support::KafkaBroker::start();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let plain = tokio.block_on(plain(&broker.bootstrap, events))?;
+    let runtime = tokio.block_on(runtime(&broker.bootstrap, events))?;
+    println!("plain rdkafka produce+consume: {plain:.0} events/s ({events} events)");
+    println!("runtime produce+consume+SMA+publish: {runtime:.0} events/s ({events} events)");
+    println!("ratio runtime/plain: {:.2}", runtime / plain);
+    Ok(())
+}
