@@ -323,17 +323,77 @@ impl Drop for KafkaLease {
     }
 }
 
+/// Partitions whose acknowledged offsets are tracked lock-free; higher ones are stored at once.
+const TRACKED_PARTITIONS: usize = 64;
+
+/// The highest acknowledged offset per partition, written by the engine's acknowledgements and
+/// handed to the consumer (`store_offset`) by the subscription, once per partition per read.
+struct Acked {
+    offsets: [std::sync::atomic::AtomicI64; TRACKED_PARTITIONS],
+}
+
+impl Acked {
+    fn new() -> Acked {
+        Acked {
+            offsets: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(-1)),
+        }
+    }
+}
+
 struct KafkaSubscription {
     consumer: Arc<StreamConsumer>,
     topic: String,
     bad_records: metrics::Counter,
     last_warning: Option<Instant>,
+    acked: Arc<Acked>,
+    stored: [i64; TRACKED_PARTITIONS],
+}
+
+impl KafkaSubscription {
+    /// Stores every offset acknowledged since the last call (auto-commit commits them).
+    fn store_acknowledged(&mut self) {
+        for (partition, acked) in self.acked.offsets.iter().enumerate() {
+            let offset = acked.load(Ordering::Acquire);
+            if offset > self.stored[partition] {
+                let _ = self
+                    .consumer
+                    .store_offset(&self.topic, partition as i32, offset);
+                self.stored[partition] = offset;
+            }
+        }
+    }
+
+    fn acknowledgement(&self, partition: i32, offset: i64) -> Box<dyn FnOnce() + Send> {
+        match usize::try_from(partition) {
+            Ok(index) if index < TRACKED_PARTITIONS => {
+                let acked = self.acked.clone();
+                Box::new(move || {
+                    acked.offsets[index].fetch_max(offset, Ordering::AcqRel);
+                })
+            }
+            _ => {
+                let consumer = self.consumer.clone();
+                let topic = self.topic.clone();
+                Box::new(move || {
+                    let _ = consumer.store_offset(&topic, partition, offset);
+                })
+            }
+        }
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        // Acknowledged before the end: committed when the consumer closes.
+        self.store_acknowledged();
+    }
 }
 
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
         loop {
+            self.store_acknowledged();
             let message = match self.consumer.recv().await {
                 Ok(message) => message,
                 Err(error) => return Some(Err(unavailable(error))),
@@ -352,15 +412,11 @@ impl Subscription for KafkaSubscription {
                     .map(str::to_owned)
             });
             drop(message);
-            let consumer = self.consumer.clone();
-            let topic = self.topic.clone();
-            let store = move || {
-                let _ = consumer.store_offset(&topic, partition, offset);
-            };
+            let store = self.acknowledgement(partition, offset);
             match parsed {
                 Ok(mut record) => {
                     record.traceparent = traceparent;
-                    return Some(Ok(Delivery::new(record, Some(Box::new(store)))));
+                    return Some(Ok(Delivery::new(record, Some(store))));
                 }
                 Err(error) => {
                     self.bad_records.increment(1);
@@ -485,6 +541,8 @@ impl Transport for KafkaTransport {
             topic: topic.to_owned(),
             bad_records: self.bad_records.clone(),
             last_warning: None,
+            acked: Arc::new(Acked::new()),
+            stored: [-1; TRACKED_PARTITIONS],
         }))
     }
 }
