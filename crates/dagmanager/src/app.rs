@@ -16,7 +16,7 @@ use crate::grpc::{
     AckRegistry, AdminServer, DiffServer, HealthServer, StreamSettings, TagQueryServer,
 };
 use crate::kafka::KafkaQueueAdmin;
-use crate::lag::{LagMonitor, LagSettings};
+use crate::lag::{LagMonitor, LagSettings, LagTopics};
 use crate::metrics::DagManagerMetrics;
 use crate::queues::{EmbeddedQueueAdmin, QueueAdmin, QueueAdminError};
 use crate::settings::DagManagerSettings;
@@ -127,7 +127,7 @@ impl App {
                     default_threshold_secs: settings.lag_threshold_secs,
                     thresholds: settings.lag_thresholds.clone(),
                 },
-                queues.clone(),
+                LagTopics::Registry(queues.clone()),
                 metrics.registry(),
             ))
         });

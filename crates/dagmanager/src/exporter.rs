@@ -30,6 +30,11 @@ pub struct ExporterSettings {
     /// The DAG Manager's admin HTTP address (`host:port` or `http://host:port`).
     pub target: String,
     pub scrape_timeout: Duration,
+    /// A Kafka bootstrap list: the exporter then measures consumer lag itself, for every topic
+    /// on the broker, and its `queue_lag_*` families replace the DAG Manager's.
+    pub kafka: Option<String>,
+    pub lag_interval: Duration,
+    pub lag_threshold_secs: f64,
 }
 
 #[derive(Clone)]
@@ -41,6 +46,8 @@ struct Exporter {
     up: Gauge,
     duration: Gauge,
     failures: Counter,
+    /// The exporter measures lag itself: the DAG Manager's lag families are left out.
+    own_lag: bool,
 }
 
 impl Exporter {
@@ -74,6 +81,7 @@ impl Exporter {
             duration: registry.gauge(DAGMANAGER_SCRAPE_DURATION_SECONDS, &[]),
             failures: registry.counter(DAGMANAGER_SCRAPE_FAILURES_TOTAL, &[]),
             registry,
+            own_lag: settings.kafka.is_some(),
         };
         exporter.up.set(0.0);
         exporter.failures.increment(0);
@@ -112,7 +120,11 @@ impl Exporter {
         match live {
             Ok(text) => {
                 self.up.set(1.0);
-                let mut body = text;
+                let mut body = if self.own_lag {
+                    without_lag(&text)
+                } else {
+                    text
+                };
                 if !body.ends_with('\n') {
                     body.push('\n');
                 }
@@ -127,6 +139,23 @@ impl Exporter {
             }
         }
     }
+}
+
+/// The exposition without its `queue_lag_*` families (samples and HELP/TYPE lines).
+fn without_lag(text: &str) -> String {
+    text.lines()
+        .filter(|line| {
+            let name = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+                .unwrap_or(line);
+            !name.starts_with("queue_lag_")
+        })
+        .fold(String::with_capacity(text.len()), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
 }
 
 async fn metrics_handler(State(exporter): State<Arc<Exporter>>) -> impl IntoResponse {
@@ -146,6 +175,20 @@ pub async fn serve_exporter(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let exporter = Arc::new(Exporter::new(&settings).map_err(std::io::Error::other)?);
+    if let Some(bootstrap) = &settings.kafka {
+        let lag = Arc::new(crate::lag::LagMonitor::new(
+            crate::lag::LagSettings {
+                bootstrap: crate::kafka::bootstrap_of(bootstrap),
+                interval: settings.lag_interval,
+                timeout: settings.scrape_timeout,
+                default_threshold_secs: settings.lag_threshold_secs,
+                thresholds: Default::default(),
+            },
+            crate::lag::LagTopics::Broker,
+            &exporter.registry,
+        ));
+        tokio::spawn(lag.run_scheduled(shutdown.clone()));
+    }
     let router = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -153,4 +196,18 @@ pub async fn serve_exporter(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.triggered())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dag_managers_lag_families_are_left_out() {
+        let text = "# HELP queue_lag_seconds a\n# TYPE queue_lag_seconds gauge\nqueue_lag_seconds{topic=\"t\"} 3\n# TYPE diff_requests_total counter\ndiff_requests_total 2\n";
+        assert_eq!(
+            without_lag(text),
+            "# TYPE diff_requests_total counter\ndiff_requests_total 2\n"
+        );
+    }
 }

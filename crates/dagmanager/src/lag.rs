@@ -54,10 +54,20 @@ struct Series {
     messages: Gauge,
 }
 
+/// Which topics lag is measured for.
+#[derive(Clone)]
+pub enum LagTopics {
+    /// The queues this DAG Manager created (its registry).
+    Registry(Arc<dyn QueueAdmin>),
+    /// Every topic on the broker but its internal ones (`__*`) and the producer leases: for
+    /// the standalone exporter, which has no registry.
+    Broker,
+}
+
 /// Measures lag and sets the gauges.
 pub struct LagMonitor {
     settings: LagSettings,
-    queues: Arc<dyn QueueAdmin>,
+    topics: LagTopics,
     registry: MetricsRegistry,
     series: Mutex<HashMap<String, Series>>,
     errors: Counter,
@@ -95,11 +105,7 @@ fn client(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
 }
 
 impl LagMonitor {
-    pub fn new(
-        settings: LagSettings,
-        queues: Arc<dyn QueueAdmin>,
-        registry: &MetricsRegistry,
-    ) -> LagMonitor {
+    pub fn new(settings: LagSettings, topics: LagTopics, registry: &MetricsRegistry) -> LagMonitor {
         registry.describe_gauge(
             QUEUE_LAG_SECONDS,
             Some(Unit::Seconds),
@@ -130,7 +136,7 @@ impl LagMonitor {
         let last_run = registry.gauge(QUEUE_LAG_LAST_RUN_TIMESTAMP, &[]);
         LagMonitor {
             settings,
-            queues,
+            topics,
             registry: registry.clone(),
             series: Mutex::new(HashMap::new()),
             errors,
@@ -141,19 +147,23 @@ impl LagMonitor {
 
     /// Measures every queue once and sets the gauges.
     pub async fn measure_once(&self) -> Result<Vec<TopicLag>, String> {
-        let topics: Vec<String> = self
-            .queues
-            .list_queues()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|q| q.spec.name)
-            .collect();
+        let topics: Option<Vec<String>> = match &self.topics {
+            LagTopics::Registry(queues) => Some(
+                queues
+                    .list_queues()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|q| q.spec.name)
+                    .collect(),
+            ),
+            LagTopics::Broker => None,
+        };
         let settings = self.settings.clone();
         let clients = self.clients.clone();
         let lags = tokio::task::spawn_blocking(move || {
             let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
-            measure(&settings, &mut clients, &topics)
+            measure(&settings, &mut clients, topics.as_deref())
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -206,10 +216,15 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Topics never measured when measuring the whole broker.
+fn internal(topic: &str) -> bool {
+    topic.starts_with("__") || topic == "qmtl-leases"
+}
+
 fn measure(
     settings: &LagSettings,
     clients: &mut Clients,
-    topics: &[String],
+    topics: Option<&[String]>,
 ) -> Result<Vec<TopicLag>, String> {
     let timeout = settings.timeout;
     if clients.reader.is_none() {
@@ -235,9 +250,13 @@ fn measure(
         .map_err(|e| format!("metadata: {e}"))?;
     let mut partitions: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for topic in metadata.topics() {
-        if let Some(name) = topics.iter().find(|t| t.as_str() == topic.name()) {
+        let wanted = match topics {
+            Some(names) => names.iter().any(|t| t.as_str() == topic.name()),
+            None => !internal(topic.name()),
+        };
+        if wanted {
             partitions.insert(
-                name.as_str(),
+                topic.name(),
                 topic.partitions().iter().map(|p| p.id()).collect(),
             );
         }

@@ -100,6 +100,10 @@ pub enum DagManagerCommand {
         /// How long one look at the DAG Manager may take.
         #[arg(long, default_value_t = 2000)]
         scrape_timeout_ms: u64,
+        /// Measure consumer lag on this Kafka broker (`host:port`) too (default:
+        /// `dagmanager.kafka_dsn` when set).
+        #[arg(long)]
+        kafka: Option<String>,
     },
     /// Diff a DAG file and print the queue map.
     Diff {
@@ -207,6 +211,7 @@ pub async fn run(
             host,
             target,
             scrape_timeout_ms,
+            kafka,
         } => {
             let _telemetry = kit::telemetry::init("dagmanager-metrics", &settings.telemetry)?;
             let target = target.unwrap_or_else(|| {
@@ -225,9 +230,17 @@ pub async fn run(
             );
             let shutdown = Shutdown::new();
             shutdown.trigger_on_os_signals();
+            let kafka = kafka
+                .or_else(|| Some(settings.dagmanager.kafka_dsn.clone()))
+                .filter(|k| !k.trim().is_empty());
             let settings = dagmanager::exporter::ExporterSettings {
                 target,
                 scrape_timeout: std::time::Duration::from_millis(scrape_timeout_ms),
+                kafka,
+                lag_interval: std::time::Duration::from_secs(
+                    settings.dagmanager.lag_interval_secs.max(1),
+                ),
+                lag_threshold_secs: settings.dagmanager.lag_threshold_secs,
             };
             dagmanager::exporter::serve_exporter(settings, listener, shutdown).await?;
             Ok(())

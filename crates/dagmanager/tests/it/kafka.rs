@@ -433,3 +433,93 @@ async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears()
         .expect("diffs work");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_standalone_exporter_measures_lag_itself_even_when_the_dag_manager_is_away() {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = KafkaBroker::start();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("an admin client");
+    admin
+        .create_topics(
+            [&NewTopic::new("exported", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("a topic");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .expect("a producer");
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::<(), str>::to("exported").payload(&format!("{i}")),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a record");
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "exported-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a consumer");
+    consumer.subscribe(&["exported"]).expect("subscribed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no record read");
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+            break;
+        }
+    }
+    consumer
+        .commit_consumer_state(CommitMode::Sync)
+        .expect("committed");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("an address");
+    let shutdown = kit::shutdown::Shutdown::new();
+    let settings = dagmanager::exporter::ExporterSettings {
+        target: "127.0.0.1:1".into(),
+        scrape_timeout: Duration::from_millis(1_500),
+        kafka: Some(broker.bootstrap.clone()),
+        lag_interval: Duration::from_secs(1),
+        lag_threshold_secs: 45.0,
+    };
+    let server = tokio::spawn(dagmanager::exporter::serve_exporter(
+        settings,
+        listener,
+        shutdown.clone(),
+    ));
+    let url = format!("http://{address}/metrics");
+    let labels = [("topic", "exported")];
+    assert_eventually!(
+        test_support::scrape(&url)
+            .await
+            .is_ok_and(|m| m.value("queue_lag_messages", &labels) == Some(2.0)),
+        Duration::from_secs(20),
+        "the exporter's own lag measurement"
+    );
+    let metrics = test_support::scrape(&url).await.expect("a scrape");
+    assert_eq!(metrics.value("dagmanager_up", &[]), Some(0.0));
+    assert_eq!(
+        metrics.value("queue_lag_threshold_seconds", &labels),
+        Some(45.0)
+    );
+    assert_eq!(
+        metrics.value("queue_lag_messages", &[("topic", "qmtl-leases")]),
+        None
+    );
+    shutdown.trigger();
+    let _ = server.await;
+}
