@@ -297,6 +297,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             "gateway_submissions_total",
             "lost_requests_total",
             "dagclient_breaker_state",
+            "gateway_e2e_latency_p95",
             "otel_spans_dropped_total",
         ],
     )
