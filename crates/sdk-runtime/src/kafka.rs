@@ -384,8 +384,16 @@ impl KafkaSubscription {
 
 impl Drop for KafkaSubscription {
     fn drop(&mut self) {
-        // Acknowledged before the end: committed when the consumer closes.
+        // Acknowledged before the end: committed now, then the group is left, so a restart
+        // resumes after them at once.
         self.store_acknowledged();
+        if let Err(error) = self
+            .consumer
+            .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::debug!(topic = %self.topic, %error, "Nothing committed when the subscription ended.");
+        }
+        self.consumer.unsubscribe();
     }
 }
 

@@ -471,6 +471,9 @@ impl Runner {
                 stop.clone(),
             ));
         }
+        // A forwarder that stops hands its subscription back: it ends (committing what was
+        // acknowledged) only after the engine has acknowledged everything it took.
+        let (retired, retired_rx) = mpsc::unbounded_channel::<Box<dyn Subscription>>();
         for (target, topic, subscription) in subscriptions {
             tokio::spawn(forward_queue(
                 target,
@@ -478,14 +481,17 @@ impl Runner {
                 subscription,
                 events.clone(),
                 stop.clone(),
+                retired.clone(),
             ));
         }
+        drop(retired);
         drop(events);
         let (commands, command_rx) = mpsc::channel(4);
         let (finished, done) = oneshot::channel();
         let run = LiveRun {
             engine,
             history,
+            retired: retired_rx,
             incoming,
             commands: command_rx,
             transport: self.transport.clone(),
@@ -586,6 +592,20 @@ async fn forward_queue(
     mut subscription: Box<dyn Subscription>,
     events: mpsc::Sender<Incoming>,
     stop: Shutdown,
+    retired: mpsc::UnboundedSender<Box<dyn Subscription>>,
+) {
+    forward_records(target, &topic, subscription.as_mut(), &events, stop).await;
+    // Handed back before `events` is dropped, so the engine has it when its loop ends.
+    let _ = retired.send(subscription);
+    drop(events);
+}
+
+async fn forward_records(
+    target: Target,
+    topic: &str,
+    subscription: &mut dyn Subscription,
+    events: &mpsc::Sender<Incoming>,
+    stop: Shutdown,
 ) {
     let stopped = stop.triggered();
     tokio::pin!(stopped);
@@ -654,6 +674,8 @@ struct LiveRun {
     engine: Engine,
     /// Backfilled rows, replayed before the first live event.
     history: Vec<(i64, usize, Value)>,
+    /// Subscriptions of stopped forwarders, ended once every acknowledgement is in.
+    retired: mpsc::UnboundedReceiver<Box<dyn Subscription>>,
     incoming: mpsc::Receiver<Incoming>,
     commands: mpsc::Receiver<Command>,
     transport: Arc<dyn Transport>,
@@ -801,6 +823,9 @@ async fn live(mut run: LiveRun) -> u64 {
         }
     }
     flush_then_ack(&run.transport, &mut acks, &publish_failures).await;
+    while let Ok(subscription) = run.retired.try_recv() {
+        drop(subscription);
+    }
     drop(run.leases);
     taken
 }

@@ -194,3 +194,82 @@ async fn two_strategies_share_a_node_through_the_broker() -> anyhow::Result<()> 
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reader_stopped_and_restarted_resumes_where_it_left_off() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start();
+    let dir = tempfile::tempdir()?;
+    let stack = stack_with(dir.path(), Some(&broker.bootstrap)).await?;
+    let metrics = SdkMetrics::new()?;
+    let address = serve(metrics.clone()).await?;
+    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
+        &broker.bootstrap,
+        Duration::from_secs(5),
+        &metrics,
+    )?);
+    let settings = SdkSettings {
+        gateway_url: format!("http://{}", stack.gateway),
+        world_id: "wr".into(),
+        as_of: "2025-01-01".into(),
+        poll_interval_ms: 20,
+        ..SdkSettings::default()
+    };
+    let runner = Runner::new(settings, metrics.clone(), transport);
+    let (bars_in, feed_a) = channel_feed();
+    let (a, _, _) = crate::online::with_sma("fast", 2, feed_a);
+    let producer = runner.start(a).await?;
+    let reader = |name: &str| {
+        let (_unused, feed) = channel_feed();
+        let (mut s, price, _) = crate::online::with_sma(name, 3, feed);
+        let (seen, observe) = collector();
+        s.observe(price, observe).map(|()| (s, seen))
+    };
+
+    let (b, seen) = reader("slow")?;
+    let first = runner.start(b).await?;
+    assert_eq!(first.plan().nodes[0].mode, Mode::Read);
+    for k in 1..=5 {
+        bars_in.send((60 * k, Value::Number(k as f64)))?;
+    }
+    assert_eventually!(
+        taken(&seen).len() == 5,
+        Duration::from_secs(20),
+        "five read"
+    );
+    first.stop();
+    first.join().await?;
+
+    // While it is away, five more bars; the same strategy again reads exactly those.
+    for k in 6..=10 {
+        bars_in.send((60 * k, Value::Number(k as f64)))?;
+    }
+    let (b, seen_again) = reader("slow")?;
+    let again = runner.start(b).await?;
+    assert!(
+        again.plan().duplicate,
+        "the same strategy, so the same consumer group"
+    );
+    assert_eventually!(
+        taken(&seen_again).len() >= 5,
+        Duration::from_secs(20),
+        "the rest read after the restart"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let timestamps: Vec<i64> = taken(&seen_again).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        timestamps,
+        vec![360, 420, 480, 540, 600],
+        "none lost, none twice"
+    );
+    let scraped = scrape(address).await?;
+    assert_eq!(
+        scraped.value("runtime_events_total", &[("source", "queue")]),
+        Some(10.0)
+    );
+    drop(bars_in);
+    producer.join().await?;
+    again.stop();
+    again.join().await?;
+    stack.stop().await;
+    Ok(())
+}
