@@ -15,7 +15,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::DeliveryResult;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{
-    BaseRecord, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+    BaseRecord, FutureProducer, FutureRecord, Producer as _, ProducerContext, ThreadedProducer,
 };
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,7 @@ const LEASE_RENEW: Duration = Duration::from_secs(5);
 /// Counts deliveries in flight and failed, from the producer's own thread.
 #[derive(Default)]
 struct Deliveries {
-    in_flight: AtomicU64,
+    in_flight: std::sync::atomic::AtomicI64,
     failed: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
     settled: tokio::sync::Notify,
@@ -53,7 +53,7 @@ impl ProducerContext for Deliveries {
                 *last = Some(error.to_string());
             }
         }
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) <= 1 {
             self.settled.notify_waiters();
         }
     }
@@ -104,8 +104,10 @@ struct LeaseRecord {
 #[derive(Clone)]
 pub struct KafkaTransport {
     bootstrap: String,
-    /// Node outputs: one delivery callback per record, no future per record.
-    producer: Arc<ThreadedProducer<SharedDeliveries>>,
+    /// Node outputs: one delivery callback per record, no future per record. Replaced when it
+    /// hits a fatal error (an idempotent producer whose broker lost its state).
+    producer: Arc<std::sync::RwLock<Arc<ThreadedProducer<SharedDeliveries>>>>,
+    config: ClientConfig,
     deliveries: Arc<Deliveries>,
     /// Lease records, awaited one by one.
     leases: FutureProducer,
@@ -157,7 +159,8 @@ impl KafkaTransport {
         bad_records.increment(0);
         Ok(KafkaTransport {
             bootstrap,
-            producer: Arc::new(producer),
+            producer: Arc::new(std::sync::RwLock::new(Arc::new(producer))),
+            config,
             deliveries,
             leases,
             timeout,
@@ -259,21 +262,55 @@ impl KafkaTransport {
         }
     }
 
+    /// Replaces the output producer after a fatal error, dropping what it still held (counted
+    /// as failed deliveries). Returns whether it did.
+    fn replace_if_fatal(&self) -> bool {
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return false;
+        };
+        tracing::warn!(%code, %reason, "The Kafka producer hit a fatal error; it is replaced.");
+        rdkafka::producer::Producer::purge(
+            current.as_ref(),
+            rdkafka::producer::PurgeConfig::default().queue().inflight(),
+        );
+        current.poll(Duration::from_millis(200));
+        let fresh: Result<ThreadedProducer<SharedDeliveries>, _> = self
+            .config
+            .create_with_context(SharedDeliveries(self.deliveries.clone()));
+        match fresh {
+            Ok(fresh) => {
+                *current = Arc::new(fresh);
+                // Whatever the old producer held is gone: nothing of it is in flight any more.
+                self.deliveries.in_flight.store(0, Ordering::Release);
+                self.deliveries.failed.fetch_add(1, Ordering::AcqRel);
+                self.deliveries.settled.notify_waiters();
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "A new Kafka producer could not be made.");
+                false
+            }
+        }
+    }
+
     /// Waits until nothing is in flight; an error if a delivery failed since the last wait.
     async fn drain(&self) -> Result<(), TransportError> {
         let deadline = Instant::now() + self.timeout.saturating_mul(2);
         loop {
             let settled = self.deliveries.settled.notified();
-            if self.deliveries.in_flight.load(Ordering::Acquire) == 0 {
+            if self.deliveries.in_flight.load(Ordering::Acquire) <= 0 {
                 break;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                self.replace_if_fatal();
                 return Err(unavailable("deliveries did not settle in time"));
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), settled).await;
         }
         if self.deliveries.failed.swap(0, Ordering::AcqRel) > 0 {
+            self.replace_if_fatal();
             let last = self
                 .deliveries
                 .last_error
@@ -502,11 +539,19 @@ impl Transport for KafkaTransport {
             .headers(headers);
         let deadline = Instant::now() + self.timeout;
         loop {
-            self.deliveries.in_flight.fetch_add(1, Ordering::AcqRel);
-            match self.producer.send(message) {
+            let sent = {
+                let producer = self.producer.read().unwrap_or_else(|e| e.into_inner());
+                self.deliveries.in_flight.fetch_add(1, Ordering::AcqRel);
+                producer.send(message)
+            };
+            match sent {
                 Ok(()) => return Ok(()),
                 Err((error, returned)) => {
                     self.deliveries.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    if self.replace_if_fatal() {
+                        message = returned;
+                        continue;
+                    }
                     let full = matches!(
                         error.rdkafka_error_code(),
                         Some(RDKafkaErrorCode::QueueFull)

@@ -273,3 +273,56 @@ async fn a_reader_stopped_and_restarted_resumes_where_it_left_off() -> anyhow::R
     stack.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_broker_that_dies_fails_the_flush_in_bounded_time() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start();
+    create_topic(&broker.bootstrap, "q-down").await;
+    let metrics = SdkMetrics::new()?;
+    let transport = KafkaTransport::new(&broker.bootstrap, Duration::from_secs(2), &metrics)?;
+    transport.publish("q-down", record(60)).await?;
+    transport.flush().await?;
+
+    broker.stop();
+    // Taken (the producer buffers it), then reported undelivered: the runner counts it in
+    // runtime_publish_failure_total and leaves the inputs unacknowledged.
+    transport.publish("q-down", record(120)).await?;
+    let started = std::time::Instant::now();
+    let failed = transport.flush().await;
+    assert!(
+        failed.is_err(),
+        "undelivered records are an error, not silence"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_topic_deleted_under_a_reader_neither_crashes_nor_ends_it() -> anyhow::Result<()> {
+    let broker = KafkaBroker::start();
+    create_topic(&broker.bootstrap, "q-gone").await;
+    let metrics = SdkMetrics::new()?;
+    let transport = KafkaTransport::new(&broker.bootstrap, Duration::from_secs(2), &metrics)?;
+    transport.publish("q-gone", record(60)).await?;
+    transport.flush().await?;
+    let mut sub = transport.subscribe("q-gone", "g-gone").await?;
+    assert_eq!(next(&mut sub).await.timestamp, 60);
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()?;
+    admin
+        .delete_topics(&["q-gone"], &AdminOptions::new())
+        .await?;
+    // The reader sees an error or nothing for a while; it does not end or panic.
+    let waited = tokio::time::timeout(Duration::from_secs(3), sub.next()).await;
+    if let Ok(Some(Ok(delivery))) = &waited {
+        panic!("a record from a deleted topic: {:?}", delivery.record);
+    }
+    assert!(!matches!(waited, Ok(None)), "the subscription did not end");
+    Ok(())
+}
