@@ -221,26 +221,8 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
 #[test]
 fn qmtl_up_runs_the_stack_and_the_demo_and_sums_it_up() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
-        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
-        .env("QMTL__GATEWAY__PORT", free_port().to_string())
-        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
-        .env("QMTL__SDK__AS_OF", "2025-01-01")
-        .args(["up", "--bars", "30", "--pace-ms", "5"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    let value = |series: &str| -> f64 {
-        stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no `{series}` in:\n{stdout}"))
-    };
+    let stdout = qmtl_up(dir.path(), &["--bars", "30", "--pace-ms", "5"]);
+    let value = |series: &str| summary_value(&stdout, series);
     assert!(value("node_processed_total") > 0.0);
     assert_eq!(value("backfill_completed_total"), 2.0);
     assert_eq!(value("backfill_failure_total"), 0.0);
@@ -272,35 +254,19 @@ fn exported(port: u16, series: &str) -> Option<f64> {
 fn qmtl_up_runs_the_demo_through_a_kafka_broker() {
     let broker = test_support::KafkaBroker::start();
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
-        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
-        .env("QMTL__GATEWAY__PORT", free_port().to_string())
-        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
-        .env("QMTL__SDK__AS_OF", "2025-01-01")
-        .args([
-            "up",
+    let stdout = qmtl_up(
+        dir.path(),
+        &[
             "--bars",
             "20",
             "--pace-ms",
             "20",
             "--kafka",
             &broker.bootstrap,
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+        ],
+    );
     assert!(stdout.contains("on the Kafka broker at"), "{stdout}");
-    let value = |series: &str| -> f64 {
-        stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no `{series}` in:\n{stdout}"))
-    };
+    let value = |series: &str| summary_value(&stdout, series);
     assert_eq!(
         value("runtime_events_total{source=\"queue\"}"),
         20.0,
@@ -309,4 +275,33 @@ fn qmtl_up_runs_the_demo_through_a_kafka_broker() {
     assert_eq!(value("backfill_completed_total"), 2.0);
     assert!(value("node_processed_total") > 0.0);
     assert!(stdout.contains("reused queue: ma-"), "{stdout}");
+}
+
+/// Runs `qmtl up` in `dir` on free ports with these arguments; its standard output, once it
+/// has succeeded.
+fn qmtl_up(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
+        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
+        .env("QMTL__GATEWAY__PORT", free_port().to_string())
+        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
+        .env("QMTL__SDK__AS_OF", "2025-01-01")
+        .arg("up")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+/// A series' value in `qmtl up`'s summary.
+fn summary_value(stdout: &str, series: &str) -> f64 {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{series}` in:\n{stdout}"))
 }

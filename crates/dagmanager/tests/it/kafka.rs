@@ -18,12 +18,47 @@ fn kafka_settings(dir: &std::path::Path, broker: &KafkaBroker) -> dagmanager::Da
     settings
 }
 
-/// Partitions and `retention.ms` of a topic, as the broker has them.
-async fn topic_config(bootstrap: &str, topic: &str) -> (usize, Option<i64>) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
-        .expect("an admin client");
+        .expect("an admin client")
+}
+
+/// Sends each payload to `topic` and waits for its delivery.
+async fn produce(bootstrap: &str, topic: &str, payloads: impl IntoIterator<Item = String>) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("a producer");
+    for payload in payloads {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), str>::to(topic).payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a record");
+    }
+}
+
+/// A consumer in `group` subscribed to `topic`, from the earliest record, committing by hand.
+fn group_reader(bootstrap: &str, group: &str, topic: &str) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer as _;
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a consumer");
+    consumer.subscribe(&[topic]).expect("subscribed");
+    consumer
+}
+
+/// Partitions and `retention.ms` of a topic, as the broker has them.
+async fn topic_config(bootstrap: &str, topic: &str) -> (usize, Option<i64>) {
+    let admin = admin(bootstrap);
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(5))
@@ -166,10 +201,7 @@ async fn a_broker_that_goes_away_opens_the_breaker_and_one_that_returns_closes_i
 
 /// Topic names on the broker.
 fn broker_topics(bootstrap: &str) -> Vec<String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("an admin client");
+    let admin = admin(bootstrap);
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(5))
@@ -185,7 +217,6 @@ fn broker_topics(bootstrap: &str) -> Vec<String> {
 async fn gc_drops_and_archives_only_the_topics_this_system_created() {
     use dagmanager::settings::{GcAction, GcPolicy};
     use rdkafka::admin::{NewTopic, TopicReplication};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let broker = KafkaBroker::start();
     let (_dir, path) = temp_dir();
@@ -203,10 +234,7 @@ async fn gc_drops_and_archives_only_the_topics_this_system_created() {
     let app = spawn_app(settings.clone()).await;
 
     // Somebody else's topic on the same broker.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()
-        .expect("an admin client");
+    let admin = admin(&broker.bootstrap);
     admin
         .create_topics(
             [&NewTopic::new(
@@ -229,19 +257,12 @@ async fn gc_drops_and_archives_only_the_topics_this_system_created() {
         .find(|t| t.contains("Indicator"))
         .expect("an indicator topic")
         .clone();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()
-        .expect("a producer");
-    for payload in ["first", "second"] {
-        producer
-            .send(
-                FutureRecord::<(), str>::to(&indicator).payload(payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("a record");
-    }
+    produce(
+        &broker.bootstrap,
+        &indicator,
+        ["first", "second"].map(String::from),
+    )
+    .await;
 
     app.admin_client()
         .await
@@ -277,8 +298,7 @@ async fn gc_drops_and_archives_only_the_topics_this_system_created() {
 
 #[tokio::test]
 async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes() {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::consumer::{CommitMode, Consumer};
 
     let broker = KafkaBroker::start();
     let (_dir, path) = temp_dir();
@@ -296,27 +316,13 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         .find(|t| t.contains("Indicator"))
         .expect("an indicator topic (one partition)")
         .clone();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()
-        .expect("a producer");
-    for i in 0..5 {
-        producer
-            .send(
-                FutureRecord::<(), str>::to(&topic).payload(&format!("event {i}")),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("a record");
-    }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "a-strategy")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("a consumer");
-    consumer.subscribe(&[topic.as_str()]).expect("subscribed");
+    produce(
+        &broker.bootstrap,
+        &topic,
+        (0..5).map(|i| format!("event {i}")),
+    )
+    .await;
+    let consumer = group_reader(&broker.bootstrap, "a-strategy", topic.as_str());
     let take = |count: usize| {
         let mut taken = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -437,14 +443,10 @@ async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears()
 #[tokio::test]
 async fn the_standalone_exporter_measures_lag_itself_even_when_the_dag_manager_is_away() {
     use rdkafka::admin::{NewTopic, TopicReplication};
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::consumer::{CommitMode, Consumer};
 
     let broker = KafkaBroker::start();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()
-        .expect("an admin client");
+    let admin = admin(&broker.bootstrap);
     admin
         .create_topics(
             [&NewTopic::new("exported", 1, TopicReplication::Fixed(1))],
@@ -452,27 +454,8 @@ async fn the_standalone_exporter_measures_lag_itself_even_when_the_dag_manager_i
         )
         .await
         .expect("a topic");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .create()
-        .expect("a producer");
-    for i in 0..3 {
-        producer
-            .send(
-                FutureRecord::<(), str>::to("exported").payload(&format!("{i}")),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("a record");
-    }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "exported-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("a consumer");
-    consumer.subscribe(&["exported"]).expect("subscribed");
+    produce(&broker.bootstrap, "exported", (0..3).map(|i| i.to_string())).await;
+    let consumer = group_reader(&broker.bootstrap, "exported-reader", "exported");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "no record read");

@@ -39,6 +39,31 @@ fn record(timestamp: i64) -> Record {
     }
 }
 
+/// A DAG Manager (queues on `broker`) and a Gateway under `dir`, and a runner submitting through
+/// them in `world` with its queues on the broker; the runner's metrics endpoint.
+async fn kafka_runner(
+    broker: &KafkaBroker,
+    dir: &std::path::Path,
+    world: &str,
+) -> anyhow::Result<(crate::support::Stack, Runner, std::net::SocketAddr)> {
+    let stack = stack_with(dir, Some(&broker.bootstrap)).await?;
+    let metrics = SdkMetrics::new()?;
+    let address = serve(metrics.clone()).await?;
+    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
+        &broker.bootstrap,
+        Duration::from_secs(5),
+        &metrics,
+    )?);
+    let settings = SdkSettings {
+        gateway_url: format!("http://{}", stack.gateway),
+        world_id: world.into(),
+        as_of: "2025-01-01".into(),
+        poll_interval_ms: 20,
+        ..SdkSettings::default()
+    };
+    Ok((stack, Runner::new(settings, metrics, transport), address))
+}
+
 async fn next(sub: &mut Box<dyn Subscription>) -> Record {
     let delivery = tokio::time::timeout(Duration::from_secs(20), sub.next())
         .await
@@ -140,22 +165,7 @@ async fn a_record_that_is_not_an_envelope_is_counted_and_skipped() -> anyhow::Re
 async fn two_strategies_share_a_node_through_the_broker() -> anyhow::Result<()> {
     let broker = KafkaBroker::start();
     let dir = tempfile::tempdir()?;
-    let stack = stack_with(dir.path(), Some(&broker.bootstrap)).await?;
-    let metrics = SdkMetrics::new()?;
-    let address = serve(metrics.clone()).await?;
-    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
-        &broker.bootstrap,
-        Duration::from_secs(5),
-        &metrics,
-    )?);
-    let settings = SdkSettings {
-        gateway_url: format!("http://{}", stack.gateway),
-        world_id: "wk".into(),
-        as_of: "2025-01-01".into(),
-        poll_interval_ms: 20,
-        ..SdkSettings::default()
-    };
-    let runner = Runner::new(settings, metrics.clone(), transport);
+    let (stack, runner, address) = kafka_runner(&broker, dir.path(), "wk").await?;
     let (bars_in, feed_a) = channel_feed();
     let (_unused, feed_b) = channel_feed();
     let (a, _, _) = crate::online::with_sma("fast", 2, feed_a);
@@ -199,22 +209,7 @@ async fn two_strategies_share_a_node_through_the_broker() -> anyhow::Result<()> 
 async fn a_reader_stopped_and_restarted_resumes_where_it_left_off() -> anyhow::Result<()> {
     let broker = KafkaBroker::start();
     let dir = tempfile::tempdir()?;
-    let stack = stack_with(dir.path(), Some(&broker.bootstrap)).await?;
-    let metrics = SdkMetrics::new()?;
-    let address = serve(metrics.clone()).await?;
-    let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
-        &broker.bootstrap,
-        Duration::from_secs(5),
-        &metrics,
-    )?);
-    let settings = SdkSettings {
-        gateway_url: format!("http://{}", stack.gateway),
-        world_id: "wr".into(),
-        as_of: "2025-01-01".into(),
-        poll_interval_ms: 20,
-        ..SdkSettings::default()
-    };
-    let runner = Runner::new(settings, metrics.clone(), transport);
+    let (stack, runner, address) = kafka_runner(&broker, dir.path(), "wr").await?;
     let (bars_in, feed_a) = channel_feed();
     let (a, _, _) = crate::online::with_sma("fast", 2, feed_a);
     let producer = runner.start(a).await?;
