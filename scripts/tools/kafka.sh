@@ -9,12 +9,13 @@
 #   kafka.sh start PORT DIR   start it on 127.0.0.1:PORT (state and log in DIR); print its pid
 #   kafka.sh stop DIR         stop the broker started with that DIR
 #
-# Env: QMTL_TOOLS_DIR (~/.cache/qmtl-tools), KAFKA_START_TIMEOUT (30 s).
+# Env: QMTL_TOOLS_DIR (~/.cache/qmtl-tools), KAFKA_START_TIMEOUT (30 s),
+#      QMTL_KAFKA_BIN (a nisshi binary to use as it is, instead of building one).
 set -euo pipefail
 VERSION=0.8.1
 TOOLS_DIR=${QMTL_TOOLS_DIR:-$HOME/.cache/qmtl-tools}
 ROOT=$TOOLS_DIR/nisshi-$VERSION
-BIN=$ROOT/bin/nisshi
+BIN=${QMTL_KAFKA_BIN:-$ROOT/bin/nisshi}
 log() { echo "kafka.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

@@ -128,7 +128,10 @@ impl Exporter {
                 if !body.ends_with('\n') {
                     body.push('\n');
                 }
-                body.push_str(&self.registry.render());
+                // A family both expositions have (`otel_spans_dropped_total`) appears once:
+                // the DAG Manager's.
+                let theirs = families(&body);
+                body.push_str(&without_families(&self.registry.render(), &theirs));
                 body
             }
             Err(error) => {
@@ -139,6 +142,42 @@ impl Exporter {
             }
         }
     }
+}
+
+/// The family names an exposition declares (its `# TYPE` lines).
+fn families(text: &str) -> std::collections::HashSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The family a line belongs to (a sample's name without its histogram suffix, or the name a
+/// HELP/TYPE line declares).
+fn family_of(line: &str) -> &str {
+    let name = line
+        .strip_prefix("# HELP ")
+        .or_else(|| line.strip_prefix("# TYPE "))
+        .unwrap_or(line);
+    let name = name.split(['{', ' ']).next().unwrap_or(name);
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+/// The exposition without the named families.
+fn without_families(text: &str, names: &std::collections::HashSet<String>) -> String {
+    text.lines()
+        .filter(|line| {
+            let family = family_of(line);
+            !(names.contains(family) || names.contains(line.split(['{', ' ']).next().unwrap_or("")))
+        })
+        .fold(String::with_capacity(text.len()), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
 }
 
 /// The exposition without its `queue_lag_*` families (samples and HELP/TYPE lines).
@@ -201,6 +240,16 @@ pub async fn serve_exporter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_family_both_expositions_have_appears_once() {
+        let theirs = "# TYPE otel_spans_dropped_total counter\notel_spans_dropped_total 0\n";
+        let ours = "# HELP otel_spans_dropped_total x\n# TYPE otel_spans_dropped_total counter\notel_spans_dropped_total 1\n# TYPE dagmanager_up gauge\ndagmanager_up 1\n";
+        assert_eq!(
+            without_families(ours, &families(theirs)),
+            "# TYPE dagmanager_up gauge\ndagmanager_up 1\n"
+        );
+    }
 
     #[test]
     fn the_dag_managers_lag_families_are_left_out() {

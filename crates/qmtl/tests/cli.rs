@@ -170,6 +170,7 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
         Some(2.0),
         "the exporter shows the live figures"
     );
+    test_support::assert_promtool_clean(&exposition(exporter_port).unwrap_or_default());
 
     let stats = qmtl()
         .args([
@@ -237,8 +238,8 @@ fn qmtl_up_runs_the_stack_and_the_demo_and_sums_it_up() {
     assert!(stdout.contains("gateway stopped."), "{stdout}");
 }
 
-/// A sample's value from `GET /metrics` on a local port (plain HTTP/1.0).
-fn exported(port: u16, series: &str) -> Option<f64> {
+/// The body of `GET /metrics` on a local port (plain HTTP/1.0).
+fn exposition(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
@@ -246,7 +247,16 @@ fn exported(port: u16, series: &str) -> Option<f64> {
         .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
-    text.lines()
+    Some(
+        text.split_once("\r\n\r\n")
+            .map_or(text.clone(), |(_, body)| body.to_owned()),
+    )
+}
+
+/// A sample's value from `GET /metrics` on a local port.
+fn exported(port: u16, series: &str) -> Option<f64> {
+    exposition(port)?
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
