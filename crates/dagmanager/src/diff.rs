@@ -77,6 +77,7 @@ impl DiffError {
             DiffError::QueueCreate(QueueAdminError::ConfigMismatch { .. }) => {
                 "E_QUEUE_CONFIG_MISMATCH"
             }
+            DiffError::QueueCreate(QueueAdminError::Refused { .. }) => "E_QUEUE_REFUSED",
             DiffError::QueueCreate(_) => "E_QUEUE_CREATE",
             DiffError::Store(_) => "E_GRAPH_STORE",
         }

@@ -37,9 +37,9 @@ impl From<&DiffError> for Status {
             DiffError::Dag(wire::DagError::TooLarge { .. }) => Status::resource_exhausted(message),
             DiffError::Dag(_) => Status::invalid_argument(message),
             DiffError::CrossContext { .. } => Status::failed_precondition(message),
-            DiffError::QueueCreate(QueueAdminError::ConfigMismatch { .. }) => {
-                Status::failed_precondition(message)
-            }
+            DiffError::QueueCreate(
+                QueueAdminError::ConfigMismatch { .. } | QueueAdminError::Refused { .. },
+            ) => Status::failed_precondition(message),
             DiffError::QueueCreate(_) | DiffError::Store(_) => Status::unavailable(message),
         }
     }

@@ -108,7 +108,10 @@ impl KafkaQueueAdmin {
     ) -> Result<T, QueueAdminError> {
         self.breaker
             .call_classified(call, |e| {
-                !matches!(e, QueueAdminError::ConfigMismatch { .. })
+                !matches!(
+                    e,
+                    QueueAdminError::ConfigMismatch { .. } | QueueAdminError::Refused { .. }
+                )
             })
             .await
             .map_err(|e| match e {
@@ -155,6 +158,22 @@ impl KafkaQueueAdmin {
             match result {
                 Ok(_) => {}
                 Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(name),
+                // The request itself is wrong (more replicas than brokers, a config the
+                // cluster refuses): the caller's problem, not the broker's.
+                Err((
+                    name,
+                    code @ (RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidConfig
+                    | RDKafkaErrorCode::PolicyViolation
+                    | RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::TopicAuthorizationFailed),
+                )) => {
+                    return Err(QueueAdminError::Refused {
+                        name,
+                        detail: code.to_string(),
+                    });
+                }
                 Err((name, code)) => {
                     return Err(broker_error("create topics", format!("{name}: {code}")));
                 }

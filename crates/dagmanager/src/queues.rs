@@ -45,6 +45,10 @@ pub enum QueueAdminError {
         operation: &'static str,
         detail: String,
     },
+    /// The broker refused the request as invalid (replication factor, config, policy): the
+    /// caller's problem, not counted against the breaker.
+    #[error("the broker refused queue {name}: {detail}")]
+    Refused { name: String, detail: String },
     /// The breaker is open: the call was not made.
     #[error("{dependency} is unavailable (its circuit breaker is open)")]
     Unavailable { dependency: String },

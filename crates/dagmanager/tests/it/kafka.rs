@@ -506,3 +506,31 @@ async fn the_standalone_exporter_measures_lag_itself_even_when_the_dag_manager_i
     shutdown.trigger();
     let _ = server.await;
 }
+
+#[tokio::test]
+async fn a_request_the_broker_refuses_as_invalid_does_not_open_the_breaker() {
+    let broker = KafkaBroker::start();
+    let (_dir, path) = temp_dir();
+    let mut settings = kafka_settings(&path, &broker);
+    for policy in settings.topics.values_mut() {
+        policy.partitions = 0;
+    }
+    let app = spawn_app(settings).await;
+    for attempt in 0..3 {
+        let refused = app
+            .diff(
+                "bad",
+                &synthetic_dag(2, &format!("kafka-refused-{attempt}")),
+            )
+            .await
+            .expect_err("zero partitions are refused");
+        assert!(
+            format!("{refused:?}").contains("FailedPrecondition"),
+            "{refused:?}"
+        );
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.value("kafka_breaker_failures", &[]), Some(0.0));
+    assert_eq!(metrics.value("kafka_breaker_state", &[]), Some(0.0));
+    app.stop().await;
+}
