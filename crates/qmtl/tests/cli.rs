@@ -290,22 +290,33 @@ fn qmtl_up_runs_the_demo_through_a_kafka_broker() {
 /// Runs `qmtl up` in `dir` on free ports with these arguments; its standard output, once it
 /// has succeeded.
 fn qmtl_up(dir: &std::path::Path, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
-        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
-        .env("QMTL__GATEWAY__PORT", free_port().to_string())
-        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
-        .env("QMTL__SDK__AS_OF", "2025-01-01")
-        .arg("up")
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
-    stdout
+    // Ports are picked free, then bound by the services a moment later; another test can take
+    // one in between, so a run that lost a port is tried again on new ones.
+    let mut attempts = 0;
+    loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
+            .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
+            .env("QMTL__GATEWAY__PORT", free_port().to_string())
+            .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
+            .env("QMTL__SDK__AS_OF", "2025-01-01")
+            .arg("up")
+            .args(args)
+            .output()
+            .unwrap();
+        attempts += 1;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            return stdout;
+        }
+        assert!(
+            stderr.contains("Address already in use") && attempts < 3,
+            "{stdout}\n{stderr}"
+        );
+    }
 }
 
 /// A series' value in `qmtl up`'s summary.

@@ -110,19 +110,30 @@ fn start_collector(run_dir: &Path, http_port: u16) -> Collector {
 }
 
 fn qmtl_up(dir: &Path, endpoint: &str, bars: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qmtl"))
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
-        .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
-        .env("QMTL__GATEWAY__PORT", free_port().to_string())
-        .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
-        .env("QMTL__SDK__AS_OF", "2025-01-01")
-        .env("QMTL__TELEMETRY__OTEL_EXPORTER_ENDPOINT", endpoint)
-        .args(["up", "--bars", bars, "--pace-ms", "25"])
-        .args(extra)
-        .output()
-        .unwrap()
+    // Ports are picked free, then bound by the services a moment later; another test can take
+    // one in between, so a run that lost a port is tried again on new ones.
+    let mut attempts = 0;
+    loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
+            .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
+            .env("QMTL__GATEWAY__PORT", free_port().to_string())
+            .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
+            .env("QMTL__SDK__AS_OF", "2025-01-01")
+            .env("QMTL__TELEMETRY__OTEL_EXPORTER_ENDPOINT", endpoint)
+            .args(["up", "--bars", bars, "--pace-ms", "25"])
+            .args(extra)
+            .output()
+            .unwrap();
+        attempts += 1;
+        let lost_a_port =
+            String::from_utf8_lossy(&output.stderr).contains("Address already in use");
+        if output.status.success() || !lost_a_port || attempts == 3 {
+            return output;
+        }
+    }
 }
 
 #[test]

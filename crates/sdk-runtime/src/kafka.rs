@@ -41,12 +41,8 @@ struct Deliveries {
     settled: tokio::sync::Notify,
 }
 
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+impl Deliveries {
+    fn delivery(&self, result: &DeliveryResult<'_>) {
         if let Err((error, _)) = result {
             self.failed.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut last) = self.last_error.lock() {
@@ -59,17 +55,17 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Shares the delivery counters with the producer's context.
+/// The producer's context: each record carries the counters of the strategy that sent it.
 #[derive(Clone, Default)]
-struct SharedDeliveries(Arc<Deliveries>);
+struct PerStrategy;
 
-impl ClientContext for SharedDeliveries {}
+impl ClientContext for PerStrategy {}
 
-impl ProducerContext for SharedDeliveries {
-    type DeliveryOpaque = ();
+impl ProducerContext for PerStrategy {
+    type DeliveryOpaque = Arc<Deliveries>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: ()) {
-        self.0.delivery(result, opaque);
+    fn delivery(&self, result: &DeliveryResult<'_>, counters: Arc<Deliveries>) {
+        counters.delivery(result);
     }
 }
 
@@ -106,7 +102,7 @@ pub struct KafkaTransport {
     bootstrap: String,
     /// Node outputs: one delivery callback per record, no future per record. Replaced when it
     /// hits a fatal error (an idempotent producer whose broker lost its state).
-    producer: Arc<std::sync::RwLock<Arc<ThreadedProducer<SharedDeliveries>>>>,
+    producer: Arc<std::sync::RwLock<Arc<ThreadedProducer<PerStrategy>>>>,
     config: ClientConfig,
     deliveries: Arc<Deliveries>,
     /// Lease records, awaited one by one.
@@ -145,10 +141,10 @@ impl KafkaTransport {
                 timeout.as_millis().max(1000).to_string(),
             )
             .set("log_level", "3");
-        let shared = SharedDeliveries::default();
-        let deliveries = shared.0.clone();
-        let producer: ThreadedProducer<SharedDeliveries> =
-            config.create_with_context(shared).map_err(unavailable)?;
+        let deliveries = Arc::new(Deliveries::default());
+        let producer: ThreadedProducer<PerStrategy> = config
+            .create_with_context(PerStrategy)
+            .map_err(unavailable)?;
         let leases: FutureProducer = config.create().map_err(unavailable)?;
         metrics.registry().describe_counter(
             RUNTIME_BAD_RECORDS_TOTAL,
@@ -275,16 +271,12 @@ impl KafkaTransport {
             rdkafka::producer::PurgeConfig::default().queue().inflight(),
         );
         current.poll(Duration::from_millis(200));
-        let fresh: Result<ThreadedProducer<SharedDeliveries>, _> = self
-            .config
-            .create_with_context(SharedDeliveries(self.deliveries.clone()));
+        let fresh: Result<ThreadedProducer<PerStrategy>, _> =
+            self.config.create_with_context(PerStrategy);
         match fresh {
             Ok(fresh) => {
+                // The purged records' deliveries report failures to their strategies' counters.
                 *current = Arc::new(fresh);
-                // Whatever the old producer held is gone: nothing of it is in flight any more.
-                self.deliveries.in_flight.store(0, Ordering::Release);
-                self.deliveries.failed.fetch_add(1, Ordering::AcqRel);
-                self.deliveries.settled.notify_waiters();
                 true
             }
             Err(error) => {
@@ -360,70 +352,28 @@ impl Drop for KafkaLease {
     }
 }
 
-/// Partitions whose acknowledged offsets are tracked lock-free; higher ones are stored at once.
-const TRACKED_PARTITIONS: usize = 64;
-
-/// The highest acknowledged offset per partition, written by the engine's acknowledgements and
-/// handed to the consumer (`store_offset`) by the subscription, once per partition per read.
-struct Acked {
-    offsets: [std::sync::atomic::AtomicI64; TRACKED_PARTITIONS],
-}
-
-impl Acked {
-    fn new() -> Acked {
-        Acked {
-            offsets: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(-1)),
-        }
-    }
-}
-
 struct KafkaSubscription {
     consumer: Arc<StreamConsumer>,
     topic: String,
     bad_records: metrics::Counter,
     last_warning: Option<Instant>,
-    acked: Arc<Acked>,
-    stored: [i64; TRACKED_PARTITIONS],
 }
 
 impl KafkaSubscription {
-    /// Stores every offset acknowledged since the last call (auto-commit commits them).
-    fn store_acknowledged(&mut self) {
-        for (partition, acked) in self.acked.offsets.iter().enumerate() {
-            let offset = acked.load(Ordering::Acquire);
-            if offset > self.stored[partition] {
-                let _ = self
-                    .consumer
-                    .store_offset(&self.topic, partition as i32, offset);
-                self.stored[partition] = offset;
-            }
-        }
-    }
-
-    fn acknowledgement(&self, partition: i32, offset: i64) -> Box<dyn FnOnce() + Send> {
-        match usize::try_from(partition) {
-            Ok(index) if index < TRACKED_PARTITIONS => {
-                let acked = self.acked.clone();
-                Box::new(move || {
-                    acked.offsets[index].fetch_max(offset, Ordering::AcqRel);
-                })
-            }
-            _ => {
-                let consumer = self.consumer.clone();
-                let topic = self.topic.clone();
-                Box::new(move || {
-                    let _ = consumer.store_offset(&topic, partition, offset);
-                })
-            }
-        }
+    /// Stores the record's offset (committed in the background) once it is processed.
+    fn acknowledgement(&self, partition: i32, offset: i64) -> crate::transport::Ack {
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        Box::new(move || {
+            let _ = consumer.store_offset(&topic, partition, offset);
+        })
     }
 }
 
 impl Drop for KafkaSubscription {
     fn drop(&mut self) {
-        // Acknowledged before the end: committed now, then the group is left, so a restart
-        // resumes after them at once.
-        self.store_acknowledged();
+        // What was acknowledged is committed now, then the group is left, so a restart
+        // resumes after it at once.
         if let Err(error) = self
             .consumer
             .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
@@ -437,44 +387,41 @@ impl Drop for KafkaSubscription {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
-        loop {
-            self.store_acknowledged();
-            let message = match self.consumer.recv().await {
-                Ok(message) => message,
-                Err(error) => return Some(Err(unavailable(error))),
-            };
-            let (partition, offset) = (message.partition(), message.offset());
-            let parsed = message
-                .payload()
-                .ok_or_else(|| TransportError::Envelope("an empty record".into()))
-                .and_then(Record::from_envelope);
-            let traceparent = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|h| h.key == kit::trace::TRACEPARENT)
-                    .and_then(|h| h.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .map(str::to_owned)
-            });
-            drop(message);
-            let store = self.acknowledgement(partition, offset);
-            match parsed {
-                Ok(mut record) => {
-                    record.traceparent = traceparent;
-                    return Some(Ok(Delivery::new(record, Some(store))));
+        let message = match self.consumer.recv().await {
+            Ok(message) => message,
+            Err(error) => return Some(Err(unavailable(error))),
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        let parsed = message
+            .payload()
+            .ok_or_else(|| TransportError::Envelope("an empty record".into()))
+            .and_then(Record::from_envelope);
+        let traceparent = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == kit::trace::TRACEPARENT)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        });
+        drop(message);
+        let store = self.acknowledgement(partition, offset);
+        match parsed {
+            Ok(mut record) => {
+                record.traceparent = traceparent;
+                return Some(Ok(Delivery::new(record, Some(store))));
+            }
+            Err(error) => {
+                self.bad_records.increment(1);
+                if self
+                    .last_warning
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+                {
+                    tracing::warn!(topic = %self.topic, partition, offset, %error, "A record is not a valid envelope; skipped.");
+                    self.last_warning = Some(Instant::now());
                 }
-                Err(error) => {
-                    self.bad_records.increment(1);
-                    if self
-                        .last_warning
-                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
-                    {
-                        tracing::warn!(topic = %self.topic, partition, offset, %error, "A record is not a valid envelope; skipped.");
-                        self.last_warning = Some(Instant::now());
-                    }
-                    // Skipped for good: its offset is committed like a processed one.
-                    store();
-                }
+                // Skipped for good: acknowledged in its turn, like a processed record.
+                return Some(Ok(Delivery::skipped(Some(store))));
             }
         }
     }
@@ -482,6 +429,13 @@ impl Subscription for KafkaSubscription {
 
 #[async_trait]
 impl Transport for KafkaTransport {
+    fn for_strategy(self: Arc<Self>) -> Arc<dyn Transport> {
+        Arc::new(KafkaTransport {
+            deliveries: Arc::new(Deliveries::default()),
+            ..(*self).clone()
+        })
+    }
+
     async fn claim_producer(
         &self,
         topic: &str,
@@ -534,9 +488,10 @@ impl Transport for KafkaTransport {
                 value: Some(parent.as_str()),
             });
         }
-        let mut message = BaseRecord::<(), [u8]>::to(topic)
-            .payload(payload.as_slice())
-            .headers(headers);
+        let mut message =
+            BaseRecord::<(), [u8], Arc<Deliveries>>::with_opaque_to(topic, self.deliveries.clone())
+                .payload(payload.as_slice())
+                .headers(headers);
         let deadline = Instant::now() + self.timeout;
         loop {
             let sent = {
@@ -594,8 +549,6 @@ impl Transport for KafkaTransport {
             topic: topic.to_owned(),
             bad_records: self.bad_records.clone(),
             last_warning: None,
-            acked: Arc::new(Acked::new()),
-            stored: [-1; TRACKED_PARTITIONS],
         }))
     }
 }

@@ -170,6 +170,8 @@ enum Target {
     Emit(usize),
     /// Into one ring of a node (a queue a tag query matched).
     Deliver(usize, usize),
+    /// Nowhere: a record that could not be read, acknowledged in its turn.
+    Skip,
 }
 
 struct Incoming {
@@ -178,7 +180,7 @@ struct Incoming {
     value: Value,
     /// The producer's trace context, for records read from a queue.
     traceparent: Option<String>,
-    ack: Option<Box<dyn FnOnce() + Send>>,
+    ack: Option<crate::transport::Ack>,
 }
 
 impl Runner {
@@ -253,6 +255,8 @@ impl Runner {
     /// Submits (when connected), applies the queue map, backfills, and starts the live run.
     pub async fn start(&self, strategy: Strategy) -> Result<StrategyHandle, RunError> {
         let context = self.settings.context();
+        // This strategy's own view of the transport: its flushes cover its outputs only.
+        let transport = self.transport.clone().for_strategy();
         let submitted = match &self.gateway {
             Some(gateway) => {
                 let span = tracing::info_span!(
@@ -350,13 +354,12 @@ impl Runner {
                 let lease = if streams.contains(&index) && !fed.contains(&index) {
                     None
                 } else {
-                    self.transport
-                        .claim_producer(&topic)
-                        .await
-                        .map_err(|source| RunError::Transport {
+                    transport.claim_producer(&topic).await.map_err(|source| {
+                        RunError::Transport {
                             topic: topic.clone(),
                             source,
-                        })?
+                        }
+                    })?
                 };
                 let node = engine.node_mut(index);
                 match lease {
@@ -412,14 +415,13 @@ impl Runner {
         );
         let mut subscriptions = Vec::with_capacity(reads.len());
         for (target, topic) in reads {
-            let subscription =
-                self.transport
-                    .subscribe(&topic, &group)
-                    .await
-                    .map_err(|source| RunError::Transport {
-                        topic: topic.clone(),
-                        source,
-                    })?;
+            let subscription = transport
+                .subscribe(&topic, &group)
+                .await
+                .map_err(|source| RunError::Transport {
+                    topic: topic.clone(),
+                    source,
+                })?;
             subscriptions.push((target, topic, subscription));
         }
 
@@ -494,7 +496,7 @@ impl Runner {
             retired: retired_rx,
             incoming,
             commands: command_rx,
-            transport: self.transport.clone(),
+            transport,
             metrics: self.metrics.clone(),
             leases,
         };
@@ -619,13 +621,22 @@ async fn forward_records(
         match next {
             None => return,
             Some(Ok(delivery)) => {
-                let (record, ack) = delivery.into_parts();
-                let event = Incoming {
-                    target,
-                    timestamp: record.timestamp,
-                    value: record.payload,
-                    traceparent: record.traceparent,
-                    ack,
+                let event = match delivery.into_parts() {
+                    (Some(record), ack) => Incoming {
+                        target,
+                        timestamp: record.timestamp,
+                        value: record.payload,
+                        traceparent: record.traceparent,
+                        ack,
+                    },
+                    // Unreadable: only its acknowledgement travels, to keep its place in order.
+                    (None, ack) => Incoming {
+                        target: Target::Skip,
+                        timestamp: 0,
+                        value: Value::Number(0.0),
+                        traceparent: None,
+                        ack,
+                    },
                 };
                 if events.send(event).await.is_err() {
                     return;
@@ -649,24 +660,43 @@ const ACK_BATCH: usize = 4096;
 /// ... or at least this often, once their outputs are delivered.
 const ACK_EVERY: Duration = Duration::from_millis(50);
 
-/// Waits for every published output, then acknowledges the records that caused them; on a
-/// failed delivery they stay unacknowledged, so a restarted reader reads them again.
+/// Waits for every published output, then acknowledges the records that caused them. On a
+/// failed delivery they stay unacknowledged (and the caller stops acknowledging).
 async fn flush_then_ack(
     transport: &Arc<dyn Transport>,
-    acks: &mut Vec<Box<dyn FnOnce() + Send>>,
+    acks: &mut Vec<crate::transport::Ack>,
     failures: &metrics::Counter,
-) {
+) -> Result<(), TransportError> {
     match transport.flush().await {
         Ok(()) => {
             for ack in acks.drain(..) {
                 ack();
             }
+            Ok(())
         }
         Err(error) => {
             failures.increment(1);
             acks.clear();
-            tracing::warn!(%error, "Published outputs were not all delivered; their inputs stay unacknowledged.");
+            Err(error)
         }
+    }
+}
+
+/// Stops acknowledging, for good: the records read since the last acknowledged one are read
+/// again when the strategy restarts.
+fn block_acks(blocked: &mut bool, acks: &mut Vec<crate::transport::Ack>, error: &TransportError) {
+    acks.clear();
+    if !*blocked {
+        *blocked = true;
+        tracing::error!(%error, "An output was not delivered: this strategy acknowledges no more input, so a restart reads it again from the last committed offset.");
+    }
+}
+
+/// The node an event is for.
+fn node_of(target: Target) -> usize {
+    match target {
+        Target::Emit(node) | Target::Deliver(node, _) => node,
+        Target::Skip => 0,
     }
 }
 
@@ -699,8 +729,11 @@ async fn live(mut run: LiveRun) -> u64 {
     let mut last_warning: Option<Instant> = None;
     let mut commands_open = true;
     let mut batch: Vec<Incoming> = Vec::with_capacity(EVENT_BATCH);
-    let mut acks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    let mut acks: Vec<crate::transport::Ack> = Vec::new();
     let mut last_flush = Instant::now();
+    // Once an output is lost, no later input is acknowledged either: offsets are stored per
+    // partition in order, so acknowledging past a loss would commit it.
+    let mut acks_blocked = false;
     loop {
         let received = tokio::select! {
             biased;
@@ -720,6 +753,14 @@ async fn live(mut run: LiveRun) -> u64 {
         }
         let tracing = kit::trace::exporting();
         for event in batch.drain(..) {
+            if matches!(event.target, Target::Skip) {
+                if let Some(ack) = event.ack
+                    && !acks_blocked
+                {
+                    acks.push(ack);
+                }
+                continue;
+            }
             taken += 1;
             // With span export on, every event is a span: `node.feed` for a feed's bar,
             // `node.process` for a record read from a queue, child of (and linked to) the
@@ -727,7 +768,7 @@ async fn live(mut run: LiveRun) -> u64 {
             let span = if tracing {
                 let (node, from_queue) = match event.target {
                     Target::Emit(node) => (node, run.engine.nodes()[node].mode == Mode::Read),
-                    Target::Deliver(node, _) => (node, true),
+                    Target::Deliver(_, _) | Target::Skip => (node_of(event.target), true),
                 };
                 let node_id = run.engine.nodes()[node].node_id.as_str();
                 let span = if from_queue {
@@ -786,6 +827,7 @@ async fn live(mut run: LiveRun) -> u64 {
                             &mut outbox,
                         );
                     }
+                    Target::Skip => {}
                 }
             }
             for out in outbox.drain(..) {
@@ -799,6 +841,7 @@ async fn live(mut run: LiveRun) -> u64 {
                     Ok(()) => published.increment(1),
                     Err(error) => {
                         publish_failures.increment(1);
+                        block_acks(&mut acks_blocked, &mut acks, &error);
                         if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                             tracing::warn!(topic = %out.topic, %error, "Publishing a node's output failed.");
                             last_warning = Some(Instant::now());
@@ -807,7 +850,9 @@ async fn live(mut run: LiveRun) -> u64 {
                 }
             }
             // At least once: a record is acknowledged only after its outputs are published.
-            if let Some(ack) = event.ack {
+            if let Some(ack) = event.ack
+                && !acks_blocked
+            {
                 acks.push(ack);
             }
         }
@@ -818,11 +863,15 @@ async fn live(mut run: LiveRun) -> u64 {
                 || last_flush.elapsed() >= ACK_EVERY
                 || run.incoming.is_empty())
         {
-            flush_then_ack(&run.transport, &mut acks, &publish_failures).await;
+            if let Err(error) = flush_then_ack(&run.transport, &mut acks, &publish_failures).await {
+                block_acks(&mut acks_blocked, &mut acks, &error);
+            }
             last_flush = Instant::now();
         }
     }
-    flush_then_ack(&run.transport, &mut acks, &publish_failures).await;
+    if let Err(error) = flush_then_ack(&run.transport, &mut acks, &publish_failures).await {
+        block_acks(&mut acks_blocked, &mut acks, &error);
+    }
     while let Ok(subscription) = run.retired.try_recv() {
         drop(subscription);
     }

@@ -36,11 +36,16 @@ impl Record {
     }
 }
 
+/// Called once a record is processed: transports that commit offsets store its offset then.
+pub type Ack = Box<dyn FnOnce() + Send>;
+
 /// A record handed to a consumer. Acknowledge it once processed: transports that commit offsets
 /// commit then (at least once).
 pub struct Delivery {
-    pub record: Record,
-    ack: Option<Box<dyn FnOnce() + Send>>,
+    /// `None` for a record that could not be read (an invalid envelope): it carries only its
+    /// acknowledgement, which takes its place in order, so nothing before it is committed early.
+    pub record: Option<Record>,
+    ack: Option<Ack>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -52,8 +57,16 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    pub fn new(record: Record, ack: Option<Box<dyn FnOnce() + Send>>) -> Delivery {
-        Delivery { record, ack }
+    pub fn new(record: Record, ack: Option<Ack>) -> Delivery {
+        Delivery {
+            record: Some(record),
+            ack,
+        }
+    }
+
+    /// A record skipped for good; acknowledged like a processed one, in its turn.
+    pub fn skipped(ack: Option<Ack>) -> Delivery {
+        Delivery { record: None, ack }
     }
 
     pub fn ack(self) {
@@ -62,8 +75,8 @@ impl Delivery {
         }
     }
 
-    /// The record, with its acknowledgement to call after processing.
-    pub fn into_parts(self) -> (Record, Option<Box<dyn FnOnce() + Send>>) {
+    /// The record (if it could be read), with its acknowledgement to call after processing.
+    pub fn into_parts(self) -> (Option<Record>, Option<Ack>) {
         (self.record, self.ack)
     }
 }
@@ -104,6 +117,10 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     async fn flush(&self) -> Result<(), TransportError> {
         Ok(())
     }
+
+    /// The transport one strategy uses: its `flush` covers what that strategy published, and
+    /// only that, so strategies sharing a transport never take each other's failures.
+    fn for_strategy(self: Arc<Self>) -> Arc<dyn Transport>;
 
     /// Reads a queue in a consumer group: each record goes to one member of every group.
     async fn subscribe(
@@ -194,6 +211,10 @@ impl Subscription for InProcessSubscription {
 
 #[async_trait]
 impl Transport for InProcessTransport {
+    fn for_strategy(self: Arc<Self>) -> Arc<dyn Transport> {
+        self
+    }
+
     async fn claim_producer(
         &self,
         topic: &str,
@@ -302,7 +323,7 @@ mod tests {
 
     async fn next_timestamp(sub: &mut Box<dyn Subscription>) -> Option<i64> {
         match sub.next().await {
-            Some(Ok(delivery)) => Some(delivery.record.timestamp),
+            Some(Ok(delivery)) => delivery.record.map(|r| r.timestamp),
             _ => None,
         }
     }

@@ -380,19 +380,46 @@ fn kafka_script() -> String {
 
 impl KafkaBroker {
     pub fn start() -> KafkaBroker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let dir = std::env::temp_dir().join(format!("qmtl-kafka-{port}-{}", std::process::id()));
-        let broker = KafkaBroker {
-            port,
-            bootstrap: format!("127.0.0.1:{port}"),
-            dir: dir.clone(),
-            _temp: Some(tempfile_dir::TempDir(dir)),
-        };
-        broker.resume();
-        broker
+        // A port picked free can be taken by another test before the broker binds it: then
+        // the broker starts again on another.
+        let mut attempts = 0;
+        loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .unwrap_or_else(|e| panic!("no free port: {e}"));
+            let dir =
+                std::env::temp_dir().join(format!("qmtl-kafka-{port}-{}", std::process::id()));
+            let broker = KafkaBroker {
+                port,
+                bootstrap: format!("127.0.0.1:{port}"),
+                dir: dir.clone(),
+                _temp: Some(tempfile_dir::TempDir(dir)),
+            };
+            attempts += 1;
+            match broker.try_resume() {
+                Ok(()) => return broker,
+                Err(error) if attempts < 3 && error.contains("already in use") => continue,
+                Err(error) => {
+                    panic!("the Kafka broker did not start (scripts/tools/kafka.sh start): {error}")
+                }
+            }
+        }
+    }
+
+    fn try_resume(&self) -> Result<(), String> {
+        let output = std::process::Command::new("bash")
+            .arg(kafka_script())
+            .arg("start")
+            .arg(self.port.to_string())
+            .arg(&self.dir)
+            .output()
+            .map_err(|e| format!("kafka.sh start: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     /// Stops the broker (its in-memory topics are gone with it).
@@ -408,18 +435,9 @@ impl KafkaBroker {
 
     /// Starts the broker again on the same port.
     pub fn resume(&self) {
-        let output = std::process::Command::new("bash")
-            .arg(kafka_script())
-            .arg("start")
-            .arg(self.port.to_string())
-            .arg(&self.dir)
-            .output()
-            .unwrap_or_else(|e| panic!("kafka.sh start: {e}"));
-        assert!(
-            output.status.success(),
-            "the Kafka broker did not start (scripts/tools/kafka.sh start): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        if let Err(error) = self.try_resume() {
+            panic!("the Kafka broker did not start (scripts/tools/kafka.sh start): {error}");
+        }
     }
 }
 
