@@ -171,7 +171,9 @@ impl KafkaTransport {
             .set("log_level", "3")
             .create()
             .map_err(unavailable)?;
-        let topic = NewTopic::new(LEASE_TOPIC, 1, TopicReplication::Fixed(1));
+        // Compacted: the latest record of each queue is all a reader needs (see holder_upto).
+        let topic = NewTopic::new(LEASE_TOPIC, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact");
         let options = AdminOptions::new().operation_timeout(Some(self.timeout));
         let results = admin
             .create_topics([&topic], &options)
@@ -238,13 +240,13 @@ impl KafkaTransport {
                         Some((_, last)) if !expired(*last) => {}
                         _ => holder = Some((record.owner, record.at_ms)),
                     },
-                    LeaseEvent::Renew => {
-                        if let Some((owner, last)) = &mut holder
-                            && *owner == record.owner
-                        {
-                            *last = record.at_ms;
-                        }
-                    }
+                    // A renewal holds the lease for its owner, as a claim does: once compaction
+                    // has removed the claim, the latest renewal still names the holder.
+                    LeaseEvent::Renew => match &mut holder {
+                        Some((owner, last)) if *owner == record.owner => *last = record.at_ms,
+                        Some((_, last)) if !expired(*last) => {}
+                        _ => holder = Some((record.owner, record.at_ms)),
+                    },
                     LeaseEvent::Release => {
                         if holder.as_ref().is_some_and(|(o, _)| *o == record.owner) {
                             holder = None;

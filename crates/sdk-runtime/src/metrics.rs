@@ -30,6 +30,7 @@ pub const EVENT_RECORDER_ERRORS_TOTAL: &str = "event_recorder_errors_total";
 pub const RUNTIME_EVENTS_TOTAL: &str = "runtime_events_total";
 pub const RUNTIME_PUBLISHED_TOTAL: &str = "runtime_published_total";
 pub const RUNTIME_PUBLISH_FAILURE_TOTAL: &str = "runtime_publish_failure_total";
+pub const RUNTIME_QUEUE_READ_ERRORS_TOTAL: &str = "runtime_queue_read_errors_total";
 
 /// The runtime's breaker around the Gateway.
 pub const GATEWAYCLIENT_BREAKER: BreakerMetricNames = BreakerMetricNames {
@@ -229,6 +230,12 @@ impl SdkMetrics {
             .counter(RUNTIME_EVENTS_TOTAL, &[("source", source.as_str())])
     }
 
+    pub(crate) fn queue_read_errors(&self) -> Counter {
+        let counter = self.registry.counter(RUNTIME_QUEUE_READ_ERRORS_TOTAL, &[]);
+        counter.increment(0);
+        counter
+    }
+
     pub(crate) fn published(&self) -> (Counter, Counter) {
         (
             self.registry.counter(RUNTIME_PUBLISHED_TOTAL, &[]),
@@ -295,6 +302,10 @@ fn describe(registry: &MetricsRegistry) {
         ),
         (RUNTIME_EVENTS_TOTAL, "Events taken in, by source."),
         (RUNTIME_PUBLISHED_TOTAL, "Node outputs published to queues."),
+        (
+            RUNTIME_QUEUE_READ_ERRORS_TOTAL,
+            "Reads of a queue that failed (its topic gone, the broker away); retried.",
+        ),
         (
             RUNTIME_PUBLISH_FAILURE_TOTAL,
             "Node outputs that could not be published.",

@@ -484,6 +484,7 @@ impl Runner {
                 events.clone(),
                 stop.clone(),
                 retired.clone(),
+                self.metrics.queue_read_errors(),
             ));
         }
         drop(retired);
@@ -595,8 +596,17 @@ async fn forward_queue(
     events: mpsc::Sender<Incoming>,
     stop: Shutdown,
     retired: mpsc::UnboundedSender<Box<dyn Subscription>>,
+    read_errors: metrics::Counter,
 ) {
-    forward_records(target, &topic, subscription.as_mut(), &events, stop).await;
+    forward_records(
+        target,
+        &topic,
+        subscription.as_mut(),
+        &events,
+        stop,
+        &read_errors,
+    )
+    .await;
     // Handed back before `events` is dropped, so the engine has it when its loop ends.
     let _ = retired.send(subscription);
     drop(events);
@@ -608,6 +618,7 @@ async fn forward_records(
     subscription: &mut dyn Subscription,
     events: &mpsc::Sender<Incoming>,
     stop: Shutdown,
+    read_errors: &metrics::Counter,
 ) {
     let stopped = stop.triggered();
     tokio::pin!(stopped);
@@ -643,6 +654,7 @@ async fn forward_records(
                 }
             }
             Some(Err(error)) => {
+                read_errors.increment(1);
                 if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                     tracing::warn!(%topic, %error, "Reading a queue failed; retrying.");
                     last_warning = Some(Instant::now());
