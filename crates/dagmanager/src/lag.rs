@@ -161,12 +161,13 @@ impl LagMonitor {
         };
         let settings = self.settings.clone();
         let clients = self.clients.clone();
-        let lags = tokio::task::spawn_blocking(move || {
+        let (lags, failed_groups) = tokio::task::spawn_blocking(move || {
             let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
             measure(&settings, &mut clients, topics.as_deref())
         })
         .await
         .map_err(|e| e.to_string())??;
+        self.errors.increment(failed_groups as u64);
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         for lag in &lags {
             let entry = series.entry(lag.topic.clone()).or_insert_with(|| {
@@ -225,7 +226,7 @@ fn measure(
     settings: &LagSettings,
     clients: &mut Clients,
     topics: Option<&[String]>,
-) -> Result<Vec<TopicLag>, String> {
+) -> Result<(Vec<TopicLag>, usize), String> {
     let timeout = settings.timeout;
     if clients.reader.is_none() {
         clients.reader = Some(client(
@@ -270,14 +271,18 @@ fn measure(
             watermarks.insert((topic, *id), marks);
         }
     }
+    // Groups with members only: a group nobody is in any more (a stopped strategy) keeps its
+    // committed offsets for days, and would otherwise count as the worst reader.
     let groups: Vec<String> = reader
         .fetch_group_list(None, timeout)
         .map_err(|e| format!("groups: {e}"))?
         .groups()
         .iter()
+        .filter(|g| !g.members().is_empty() && !matches!(g.state(), "Empty" | "Dead"))
         .map(|g| g.name().to_owned())
         .filter(|g| !g.starts_with(OWN_GROUP_PREFIX))
         .collect();
+    clients.groups.retain(|name, _| groups.contains(name));
     let mut all = TopicPartitionList::new();
     for (topic, ids) in &partitions {
         for id in ids {
@@ -286,6 +291,7 @@ fn measure(
     }
     // (topic, partition) -> the lowest committed offset of any group that reads it.
     let mut behind: HashMap<(String, i32), i64> = HashMap::new();
+    let mut failures: Vec<String> = Vec::new();
     let mut messages: HashMap<String, i64> = HashMap::new();
     for group in groups {
         if !clients.groups.contains_key(&group) {
@@ -295,9 +301,14 @@ fn measure(
         let Some(consumer) = clients.groups.get(&group) else {
             continue;
         };
-        let committed = consumer
-            .committed_offsets(all.clone(), timeout)
-            .map_err(|e| format!("offsets of group {group}: {e}"))?;
+        // One group that cannot answer does not stop the others from being measured.
+        let committed = match consumer.committed_offsets(all.clone(), timeout) {
+            Ok(committed) => committed,
+            Err(error) => {
+                failures.push(format!("offsets of group {group}: {error}"));
+                continue;
+            }
+        };
         let mut per_topic: HashMap<String, i64> = HashMap::new();
         for element in committed.elements() {
             let Offset::Offset(offset) = element.offset() else {
@@ -341,12 +352,16 @@ fn measure(
         drop(sampled);
         sampler.unassign().map_err(|e| e.to_string())?;
     }
-    Ok(partitions
+    if !failures.is_empty() {
+        tracing::warn!(code = "E_LAG_GROUP", failures = ?failures, "Some consumer groups' offsets could not be read; the rest were measured.");
+    }
+    let lags = partitions
         .keys()
         .map(|topic| TopicLag {
             topic: (*topic).to_owned(),
             messages: messages.get(*topic).copied().unwrap_or(0),
             seconds: seconds.get(*topic).copied().unwrap_or(0.0),
         })
-        .collect())
+        .collect();
+    Ok((lags, failures.len()))
 }

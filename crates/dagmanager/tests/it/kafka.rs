@@ -393,6 +393,20 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         app.metrics().await.value("queue_lag_errors_total", &[]),
         Some(0.0)
     );
+    // The consumer leaves; records that arrive after it are nobody's lag.
+    drop(consumer);
+    produce(
+        &broker.bootstrap,
+        &topic,
+        (5..7).map(|i| format!("event {i}")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(
+        app.metrics().await.value("queue_lag_messages", &labels),
+        Some(0.0),
+        "a group with no members is not a reader"
+    );
     // With a broker, the Kafka families of the catalogue are there too, and promtool agrees.
     let topic_label = &["topic"][..];
     test_support::assert_catalogue(
