@@ -1,5 +1,8 @@
 //! The `qmtl` binary as a user runs it: settings errors, the DAG Manager server and its CLI.
 
+mod common;
+
+use common::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,14 +74,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -287,36 +282,13 @@ fn qmtl_up_runs_the_demo_through_a_kafka_broker() {
     assert!(stdout.contains("reused queue: ma-"), "{stdout}");
 }
 
-/// Runs `qmtl up` in `dir` on free ports with these arguments; its standard output, once it
-/// has succeeded.
+/// Runs `qmtl up` in `dir` with these arguments; its standard output, once it has succeeded.
 fn qmtl_up(dir: &std::path::Path, args: &[&str]) -> String {
-    // Ports are picked free, then bound by the services a moment later; another test can take
-    // one in between, so a run that lost a port is tried again on new ones.
-    let mut attempts = 0;
-    loop {
-        let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
-            .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
-            .env("QMTL__GATEWAY__PORT", free_port().to_string())
-            .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
-            .env("QMTL__SDK__AS_OF", "2025-01-01")
-            .arg("up")
-            .args(args)
-            .output()
-            .unwrap();
-        attempts += 1;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.success() {
-            return stdout;
-        }
-        assert!(
-            stderr.contains("Address already in use") && attempts < 3,
-            "{stdout}\n{stderr}"
-        );
-    }
+    let output = common::qmtl_up(dir, &[], args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
 }
 
 /// A series' value in `qmtl up`'s summary.

@@ -1,17 +1,13 @@
 //! Traces as an operator sees them in a collector: a real OTLP collector (rotel, installed and
 //! started by `scripts/tools/rotel.sh`) receives the spans of `qmtl up`'s three processes.
 
+mod common;
+
+use common::free_port;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
 
 /// A span as the collector logged it.
 #[derive(Debug, Clone, Default)]
@@ -110,30 +106,13 @@ fn start_collector(run_dir: &Path, http_port: u16) -> Collector {
 }
 
 fn qmtl_up(dir: &Path, endpoint: &str, bars: &str, extra: &[&str]) -> std::process::Output {
-    // Ports are picked free, then bound by the services a moment later; another test can take
-    // one in between, so a run that lost a port is tried again on new ones.
-    let mut attempts = 0;
-    loop {
-        let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .env("QMTL__DAGMANAGER__GRPC_PORT", free_port().to_string())
-            .env("QMTL__DAGMANAGER__ADMIN_PORT", free_port().to_string())
-            .env("QMTL__GATEWAY__PORT", free_port().to_string())
-            .env("QMTL__SDK__METRICS_PORT", free_port().to_string())
-            .env("QMTL__SDK__AS_OF", "2025-01-01")
-            .env("QMTL__TELEMETRY__OTEL_EXPORTER_ENDPOINT", endpoint)
-            .args(["up", "--bars", bars, "--pace-ms", "25"])
-            .args(extra)
-            .output()
-            .unwrap();
-        attempts += 1;
-        let lost_a_port =
-            String::from_utf8_lossy(&output.stderr).contains("Address already in use");
-        if output.status.success() || !lost_a_port || attempts == 3 {
-            return output;
-        }
-    }
+    let mut args = vec!["--bars", bars, "--pace-ms", "25"];
+    args.extend_from_slice(extra);
+    common::qmtl_up(
+        dir,
+        &[("QMTL__TELEMETRY__OTEL_EXPORTER_ENDPOINT", endpoint)],
+        &args,
+    )
 }
 
 #[test]

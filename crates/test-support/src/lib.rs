@@ -350,6 +350,14 @@ pub fn assert_catalogue(exposition: &Exposition, families: &[FamilySpec<'_>]) {
     }
 }
 
+/// A port nothing listens on right now (another process may take it before it is bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 /// A Kafka-protocol broker started by `scripts/tools/kafka.sh` (built once and cached) on a free
 /// port, stopped when dropped. Fails the test loudly when it cannot start.
 pub struct KafkaBroker {
@@ -384,10 +392,7 @@ impl KafkaBroker {
         // the broker starts again on another.
         let mut attempts = 0;
         loop {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap_or_else(|e| panic!("no free port: {e}"));
+            let port = free_port();
             let dir =
                 std::env::temp_dir().join(format!("qmtl-kafka-{port}-{}", std::process::id()));
             let broker = KafkaBroker {

@@ -3,15 +3,14 @@
 use async_trait::async_trait;
 use kit::shutdown::Shutdown;
 use sdk_runtime::{
-    BackfillOutcome, CsvHistory, HistoryError, HistoryProvider, HistoryRequest, NodeRef,
-    ReplayFeed, Runner, SdkMetrics, SdkSettings, Strategy, Value,
+    BackfillOutcome, CsvHistory, HistoryError, HistoryProvider, HistoryRequest, ReplayFeed, Runner,
+    SdkMetrics, SdkSettings, Strategy, Value,
 };
-use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use test_support::assert_eventually;
 
-use crate::support::{channel_feed, collector, rounded, scrape, serve, taken};
+use crate::support::{channel_feed, collector, rounded, scrape, serve, sma, taken};
 
 fn settings() -> SdkSettings {
     SdkSettings {
@@ -23,17 +22,6 @@ fn settings() -> SdkSettings {
 
 fn bars(values: &[(i64, f64)]) -> ReplayFeed {
     ReplayFeed::new(values.iter().map(|(t, v)| (*t, Value::Number(*v))))
-}
-
-fn sma(s: &mut Strategy, input: NodeRef, window: usize) -> NodeRef {
-    s.node("SMA")
-        .name(format!("sma{window}"))
-        .input(input)
-        .period(window)
-        .params(json!({"window": window}))
-        .code("sma", "1")
-        .compute(move |v| v.window(input).mean())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test]

@@ -6,12 +6,11 @@ use sdk_runtime::{
     InProcessTransport, Mode, NodeRef, RunError, Runner, SdkMetrics, SdkSettings, Strategy,
     SubmitError, Transport, Value,
 };
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use test_support::assert_eventually;
 
-use crate::support::{channel_feed, collector, rounded, scrape, serve, stack, taken};
+use crate::support::{channel_feed, collector, rounded, scrape, serve, sma, stack, taken};
 
 fn settings(gateway: std::net::SocketAddr) -> SdkSettings {
     SdkSettings {
@@ -38,14 +37,7 @@ pub(crate) fn with_sma(
         .live(feed)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let mean = s
-        .node("SMA")
-        .input(price)
-        .period(window)
-        .params(json!({"window": window}))
-        .code("sma", "1")
-        .compute(move |v| v.window(price).mean())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mean = sma(&mut s, price, window);
     (s, price, mean)
 }
 

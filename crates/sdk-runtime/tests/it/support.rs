@@ -2,12 +2,24 @@
 
 use async_trait::async_trait;
 use kit::shutdown::Shutdown;
-use sdk_runtime::{LiveFeed, SdkMetrics, Value};
+use sdk_runtime::{LiveFeed, NodeRef, SdkMetrics, Strategy, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use test_support::Exposition;
 use tokio::sync::mpsc;
+
+/// A `window`-bar simple moving average of `input`.
+pub fn sma(s: &mut Strategy, input: NodeRef, window: usize) -> NodeRef {
+    s.node("SMA")
+        .name(format!("sma{window}"))
+        .input(input)
+        .period(window)
+        .params(serde_json::json!({"window": window}))
+        .code("sma", "1")
+        .compute(move |v| v.window(input).mean())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// A live feed the test pushes bars into; dropping the sender ends it.
 #[derive(Debug)]
