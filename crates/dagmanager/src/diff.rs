@@ -138,7 +138,8 @@ pub struct DiffEngine {
     metrics: DagManagerMetrics,
     settings: DiffSettings,
     clock: Arc<dyn Clock>,
-    /// Serialises the read-plan-write part of diffs so two diffs never name or create one queue twice.
+    /// Serialises the read-plan-stage part of diffs so two diffs never name or create one queue
+    /// twice. Durable commits happen outside it.
     write_lock: tokio::sync::Mutex<()>,
     recent_ms: RecentQuantile,
     parse_cache: ParseCache,
@@ -207,8 +208,8 @@ impl DiffEngine {
         self.metrics
             .diff_duration_seconds
             .record(elapsed.as_secs_f64());
+        // `diff_duration_ms_p95` itself is computed at each scrape (`refresh_p95`).
         self.recent_ms.record(elapsed.as_secs_f64() * 1000.0);
-        self.refresh_p95();
         match &result {
             Ok(outcome) => tracing::debug!(
                 strategy_id = %strategy_id,
@@ -271,7 +272,8 @@ impl DiffEngine {
             .map(|&i| dag.nodes[i].node_id.as_str())
             .collect();
 
-        let _write = self.write_lock.lock().await;
+        let write = self.write_lock.lock().await;
+        let begun = self.store.begin().await?;
         let stored = self.store.nodes(&node_ids, &namespace_key).await?;
         let now = self.clock.unix_seconds();
         let mut changes = GraphChanges::default();
@@ -452,8 +454,11 @@ impl DiffEngine {
             });
         }
         let wrote = !changes.is_empty();
-        self.store.apply(changes).await?;
-        drop(_write);
+        let staged = self.store.stage(changes).await?;
+        drop(write);
+        // Others may plan on what this diff staged while it is committed (and share the
+        // commit); the answer waits until everything it read or wrote is on disk.
+        self.store.settle(begun.covering(staged)).await?;
 
         if dag.sentinel.is_some() && new_nodes == 0 {
             self.metrics.sentinel_gap_count.increment(1.0);

@@ -141,11 +141,18 @@ impl EmbeddedQueueAdmin {
         Ok(self.db.write(vec![(QUEUES, rows)]).await?)
     }
 
-    async fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        Ok(self
+    /// Queues a lazy write without waiting for it (diffs create queues under their lock). A
+    /// failure is logged; start-up re-creates from the graph any queue the registry lost.
+    fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
+        let pending = self
             .db
-            .write_with(vec![(QUEUES, rows)], embedded::Commit::Lazy)
-            .await?)
+            .enqueue(vec![(QUEUES, rows)], embedded::Commit::Lazy)?;
+        tokio::spawn(async move {
+            if let Err(error) = pending.wait().await {
+                tracing::warn!(code = "E_QUEUE_REGISTRY", error = %error, "The queue registry could not record new queues; start-up will re-create them from the graph.");
+            }
+        });
+        Ok(())
     }
 }
 
@@ -168,8 +175,7 @@ impl QueueAdmin for EmbeddedQueueAdmin {
         if new.is_empty() {
             return Ok(());
         }
-        self.write_rows_lazily(embedded::rows(&new, |q| q.spec.name.clone())?)
-            .await?;
+        self.write_rows_lazily(embedded::rows(&new, |q| q.spec.name.clone())?)?;
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         for queue in new {
             queues.insert(queue.spec.name.clone(), queue);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// A compute node as stored.
@@ -97,9 +98,32 @@ pub enum StoreError {
     Embedded(#[from] EmbeddedError),
 }
 
+/// A point in a store's write order: writes up to `settled` had reached the disk or failed,
+/// writes up to `queued` had been staged. See [`GraphStore::settle`].
+pub type StoreMark = recordstore::WriteMark;
+
 /// The graph the DAG Manager owns.
+///
+/// Writes of diffs are staged: [`GraphStore::stage`] makes them visible to readers at once and
+/// queues them for a durable commit, so concurrent diffs share commits. A reader answers only
+/// after [`GraphStore::settle`] confirms that everything it may have read reached the disk.
 #[async_trait]
 pub trait GraphStore: Send + Sync + std::fmt::Debug {
+    /// Marks the start of a read. Recovers first if an earlier staged write failed (readers
+    /// then see what is on disk again).
+    async fn begin(&self) -> Result<StoreMark, StoreError>;
+    /// Makes `changes` visible now and queues them for a durable commit, in staging order.
+    /// Returns the mark just after them.
+    async fn stage(&self, changes: GraphChanges) -> Result<StoreMark, StoreError>;
+    /// Waits until every write staged up to `mark.queued` is durable; fails when one staged
+    /// after `mark.settled` failed.
+    async fn settle(&self, mark: StoreMark) -> Result<(), StoreError>;
+    /// Stages `changes` and waits until they are durable.
+    async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError> {
+        let begun = self.begin().await?;
+        let staged = self.stage(changes).await?;
+        self.settle(begun.covering(staged)).await
+    }
     /// For each of `node_ids`, in order, the stored node and its queue in `namespace`.
     async fn nodes(
         &self,
@@ -108,7 +132,6 @@ pub trait GraphStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<Option<StoredNode>>, StoreError>;
     /// Names of recorded queues (owned or orphan) that start with `prefix`.
     async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
-    async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError>;
     /// Queues of nodes whose tags match (`any` or `all`) and whose interval is `interval` (0: any).
     async fn queues_by_tags(
         &self,
@@ -212,26 +235,54 @@ impl Index {
 pub struct RedbGraphStore {
     db: Arc<EmbeddedDb>,
     index: Arc<RwLock<Index>>,
+    /// Set when a staged write failed: the index holds what the disk does not, until the next
+    /// [`GraphStore::begin`] reloads it.
+    stale: Arc<AtomicBool>,
 }
 
 impl RedbGraphStore {
     /// Opens (or creates) `dir/graph.redb` and loads its index.
     pub fn open(dir: &Path) -> Result<RedbGraphStore, StoreError> {
         let db = EmbeddedDb::open(dir, "graph.redb", &[NODES, QUEUES, SENTINELS])?;
-        let mut index = Index::default();
-        for node in db.read_all(NODES, |n: &NodeRecord| n.node_id.clone())? {
-            index.nodes.insert(node.node_id.clone(), Arc::new(node));
-        }
-        for queue in db.read_all(QUEUES, |q: &QueueRecord| q.name.clone())? {
-            index.put_queue(queue);
-        }
-        for sentinel in db.read_all(SENTINELS, |s: &SentinelRecord| s.sentinel_id.clone())? {
-            index.put_sentinel(sentinel);
-        }
+        let index = Self::load(&db, true)?;
         Ok(RedbGraphStore {
             db: Arc::new(db),
             index: Arc::new(RwLock::new(index)),
+            stale: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The index of what is on disk; `with_keys` also (re)loads the storage keys, which only
+    /// opening may do (later, queued writes may hold keys the disk does not have yet).
+    fn load(db: &EmbeddedDb, with_keys: bool) -> Result<Index, StoreError> {
+        fn read<T: serde::de::DeserializeOwned>(
+            db: &EmbeddedDb,
+            table: Table,
+            name: impl Fn(&T) -> String,
+            with_keys: bool,
+        ) -> Result<Vec<T>, EmbeddedError> {
+            if with_keys {
+                db.read_all(table, name)
+            } else {
+                db.read_records(table, name)
+            }
+        }
+        let mut index = Index::default();
+        for node in read(db, NODES, |n: &NodeRecord| n.node_id.clone(), with_keys)? {
+            index.nodes.insert(node.node_id.clone(), Arc::new(node));
+        }
+        for queue in read(db, QUEUES, |q: &QueueRecord| q.name.clone(), with_keys)? {
+            index.put_queue(queue);
+        }
+        for sentinel in read(
+            db,
+            SENTINELS,
+            |s: &SentinelRecord| s.sentinel_id.clone(),
+            with_keys,
+        )? {
+            index.put_sentinel(sentinel);
+        }
+        Ok(index)
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -297,20 +348,41 @@ impl GraphStore for RedbGraphStore {
             .collect())
     }
 
-    async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError> {
+    async fn begin(&self) -> Result<StoreMark, StoreError> {
+        if self.stale.load(Ordering::SeqCst) {
+            // Let every queued write settle, then read back what reached the disk.
+            let now = self.db.mark();
+            self.db
+                .settle(embedded::WriteMark {
+                    settled: now.queued,
+                    queued: now.queued,
+                })
+                .await?;
+            let index = Self::load(&self.db, false)?;
+            *self.write_index() = index;
+            self.stale.store(false, Ordering::SeqCst);
+            tracing::warn!(
+                code = "E_GRAPH_STORE",
+                "A graph write had failed; the graph was reloaded from disk."
+            );
+        }
+        Ok(self.db.mark())
+    }
+
+    async fn stage(&self, changes: GraphChanges) -> Result<StoreMark, StoreError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(self.db.mark());
         }
         let nodes = embedded::rows(&changes.nodes, |n| n.node_id.clone())?;
         let queues = embedded::rows(&changes.queues, |q| q.name.clone())?;
         let sentinels = embedded::rows(changes.sentinel.as_slice(), |s| s.sentinel_id.clone())?;
-        self.commit(vec![
-            (NODES, nodes),
-            (QUEUES, queues),
-            (SENTINELS, sentinels),
-        ])
-        .await?;
+        // Queued and published under the index lock, so readers never see a write that was
+        // queued after one they cannot see.
         let mut index = self.write_index();
+        self.db.enqueue(
+            vec![(NODES, nodes), (QUEUES, queues), (SENTINELS, sentinels)],
+            embedded::Commit::Durable,
+        )?;
         for node in changes.nodes {
             index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
@@ -320,7 +392,16 @@ impl GraphStore for RedbGraphStore {
         if let Some(sentinel) = changes.sentinel {
             index.put_sentinel(sentinel);
         }
-        Ok(())
+        drop(index);
+        Ok(self.db.mark())
+    }
+
+    async fn settle(&self, mark: StoreMark) -> Result<(), StoreError> {
+        let settled = self.db.settle(mark).await;
+        if settled.is_err() {
+            self.stale.store(true, Ordering::SeqCst);
+        }
+        Ok(settled?)
     }
 
     async fn queues_by_tags(

@@ -5,7 +5,7 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -63,8 +63,17 @@ struct Keys {
     next: u64,
 }
 
+/// What is decided when a write is queued: storage keys, and the write's place in the order.
+#[derive(Debug, Default)]
+struct Queueing {
+    tables: HashMap<String, Keys>,
+    queued: u64,
+}
+
 /// One caller's write, handed to the writer thread.
 struct WriteRequest {
+    /// Its place in the order writes were queued (the first is 1).
+    seq: u64,
     batches: Vec<(Table, Vec<KeyedRow>)>,
     commit: Commit,
     reply: tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -73,9 +82,89 @@ struct WriteRequest {
 /// Most writes one transaction takes.
 const MAX_GROUP: usize = 512;
 
+/// How far the writer has got: the last write settled (committed or failed) and the writes that
+/// failed, so a reader of queued state can tell whether what it read reached the disk.
+#[derive(Debug)]
+struct Progress {
+    settled: tokio::sync::watch::Sender<u64>,
+    /// Sequence numbers of failed writes, newest last (the last `FAILURES_KEPT`).
+    failed: Mutex<VecDeque<u64>>,
+}
+
+/// Failed writes remembered for [`EmbeddedDb::settle`].
+const FAILURES_KEPT: usize = 4096;
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            settled: tokio::sync::watch::Sender::new(0),
+            failed: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    async fn settle(&self, mark: WriteMark) -> Result<(), EmbeddedError> {
+        let mut settled = self.settled.subscribe();
+        if settled.wait_for(|s| *s >= mark.queued).await.is_err() {
+            return Err(EmbeddedError::Commit {
+                reason: "the writer stopped before settling".into(),
+            });
+        }
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|seq| *seq > mark.settled && *seq <= mark.queued);
+        if failed {
+            return Err(EmbeddedError::Commit {
+                reason: "a write this depends on was not committed".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a group of writes (sequence numbers in order) as settled.
+    fn record(&self, seqs: impl Iterator<Item = u64> + Clone, ok: bool) {
+        if !ok {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            for seq in seqs.clone() {
+                if failed.len() == FAILURES_KEPT {
+                    failed.pop_front();
+                }
+                failed.push_back(seq);
+            }
+        }
+        if let Some(last) = seqs.last() {
+            self.settled.send_replace(last);
+        }
+    }
+}
+
+/// Where the write queue stood at a moment: writes up to `settled` had settled, writes up to
+/// `queued` had been queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMark {
+    pub settled: u64,
+    pub queued: u64,
+}
+
+impl WriteMark {
+    /// From where `self` had settled to everything `later` had queued.
+    pub fn covering(self, later: WriteMark) -> WriteMark {
+        WriteMark {
+            settled: self.settled,
+            queued: later.queued.max(self.queued),
+        }
+    }
+}
+
 /// The writer thread: takes every write waiting, applies them all in one transaction (durable
 /// when any of them asks), and answers each. Concurrent writers share one commit.
-fn writer_loop(db: Arc<redb::Database>, requests: std::sync::mpsc::Receiver<WriteRequest>) {
+fn writer_loop(
+    db: Arc<redb::Database>,
+    requests: std::sync::mpsc::Receiver<WriteRequest>,
+    progress: Arc<Progress>,
+) {
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -86,6 +175,7 @@ fn writer_loop(db: Arc<redb::Database>, requests: std::sync::mpsc::Receiver<Writ
         }
         let durable = group.iter().any(|r| r.commit == Commit::Durable);
         let result = apply_group(&db, &group, durable).map_err(|e| e.to_string());
+        progress.record(group.iter().map(|r| r.seq), result.is_ok());
         for request in group {
             let _ = request.reply.send(result.clone());
         }
@@ -128,7 +218,8 @@ fn apply_group(
 #[derive(Debug)]
 pub struct EmbeddedDb {
     db: Arc<redb::Database>,
-    keys: Mutex<HashMap<String, Keys>>,
+    keys: Mutex<Queueing>,
+    progress: Arc<Progress>,
     writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -173,29 +264,53 @@ impl EmbeddedDb {
         let db = Arc::new(db);
         let (sender, requests) = std::sync::mpsc::channel();
         let writer_db = db.clone();
+        let progress = Arc::new(Progress::new());
+        let writer_progress = progress.clone();
         let thread = std::thread::Builder::new()
             .name(format!("recordstore-{file}"))
-            .spawn(move || writer_loop(writer_db, requests))
+            .spawn(move || writer_loop(writer_db, requests, writer_progress))
             .map_err(|e| storage(redb::StorageError::Io(e)))?;
         Ok(EmbeddedDb {
             db,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Queueing::default()),
+            progress,
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
         })
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, Keys>> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, Queueing> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every record of a table, decoded; `name` tells each record's name. A name stored twice
-    /// (a failed commit can leave that behind) resolves to its newest record.
+    /// (a failed commit can leave that behind) resolves to its newest record. Also loads the
+    /// table's storage keys: call it when opening, before any write.
     pub fn read_all<T: DeserializeOwned>(
         &self,
         table: Table,
         name: impl Fn(&T) -> String,
     ) -> Result<Vec<T>, EmbeddedError> {
+        let (records, keys) = self.scan(table, name)?;
+        self.keys().tables.insert(table.name().to_owned(), keys);
+        Ok(records)
+    }
+
+    /// Every record of a table as on disk now, like [`EmbeddedDb::read_all`] but leaving the
+    /// storage keys alone (queued writes may hold keys the disk does not have yet).
+    pub fn read_records<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        name: impl Fn(&T) -> String,
+    ) -> Result<Vec<T>, EmbeddedError> {
+        Ok(self.scan(table, name)?.0)
+    }
+
+    fn scan<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        name: impl Fn(&T) -> String,
+    ) -> Result<(Vec<T>, Keys), EmbeddedError> {
         let read = self.db.begin_read().map_err(storage)?;
         let opened = read.open_table(table).map_err(storage)?;
         let mut records = Vec::new();
@@ -207,8 +322,7 @@ impl EmbeddedDb {
             keys.next = keys.next.max(key.value() + 1);
             records.push(record);
         }
-        self.keys().insert(table.name().to_owned(), keys);
-        Ok(records)
+        Ok((records, keys))
     }
 
     /// Writes every batch in one durable transaction (shared with concurrent writers).
@@ -239,59 +353,82 @@ impl EmbeddedDb {
         batches: Vec<(Table, Vec<Row>)>,
         commit: Commit,
     ) -> Result<(), EmbeddedError> {
+        self.enqueue(batches, commit)?.wait().await
+    }
+
+    /// Queues a write without waiting for it: writes are committed in the order they are
+    /// queued, so a caller can publish what it wrote before the commit and wait for it later
+    /// (several callers then share one commit).
+    pub fn enqueue(
+        &self,
+        batches: Vec<(Table, Vec<Row>)>,
+        commit: Commit,
+    ) -> Result<PendingWrite, EmbeddedError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        {
-            // Keys are handed out and the write queued under one lock, so the writer applies
-            // writes in the order their keys were decided.
-            let mut all_keys = self.keys();
-            let keyed: Vec<(Table, Vec<KeyedRow>)> = batches
-                .into_iter()
-                .map(|(table, rows)| {
-                    let keys = all_keys.entry(table.name().to_owned()).or_default();
-                    let rows = rows
-                        .into_iter()
-                        .filter_map(|(name, value)| match value {
-                            Some(bytes) => {
-                                let key = match keys.by_name.get(&name) {
-                                    Some(key) => *key,
-                                    None => {
-                                        let key = keys.next;
-                                        keys.next += 1;
-                                        keys.by_name.insert(name, key);
-                                        key
-                                    }
-                                };
-                                Some((key, Some(bytes)))
-                            }
-                            None => keys.by_name.remove(&name).map(|key| (key, None)),
-                        })
-                        .collect();
-                    (table, rows)
-                })
-                .collect();
-            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let sent = writer.as_ref().is_some_and(|sender| {
-                sender
-                    .send(WriteRequest {
-                        batches: keyed,
-                        commit,
-                        reply,
+        // Keys are handed out and the write queued under one lock, so the writer applies
+        // writes in the order their keys were decided.
+        let mut queueing = self.keys();
+        let keyed: Vec<(Table, Vec<KeyedRow>)> = batches
+            .into_iter()
+            .map(|(table, rows)| {
+                let keys = queueing.tables.entry(table.name().to_owned()).or_default();
+                let rows = rows
+                    .into_iter()
+                    .filter_map(|(name, value)| match value {
+                        Some(bytes) => {
+                            let key = match keys.by_name.get(&name) {
+                                Some(key) => *key,
+                                None => {
+                                    let key = keys.next;
+                                    keys.next += 1;
+                                    keys.by_name.insert(name, key);
+                                    key
+                                }
+                            };
+                            Some((key, Some(bytes)))
+                        }
+                        None => keys.by_name.remove(&name).map(|key| (key, None)),
                     })
-                    .is_ok()
+                    .collect();
+                (table, rows)
+            })
+            .collect();
+        let seq = queueing.queued + 1;
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = writer.as_ref().is_some_and(|sender| {
+            sender
+                .send(WriteRequest {
+                    seq,
+                    batches: keyed,
+                    commit,
+                    reply,
+                })
+                .is_ok()
+        });
+        if !sent {
+            return Err(EmbeddedError::Commit {
+                reason: "the writer has stopped".into(),
             });
-            if !sent {
-                return Err(EmbeddedError::Commit {
-                    reason: "the writer has stopped".into(),
-                });
-            }
         }
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(EmbeddedError::Commit { reason }),
-            Err(_) => Err(EmbeddedError::Commit {
-                reason: "the writer stopped before answering".into(),
-            }),
+        queueing.queued = seq;
+        Ok(PendingWrite(answer))
+    }
+
+    /// Where the write queue stands now.
+    pub fn mark(&self) -> WriteMark {
+        // Settled is read first: it never passes queued.
+        let settled = *self.progress.settled.borrow();
+        WriteMark {
+            settled,
+            queued: self.keys().queued,
         }
+    }
+
+    /// Waits until every write up to `mark.queued` has settled. Fails when one of them, queued
+    /// after `mark.settled`, failed: state read at `mark` may then hold what never reached the
+    /// disk.
+    pub async fn settle(&self, mark: WriteMark) -> Result<(), EmbeddedError> {
+        self.progress.settle(mark).await
     }
 
     /// A cheap read that proves the file answers.
@@ -305,6 +442,22 @@ impl EmbeddedDb {
             Ok(())
         })
         .await?
+    }
+}
+
+/// A queued write; [`PendingWrite::wait`] answers once it is committed (or failed).
+#[derive(Debug)]
+pub struct PendingWrite(tokio::sync::oneshot::Receiver<Result<(), String>>);
+
+impl PendingWrite {
+    pub async fn wait(self) -> Result<(), EmbeddedError> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(EmbeddedError::Commit { reason }),
+            Err(_) => Err(EmbeddedError::Commit {
+                reason: "the writer stopped before answering".into(),
+            }),
+        }
     }
 }
 
@@ -364,6 +517,55 @@ mod tests {
     }
 
     const T: Table = table("t");
+
+    #[tokio::test]
+    async fn a_settle_waits_for_the_writes_it_covers_and_fails_when_one_of_them_failed() {
+        let progress = Arc::new(Progress::new());
+        let mark = |settled, queued| WriteMark { settled, queued };
+        // Nothing pending: at once.
+        progress.settle(mark(0, 0)).await.unwrap();
+        // Waits until write 3 settles.
+        let waiting = tokio::spawn({
+            let progress = progress.clone();
+            async move { progress.settle(mark(0, 3)).await }
+        });
+        progress.record([1, 2].into_iter(), true);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "write 3 has not settled yet");
+        progress.record([3].into_iter(), true);
+        waiting.await.unwrap().unwrap();
+        // Write 5 fails: a mark that read while it was pending fails, one taken after does not.
+        progress.record([4].into_iter(), true);
+        progress.record([5, 6].into_iter(), false);
+        progress.record([7].into_iter(), true);
+        assert!(progress.settle(mark(4, 7)).await.is_err());
+        assert!(progress.settle(mark(3, 5)).await.is_err());
+        progress.settle(mark(6, 7)).await.unwrap();
+        progress.settle(mark(0, 4)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn queued_writes_settle_in_order_and_a_mark_tells_where_the_queue_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let before = db.mark();
+        let pending: Vec<PendingWrite> = (0..50)
+            .map(|i| {
+                let record = [serde_json::json!({"name": format!("r{i}")})];
+                db.enqueue(vec![(T, rows(&record, name).unwrap())], Commit::Durable)
+                    .unwrap()
+            })
+            .collect();
+        let queued = db.mark();
+        assert_eq!(queued.queued, before.queued + 50);
+        db.settle(before.covering(queued)).await.unwrap();
+        assert!(db.mark().settled >= queued.queued);
+        for write in pending {
+            write.wait().await.unwrap();
+        }
+        assert_eq!(db.read_records(T, name).unwrap().len(), 50);
+    }
 
     #[tokio::test]
     async fn records_survive_a_reopen_and_updates_and_deletes_find_their_keys() {

@@ -51,6 +51,48 @@ async fn a_restarted_server_reuses_every_queue() {
     app.stop().await;
 }
 
+/// Diffs share durable commits: a diff may reuse nodes another diff staged but has not yet
+/// committed. Every strategy with the same DAG must still get the same queues, and all of it
+/// must be on disk once the answers are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_diffs_sharing_nodes_agree_on_queues_and_all_survive_a_restart() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    let dags = [synthetic_dag(30, "even"), synthetic_dag(30, "odd")];
+    let mut diffs = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let client = app.diff_client().await;
+        let dag = dags[i % 2].clone();
+        diffs.spawn(async move {
+            let mut client = client;
+            let diff = dagclient::collect_diff(&mut client, request(&format!("s{i}"), &dag))
+                .await
+                .expect("every concurrent diff completes");
+            (i, diff)
+        });
+    }
+    let mut maps = [None, None];
+    while let Some(joined) = diffs.join_next().await {
+        let (i, diff) = joined.unwrap();
+        let first = maps[i % 2].get_or_insert_with(|| diff.queue_map.clone());
+        assert_eq!(&diff.queue_map, first, "strategy s{i} got other queues");
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.value("queues_total", &[]), Some(60.0));
+    assert_eq!(metrics.value("diff_requests_total", &[]), Some(16.0));
+    assert_eq!(metrics.value("diff_failures_total", &[]), Some(0.0));
+    let settings = app.stop().await;
+
+    let app = spawn_app(settings).await;
+    assert_eq!(app.metrics().await.value("queues_total", &[]), Some(60.0));
+    for (i, dag) in dags.iter().enumerate() {
+        let again = app.diff(&format!("s{i}"), dag).await.unwrap();
+        assert_eq!(Some(&again.queue_map), maps[i].as_ref());
+    }
+    assert_eq!(app.metrics().await.value("queues_total", &[]), Some(60.0));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_changed_schema_hash_reuses_the_queue_and_asks_for_a_rebuffer_of_period_bars() {
     let (_dir, path) = temp_dir();
