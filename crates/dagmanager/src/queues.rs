@@ -144,14 +144,11 @@ impl EmbeddedQueueAdmin {
     /// Queues a lazy write without waiting for it (diffs create queues under their lock). A
     /// failure is logged; start-up re-creates from the graph any queue the registry lost.
     fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        let pending = self
-            .db
-            .enqueue(vec![(QUEUES, rows)], embedded::Commit::Lazy)?;
-        tokio::spawn(async move {
-            if let Err(error) = pending.wait().await {
+        self.db
+            .enqueue(vec![(QUEUES, rows)], embedded::Commit::Lazy)?
+            .on_failure(|error| {
                 tracing::warn!(code = "E_QUEUE_REGISTRY", error = %error, "The queue registry could not record new queues; start-up will re-create them from the graph.");
-            }
-        });
+            });
         Ok(())
     }
 }

@@ -185,7 +185,7 @@ impl Carrier {
                 updated_at: self.clock.unix_seconds(),
                 ..record
             };
-            match self.submissions.finish(finished).await {
+            match self.submissions.finish(finished) {
                 Ok(()) => {
                     self.metrics.submission(outcome).increment(1);
                     if let Some(reason) = reason {

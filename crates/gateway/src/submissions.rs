@@ -135,14 +135,10 @@ impl Submissions {
         self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn persist(
-        &self,
-        record: &StrategyRecord,
-        commit: Commit,
-    ) -> Result<(), SubmissionError> {
-        let rows = recordstore::rows(std::slice::from_ref(record), |r| r.strategy_id.clone())?;
-        self.db.write_with(vec![(STRATEGIES, rows)], commit).await?;
-        Ok(())
+    fn rows(record: &StrategyRecord) -> Result<Vec<recordstore::Row>, SubmissionError> {
+        Ok(recordstore::rows(std::slice::from_ref(record), |r| {
+            r.strategy_id.clone()
+        })?)
     }
 
     /// Stores a new submission durably, or names the strategy that already has this DAG. The
@@ -157,7 +153,15 @@ impl Submissions {
                 .by_hash
                 .insert(record.dag_hash.clone(), record.strategy_id.clone());
         }
-        if let Err(error) = self.persist(&record, Commit::Durable).await {
+        let written = match Self::rows(&record) {
+            Ok(rows) => self
+                .db
+                .write(vec![(STRATEGIES, rows)])
+                .await
+                .map_err(Into::into),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
             self.write().by_hash.remove(&record.dag_hash);
             return Err(error);
         }
@@ -208,10 +212,17 @@ impl Submissions {
         self.notify(strategy_id, Status::Queued);
     }
 
-    /// Records an end state, then tells whoever waits. The write is lazy: an end state lost in a
-    /// crash leaves the submission `queued`, and carrying it again gives the same answer.
-    pub async fn finish(&self, mut record: StrategyRecord) -> Result<(), SubmissionError> {
-        self.persist(&record, Commit::Lazy).await?;
+    /// Records an end state and tells whoever waits. The write is lazy and not waited for: it
+    /// shares the next acceptance's commit. An end state lost in a crash (or a failed commit,
+    /// which is logged) leaves the submission `queued` on disk, and carrying it again after a
+    /// restart gives the same answer.
+    pub fn finish(&self, mut record: StrategyRecord) -> Result<(), SubmissionError> {
+        let strategy = record.strategy_id.clone();
+        self.db
+            .enqueue(vec![(STRATEGIES, Self::rows(&record)?)], Commit::Lazy)?
+            .on_failure(move |error| {
+                tracing::warn!(strategy_id = %strategy, code = "E_STORE", error = %error, "A submission's end state was not stored; a restart carries it again.");
+            });
         let status = record.status;
         let strategy_id = record.strategy_id.clone();
         if let Some(stored) = self.write().records.get_mut(&strategy_id) {

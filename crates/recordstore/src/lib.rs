@@ -51,8 +51,9 @@ fn storage<E: Into<redb::Error>>(error: E) -> EmbeddedError {
 pub enum Commit {
     /// On disk when `write` returns.
     Durable,
-    /// On disk with the next durable write, or lost in a crash before it: for records that can
-    /// be derived again.
+    /// Committed with the next durable write (or within a few milliseconds without a flush),
+    /// and on disk with the next durable write or a clean close; lost in a crash before that.
+    /// For records that can be derived again.
     Lazy,
 }
 
@@ -158,26 +159,59 @@ impl WriteMark {
     }
 }
 
-/// The writer thread: takes every write waiting, applies them all in one transaction (durable
-/// when any of them asks), and answers each. Concurrent writers share one commit.
+/// How long a lazy write may wait for a durable one to share its commit.
+const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The writer thread: takes every write waiting and applies them all in one transaction, so
+/// concurrent writers share one commit. A group with a durable write commits at once, durably.
+/// Lazy writes wait (up to [`LAZY_DELAY`]) to ride along with the next durable one, then commit
+/// without a flush. When the queue closes, whatever is left is committed durably.
 fn writer_loop(
     db: Arc<redb::Database>,
     requests: std::sync::mpsc::Receiver<WriteRequest>,
     progress: Arc<Progress>,
 ) {
-    while let Ok(first) = requests.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut group: Vec<WriteRequest> = Vec::new();
+    let mut lazy_since: Option<std::time::Instant> = None;
+    // Whether a commit without a flush happened since the last durable one.
+    let mut unflushed = false;
+    loop {
+        let next = match lazy_since {
+            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => requests.recv_timeout(LAZY_DELAY.saturating_sub(since.elapsed())),
+        };
+        let closing = match next {
+            Ok(request) => {
+                group.push(request);
+                while group.len() < MAX_GROUP {
+                    match requests.try_recv() {
+                        Ok(request) => group.push(request),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let durable = closing || group.iter().any(|r| r.commit == Commit::Durable);
+        let due = lazy_since.is_some_and(|since| since.elapsed() >= LAZY_DELAY);
+        if !(durable || due || group.len() >= MAX_GROUP) {
+            lazy_since.get_or_insert_with(std::time::Instant::now);
+            continue;
+        }
+        if !group.is_empty() || (closing && unflushed) {
+            let result = apply_group(&db, &group, durable).map_err(|e| e.to_string());
+            unflushed = if result.is_ok() { !durable } else { unflushed };
+            progress.record(group.iter().map(|r| r.seq), result.is_ok());
+            for request in group.drain(..) {
+                let _ = request.reply.send(result.clone());
             }
         }
-        let durable = group.iter().any(|r| r.commit == Commit::Durable);
-        let result = apply_group(&db, &group, durable).map_err(|e| e.to_string());
-        progress.record(group.iter().map(|r| r.seq), result.is_ok());
-        for request in group {
-            let _ = request.reply.send(result.clone());
+        lazy_since = None;
+        if closing {
+            return;
         }
     }
 }
@@ -450,6 +484,16 @@ impl EmbeddedDb {
 pub struct PendingWrite(tokio::sync::oneshot::Receiver<Result<(), String>>);
 
 impl PendingWrite {
+    /// Lets the write complete on its own; `failed` hears of it if its commit fails. For lazy
+    /// writes whose loss is recoverable by design. Needs a Tokio runtime.
+    pub fn on_failure(self, failed: impl FnOnce(EmbeddedError) + Send + 'static) {
+        tokio::spawn(async move {
+            if let Err(error) = self.wait().await {
+                failed(error);
+            }
+        });
+    }
+
     pub async fn wait(self) -> Result<(), EmbeddedError> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
@@ -542,6 +586,26 @@ mod tests {
         assert!(progress.settle(mark(3, 5)).await.is_err());
         progress.settle(mark(6, 7)).await.unwrap();
         progress.settle(mark(0, 4)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn lazy_writes_ride_with_the_next_durable_one_and_a_clean_close_flushes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
+        {
+            let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+            let lazy = db.enqueue(vec![(T, row("lazy"))], Commit::Lazy).unwrap();
+            db.write(vec![(T, row("durable"))]).await.unwrap();
+            // The durable commit took the lazy write along.
+            lazy.wait().await.unwrap();
+            // Never waited for: the close commits it.
+            db.enqueue(vec![(T, row("left"))], Commit::Lazy).unwrap();
+        }
+        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let mut names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
+        names.sort();
+        assert_eq!(names, ["durable", "lazy", "left"]);
     }
 
     #[tokio::test]
