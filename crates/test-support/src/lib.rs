@@ -238,6 +238,23 @@ pub mod bench {
         sorted[rank - 1].as_secs_f64() * 1000.0
     }
 
+    /// CPU time (user + system) this process has used so far, from `/proc/self/stat`, at the
+    /// kernel's tick (usually 10 ms). Zero where that file does not exist.
+    pub fn process_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+            .sum();
+        Duration::from_secs_f64(ticks as f64 / 100.0)
+    }
+
     /// `machine: <cpu>; <cores> cores; <rustc>; profile: <debug|release>`.
     pub fn machine_facts() -> String {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
