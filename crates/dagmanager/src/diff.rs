@@ -479,3 +479,62 @@ impl DiffEngine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queues::EmbeddedQueueAdmin;
+    use crate::settings::DagManagerSettings;
+    use crate::store::RedbGraphStore;
+
+    fn engine(dir: &std::path::Path) -> (DiffEngine, RedbGraphStore) {
+        let store = RedbGraphStore::open(dir).unwrap();
+        let queues = EmbeddedQueueAdmin::open(dir).unwrap();
+        let engine = DiffEngine::new(
+            Arc::new(store.clone()),
+            Arc::new(queues),
+            DagManagerMetrics::new().unwrap(),
+            DiffSettings::from(&DagManagerSettings::default()),
+            Arc::new(kit::clock::SystemClock),
+        );
+        (engine, store)
+    }
+
+    fn input(strategy_id: &str, dag: &serde_json::Value) -> DiffInput {
+        DiffInput {
+            strategy_id: strategy_id.to_owned(),
+            dag_json: dag.to_string(),
+            context: ComputeContext::default(),
+        }
+    }
+
+    /// A graph commit that fails must not leave queues behind that only memory knows: the diff
+    /// fails with `E_GRAPH_STORE`, the next one reloads the graph from disk and creates the
+    /// nodes for real, and a restart finds them.
+    #[tokio::test]
+    async fn a_failed_graph_commit_fails_its_diff_and_the_next_diff_starts_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = test_support::synthetic_dag(5, "kept");
+        let lost = test_support::synthetic_dag(5, "lost");
+        let redone = {
+            let (engine, store) = engine(dir.path());
+            engine.diff(input("a", &kept)).await.unwrap();
+
+            store.db().fail_next_commits(1);
+            let error = engine.diff(input("b", &lost)).await.unwrap_err();
+            assert_eq!(error.code(), "E_GRAPH_STORE");
+            assert_eq!(store.counts().await.unwrap(), (10, 10), "still in memory");
+
+            let redone = engine.diff(input("b", &lost)).await.unwrap();
+            assert_eq!(redone.new_nodes, 5, "the lost nodes were created again");
+            let again = engine.diff(input("a", &kept)).await.unwrap();
+            assert_eq!(again.reused_nodes, 5);
+            redone
+        };
+        let (engine, store) = engine(dir.path());
+        assert_eq!(store.counts().await.unwrap(), (10, 10));
+        let after_restart = engine.diff(input("b", &lost)).await.unwrap();
+        assert_eq!(after_restart.queue_map, redone.queue_map);
+        assert_eq!(after_restart.new_nodes, 0);
+    }
+}

@@ -285,6 +285,12 @@ impl RedbGraphStore {
         Ok(index)
     }
 
+    /// The file underneath, for tests that make its commits fail.
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &EmbeddedDb {
+        &self.db
+    }
+
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }

@@ -90,6 +90,8 @@ struct Progress {
     settled: tokio::sync::watch::Sender<u64>,
     /// Sequence numbers of failed writes, newest last (the last `FAILURES_KEPT`).
     failed: Mutex<VecDeque<u64>>,
+    /// Commits still to fail on purpose (tests of failure handling).
+    faults: std::sync::atomic::AtomicUsize,
 }
 
 /// Failed writes remembered for [`EmbeddedDb::settle`].
@@ -100,7 +102,16 @@ impl Progress {
         Progress {
             settled: tokio::sync::watch::Sender::new(0),
             failed: Mutex::new(VecDeque::new()),
+            faults: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Whether this commit is to fail on purpose.
+    fn take_fault(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.faults
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     async fn settle(&self, mark: WriteMark) -> Result<(), EmbeddedError> {
@@ -202,7 +213,11 @@ fn writer_loop(
             continue;
         }
         if !group.is_empty() || (closing && unflushed) {
-            let result = apply_group(&db, &group, durable).map_err(|e| e.to_string());
+            let result = if progress.take_fault() {
+                Err("injected fault: the commit failed".to_owned())
+            } else {
+                apply_group(&db, &group, durable).map_err(|e| e.to_string())
+            };
             unflushed = if result.is_ok() { !durable } else { unflushed };
             progress.record(group.iter().map(|r| r.seq), result.is_ok());
             for request in group.drain(..) {
@@ -446,6 +461,15 @@ impl EmbeddedDb {
         }
         queueing.queued = seq;
         Ok(PendingWrite(answer))
+    }
+
+    /// Makes the next `commits` commits fail as a disk error would, writing nothing: for tests
+    /// of what callers do when storage fails.
+    #[cfg(feature = "faults")]
+    pub fn fail_next_commits(&self, commits: usize) {
+        self.progress
+            .faults
+            .store(commits, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Where the write queue stands now.
