@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A JSON-record table under storage keys.
 pub type Table = TableDefinition<'static, u64, &'static [u8]>;
@@ -171,10 +172,19 @@ impl WriteMark {
 }
 
 /// How long a lazy write may wait for a durable one to share its commit.
-const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+const LAZY_DELAY: Duration = Duration::from_millis(20);
+
+/// Under load (the last commit shared by several writes, and recent), how long a durable group
+/// waits for more writes before committing: fewer, larger commits for a little latency. A lone
+/// writer never waits.
+const COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// A commit that started within this long of the last one, when that one was shared, finds the
+/// writer under load.
+const BUSY_WITHIN: Duration = Duration::from_micros(1500);
 
 /// The writer thread: takes every write waiting and applies them all in one transaction, so
-/// concurrent writers share one commit. A group with a durable write commits at once, durably.
+/// concurrent writers share one commit. A group with a durable write commits durably, at once
+/// or, under load, after [`COMMIT_DELAY`].
 /// Lazy writes wait (up to [`LAZY_DELAY`]) to ride along with the next durable one, then commit
 /// without a flush. When the queue closes, whatever is left is committed durably.
 fn writer_loop(
@@ -183,50 +193,114 @@ fn writer_loop(
     progress: Arc<Progress>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut group: Vec<WriteRequest> = Vec::new();
-    let mut lazy_since: Option<std::time::Instant> = None;
-    // Whether a commit without a flush happened since the last durable one.
-    let mut unflushed = false;
+    let mut writer = Writer {
+        db,
+        progress,
+        group: Vec::new(),
+        lazy_since: None,
+        unflushed: false,
+        last_commit: Instant::now(),
+        last_durable: 0,
+    };
     loop {
-        let next = match lazy_since {
+        let next = match writer.lazy_since {
             None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(since) => requests.recv_timeout(LAZY_DELAY.saturating_sub(since.elapsed())),
         };
         let closing = match next {
             Ok(request) => {
-                group.push(request);
-                while group.len() < MAX_GROUP {
-                    match requests.try_recv() {
-                        Ok(request) => group.push(request),
-                        Err(_) => break,
-                    }
-                }
+                writer.group.push(request);
+                writer.gather(&requests, None);
                 false
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let durable = closing || group.iter().any(|r| r.commit == Commit::Durable);
-        let due = lazy_since.is_some_and(|since| since.elapsed() >= LAZY_DELAY);
-        if !(durable || due || group.len() >= MAX_GROUP) {
-            lazy_since.get_or_insert_with(std::time::Instant::now);
-            continue;
+        let durable = closing || writer.group.iter().any(|r| r.commit == Commit::Durable);
+        if durable && !closing && writer.busy() {
+            writer.gather(&requests, Some(Instant::now() + COMMIT_DELAY));
         }
-        if !group.is_empty() || (closing && unflushed) {
-            let result = if progress.take_fault() {
-                Err("injected fault: the commit failed".to_owned())
-            } else {
-                apply_group(&db, &group, durable).map_err(|e| e.to_string())
-            };
-            unflushed = if result.is_ok() { !durable } else { unflushed };
-            progress.record(group.iter().map(|r| r.seq), result.is_ok());
-            for request in group.drain(..) {
-                let _ = request.reply.send(result.clone());
-            }
+        let lazy_due = writer
+            .lazy_since
+            .is_some_and(|since| since.elapsed() >= LAZY_DELAY);
+        if durable || lazy_due || writer.group.len() >= MAX_GROUP {
+            writer.commit(durable, closing);
+        } else {
+            writer.lazy_since.get_or_insert_with(Instant::now);
         }
-        lazy_since = None;
         if closing {
             return;
+        }
+    }
+}
+
+/// The writer thread's state between commits.
+struct Writer {
+    db: Arc<redb::Database>,
+    progress: Arc<Progress>,
+    /// Writes taken and not yet committed, in queue order.
+    group: Vec<WriteRequest>,
+    /// When the oldest lazy write of `group` arrived.
+    lazy_since: Option<Instant>,
+    /// Whether a commit without a flush happened since the last durable one.
+    unflushed: bool,
+    last_commit: Instant,
+    /// Durable writes the last commit took (lazy ones ride along and say nothing of load).
+    last_durable: usize,
+}
+
+impl Writer {
+    /// Takes writes already waiting (or, with `until`, arriving until then) into the group.
+    fn gather(
+        &mut self,
+        requests: &std::sync::mpsc::Receiver<WriteRequest>,
+        until: Option<Instant>,
+    ) {
+        while self.group.len() < MAX_GROUP {
+            let next = match until {
+                None => requests.try_recv().ok(),
+                Some(until) => requests
+                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                    .ok(),
+            };
+            match next {
+                Some(request) => self.group.push(request),
+                None => break,
+            }
+        }
+    }
+
+    /// Whether durable writes are arriving faster than commits: the last commit was shared by
+    /// several of them, and recent.
+    fn busy(&self) -> bool {
+        self.last_durable > 1 && self.last_commit.elapsed() < BUSY_WITHIN
+    }
+
+    /// Commits the group (durably if asked; on closing, also flushes earlier lazy commits) and
+    /// answers each of its writers.
+    fn commit(&mut self, durable: bool, closing: bool) {
+        self.lazy_since = None;
+        if self.group.is_empty() && !(closing && self.unflushed) {
+            return;
+        }
+        self.last_commit = Instant::now();
+        self.last_durable = self
+            .group
+            .iter()
+            .filter(|r| r.commit == Commit::Durable)
+            .count();
+        let result = if self.progress.take_fault() {
+            Err("injected fault: the commit failed".to_owned())
+        } else {
+            apply_group(&self.db, &self.group, durable).map_err(|e| e.to_string())
+        };
+        if result.is_ok() {
+            self.unflushed = !durable;
+        }
+        self.progress
+            .record(self.group.iter().map(|r| r.seq), result.is_ok());
+        for request in self.group.drain(..) {
+            let _ = request.reply.send(result.clone());
         }
     }
 }
