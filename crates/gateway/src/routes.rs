@@ -106,7 +106,7 @@ async fn submit_in(
     let record = StrategyRecord {
         strategy_id: strategy_id.clone(),
         dag_hash: submission.dag_hash.clone(),
-        dag_json: submission.dag_json.clone(),
+        dag_json: std::sync::Arc::from(submission.dag_json.as_str()),
         node_ids_crc32: submission.crc32,
         world_ids: submission.world_ids.clone(),
         context: StoredContext::from_context(&submission.context),

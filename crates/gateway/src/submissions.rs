@@ -12,6 +12,31 @@ use wire::ComputeContext;
 use crate::api::{QueueMap, TagQuery};
 
 const STRATEGIES: Table = recordstore::table("strategies");
+/// Each strategy's DAG text, written once at acceptance, apart from its state so that state
+/// changes do not rewrite it.
+const DAGS: Table = recordstore::table("dags");
+
+/// A row of `DAGS`: the DAG text is stored as it came, unescaped.
+#[derive(Debug, Deserialize)]
+struct DagRow {
+    strategy_id: String,
+    dag: Box<serde_json::value::RawValue>,
+}
+
+impl DagRow {
+    /// `{"strategy_id":…,"dag":<the DAG text>}`: the text is valid JSON (it was parsed before
+    /// acceptance), so it goes in as it is.
+    fn encode(strategy_id: &str, dag_json: &str) -> Result<Vec<u8>, serde_json::Error> {
+        let id = serde_json::to_string(strategy_id)?;
+        let mut row = Vec::with_capacity(dag_json.len() + id.len() + 24);
+        row.extend_from_slice(b"{\"strategy_id\":");
+        row.extend_from_slice(id.as_bytes());
+        row.extend_from_slice(b",\"dag\":");
+        row.extend_from_slice(dag_json.as_bytes());
+        row.push(b'}');
+        Ok(row)
+    }
+}
 
 /// Where a submission is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,7 +88,9 @@ impl StoredContext {
 pub struct StrategyRecord {
     pub strategy_id: String,
     pub dag_hash: String,
-    pub dag_json: String,
+    /// Stored in `DAGS`, not with the state (records written before that split carry it here).
+    #[serde(default, skip_serializing)]
+    pub dag_json: Arc<str>,
     pub node_ids_crc32: u32,
     pub world_ids: Vec<String>,
     pub context: StoredContext,
@@ -112,9 +139,17 @@ pub struct Submissions {
 
 impl Submissions {
     pub fn open(dir: &Path) -> Result<Submissions, SubmissionError> {
-        let db = EmbeddedDb::open(dir, "submissions.redb", &[STRATEGIES])?;
+        let db = EmbeddedDb::open(dir, "submissions.redb", &[STRATEGIES, DAGS])?;
+        let mut dags: HashMap<String, Arc<str>> = db
+            .read_all(DAGS, |r: &DagRow| r.strategy_id.clone())?
+            .into_iter()
+            .map(|row| (row.strategy_id, Arc::from(row.dag.get())))
+            .collect();
         let mut index = Index::default();
-        for record in db.read_all(STRATEGIES, |r: &StrategyRecord| r.strategy_id.clone())? {
+        for mut record in db.read_all(STRATEGIES, |r: &StrategyRecord| r.strategy_id.clone())? {
+            if let Some(dag) = dags.remove(&record.strategy_id) {
+                record.dag_json = dag;
+            }
             index
                 .by_hash
                 .insert(record.dag_hash.clone(), record.strategy_id.clone());
@@ -135,6 +170,18 @@ impl Submissions {
         self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state row and the DAG row of a new submission.
+    fn acceptance_rows(
+        record: &StrategyRecord,
+    ) -> Result<Vec<(Table, Vec<recordstore::Row>)>, SubmissionError> {
+        let dag =
+            DagRow::encode(&record.strategy_id, &record.dag_json).map_err(EmbeddedError::from)?;
+        Ok(vec![
+            (STRATEGIES, Self::rows(record)?),
+            (DAGS, vec![(record.strategy_id.clone(), Some(dag))]),
+        ])
+    }
+
     fn rows(record: &StrategyRecord) -> Result<Vec<recordstore::Row>, SubmissionError> {
         Ok(recordstore::rows(std::slice::from_ref(record), |r| {
             r.strategy_id.clone()
@@ -153,12 +200,8 @@ impl Submissions {
                 .by_hash
                 .insert(record.dag_hash.clone(), record.strategy_id.clone());
         }
-        let written = match Self::rows(&record) {
-            Ok(rows) => self
-                .db
-                .write(vec![(STRATEGIES, rows)])
-                .await
-                .map_err(Into::into),
+        let written = match Self::acceptance_rows(&record) {
+            Ok(batches) => self.db.write(batches).await.map_err(Into::into),
             Err(error) => Err(error),
         };
         if let Err(error) = written {
@@ -263,3 +306,59 @@ impl Submissions {
 
 /// Shared handle.
 pub type SharedSubmissions = Arc<Submissions>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(strategy_id: &str, dag_json: &str) -> StrategyRecord {
+        StrategyRecord {
+            strategy_id: strategy_id.to_owned(),
+            dag_hash: format!("hash-{strategy_id}"),
+            dag_json: Arc::from(dag_json),
+            node_ids_crc32: 7,
+            world_ids: vec!["w".into()],
+            context: StoredContext::default(),
+            tag_queries: Vec::new(),
+            status: Status::Queued,
+            reason: None,
+            queue_map: QueueMap::new(),
+            sentinel_id: format!("{strategy_id}-sentinel"),
+            created_at: 1.0,
+            updated_at: 1.0,
+            traceparent: None,
+        }
+    }
+
+    /// The DAG text is kept apart from the state, exactly as it came, and an end state does not
+    /// lose it; records from before that split (text inline) still load.
+    #[tokio::test]
+    async fn the_dag_text_survives_reopens_end_states_and_the_older_inline_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"nodes": [ {"node_id":"a", "x": "q\"uote"} ], "version":"v1"}"#;
+        {
+            let submissions = Submissions::open(dir.path()).unwrap();
+            submissions.accept(record("new", text)).await.unwrap();
+            let mut done = record("new", text);
+            done.status = Status::Completed;
+            submissions.finish(done).unwrap();
+            // An end state is a lazy write: the older format's record rides with a durable one.
+            let mut legacy = serde_json::to_value(record("old", "")).unwrap();
+            legacy["dag_json"] = serde_json::Value::from(text);
+            let legacy_row = serde_json::to_vec(&legacy).unwrap();
+            submissions
+                .db
+                .write(vec![(
+                    STRATEGIES,
+                    vec![("old".to_owned(), Some(legacy_row))],
+                )])
+                .await
+                .unwrap();
+        }
+        let submissions = Submissions::open(dir.path()).unwrap();
+        let new = submissions.get("new").unwrap();
+        assert_eq!(&*new.dag_json, text);
+        assert_eq!(new.status, Status::Completed);
+        assert_eq!(&*submissions.get("old").unwrap().dag_json, text);
+    }
+}
