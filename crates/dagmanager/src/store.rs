@@ -118,12 +118,6 @@ pub trait GraphStore: Send + Sync + std::fmt::Debug {
     /// Waits until every write staged up to `mark.queued` is durable; fails when one staged
     /// after `mark.settled` failed.
     async fn settle(&self, mark: StoreMark) -> Result<(), StoreError>;
-    /// Stages `changes` and waits until they are durable.
-    async fn apply(&self, changes: GraphChanges) -> Result<(), StoreError> {
-        let begun = self.begin().await?;
-        let staged = self.stage(changes).await?;
-        self.settle(begun.covering(staged)).await
-    }
     /// For each of `node_ids`, in order, the stored node and its queue in `namespace`.
     async fn nodes(
         &self,
@@ -357,13 +351,7 @@ impl GraphStore for RedbGraphStore {
     async fn begin(&self) -> Result<StoreMark, StoreError> {
         if self.stale.load(Ordering::SeqCst) {
             // Let every queued write settle, then read back what reached the disk.
-            let now = self.db.mark();
-            self.db
-                .settle(embedded::WriteMark {
-                    settled: now.queued,
-                    queued: now.queued,
-                })
-                .await?;
+            self.db.quiesce().await?;
             let index = Self::load(&self.db, false)?;
             *self.write_index() = index;
             self.stale.store(false, Ordering::SeqCst);

@@ -1,14 +1,17 @@
-//! Durable tables of JSON records in an embedded redb file (crash-safe: every write is one
-//! durable transaction). Records are JSON values stored under increasing `u64` keys, with the name → key map in memory: new records append at
-//! the right edge of the B-tree, where random ids as keys would dirty a page per insert and make
-//! every commit rewrite much of the file.
+//! Durable tables of JSON records in an embedded redb file, crash-safe. One writer thread per
+//! file commits writes in the order they were queued, several to a transaction (see `writer`).
+//! Records are JSON values stored under increasing `u64` keys, with the name → key map in
+//! memory: new records append at the right edge of the B-tree, where random ids as keys would
+//! dirty a page per insert and make every commit rewrite much of the file.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+
+mod writer;
+use writer::{Progress, WriteRequest, writer_loop};
 
 /// A JSON-record table under storage keys.
 pub type Table = TableDefinition<'static, u64, &'static [u8]>;
@@ -72,87 +75,6 @@ struct Queueing {
     queued: u64,
 }
 
-/// One caller's write, handed to the writer thread.
-struct WriteRequest {
-    /// Its place in the order writes were queued (the first is 1).
-    seq: u64,
-    batches: Vec<(Table, Vec<KeyedRow>)>,
-    commit: Commit,
-    reply: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
-/// Most writes one transaction takes.
-const MAX_GROUP: usize = 512;
-
-/// How far the writer has got: the last write settled (committed or failed) and the writes that
-/// failed, so a reader of queued state can tell whether what it read reached the disk.
-#[derive(Debug)]
-struct Progress {
-    settled: tokio::sync::watch::Sender<u64>,
-    /// Sequence numbers of failed writes, newest last (the last `FAILURES_KEPT`).
-    failed: Mutex<VecDeque<u64>>,
-    /// Commits still to fail on purpose (tests of failure handling).
-    faults: std::sync::atomic::AtomicUsize,
-}
-
-/// Failed writes remembered for [`EmbeddedDb::settle`].
-const FAILURES_KEPT: usize = 4096;
-
-impl Progress {
-    fn new() -> Progress {
-        Progress {
-            settled: tokio::sync::watch::Sender::new(0),
-            failed: Mutex::new(VecDeque::new()),
-            faults: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether this commit is to fail on purpose.
-    fn take_fault(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        self.faults
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    }
-
-    async fn settle(&self, mark: WriteMark) -> Result<(), EmbeddedError> {
-        let mut settled = self.settled.subscribe();
-        if settled.wait_for(|s| *s >= mark.queued).await.is_err() {
-            return Err(EmbeddedError::Commit {
-                reason: "the writer stopped before settling".into(),
-            });
-        }
-        let failed = self
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|seq| *seq > mark.settled && *seq <= mark.queued);
-        if failed {
-            return Err(EmbeddedError::Commit {
-                reason: "a write this depends on was not committed".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Records a group of writes (sequence numbers in order) as settled.
-    fn record(&self, seqs: impl Iterator<Item = u64> + Clone, ok: bool) {
-        if !ok {
-            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-            for seq in seqs.clone() {
-                if failed.len() == FAILURES_KEPT {
-                    failed.pop_front();
-                }
-                failed.push_back(seq);
-            }
-        }
-        if let Some(last) = seqs.last() {
-            self.settled.send_replace(last);
-        }
-    }
-}
-
 /// Where the write queue stood at a moment: writes up to `settled` had settled, writes up to
 /// `queued` had been queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,171 +93,6 @@ impl WriteMark {
     }
 }
 
-/// How long a lazy write may wait for a durable one to share its commit.
-const LAZY_DELAY: Duration = Duration::from_millis(20);
-
-/// Under load (the last commit shared by several writes, and recent), how long a durable group
-/// waits for more writes before committing: fewer, larger commits for a little latency. A lone
-/// writer never waits.
-const COMMIT_DELAY: Duration = Duration::from_millis(1);
-/// A commit that started within this long of the last one, when that one was shared, finds the
-/// writer under load.
-const BUSY_WITHIN: Duration = Duration::from_micros(1500);
-
-/// The writer thread: takes every write waiting and applies them all in one transaction, so
-/// concurrent writers share one commit. A group with a durable write commits durably, at once
-/// or, under load, after [`COMMIT_DELAY`].
-/// Lazy writes wait (up to [`LAZY_DELAY`]) to ride along with the next durable one, then commit
-/// without a flush. When the queue closes, whatever is left is committed durably.
-fn writer_loop(
-    db: Arc<redb::Database>,
-    requests: std::sync::mpsc::Receiver<WriteRequest>,
-    progress: Arc<Progress>,
-) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut writer = Writer {
-        db,
-        progress,
-        group: Vec::new(),
-        lazy_since: None,
-        unflushed: false,
-        last_commit: Instant::now(),
-        last_durable: 0,
-    };
-    loop {
-        let next = match writer.lazy_since {
-            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(since) => requests.recv_timeout(LAZY_DELAY.saturating_sub(since.elapsed())),
-        };
-        let closing = match next {
-            Ok(request) => {
-                writer.group.push(request);
-                writer.gather(&requests, None);
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        let durable = closing || writer.group.iter().any(|r| r.commit == Commit::Durable);
-        if durable && !closing && writer.busy() {
-            writer.gather(&requests, Some(Instant::now() + COMMIT_DELAY));
-        }
-        let lazy_due = writer
-            .lazy_since
-            .is_some_and(|since| since.elapsed() >= LAZY_DELAY);
-        if durable || lazy_due || writer.group.len() >= MAX_GROUP {
-            writer.commit(durable, closing);
-        } else {
-            writer.lazy_since.get_or_insert_with(Instant::now);
-        }
-        if closing {
-            return;
-        }
-    }
-}
-
-/// The writer thread's state between commits.
-struct Writer {
-    db: Arc<redb::Database>,
-    progress: Arc<Progress>,
-    /// Writes taken and not yet committed, in queue order.
-    group: Vec<WriteRequest>,
-    /// When the oldest lazy write of `group` arrived.
-    lazy_since: Option<Instant>,
-    /// Whether a commit without a flush happened since the last durable one.
-    unflushed: bool,
-    last_commit: Instant,
-    /// Durable writes the last commit took (lazy ones ride along and say nothing of load).
-    last_durable: usize,
-}
-
-impl Writer {
-    /// Takes writes already waiting (or, with `until`, arriving until then) into the group.
-    fn gather(
-        &mut self,
-        requests: &std::sync::mpsc::Receiver<WriteRequest>,
-        until: Option<Instant>,
-    ) {
-        while self.group.len() < MAX_GROUP {
-            let next = match until {
-                None => requests.try_recv().ok(),
-                Some(until) => requests
-                    .recv_timeout(until.saturating_duration_since(Instant::now()))
-                    .ok(),
-            };
-            match next {
-                Some(request) => self.group.push(request),
-                None => break,
-            }
-        }
-    }
-
-    /// Whether durable writes are arriving faster than commits: the last commit was shared by
-    /// several of them, and recent.
-    fn busy(&self) -> bool {
-        self.last_durable > 1 && self.last_commit.elapsed() < BUSY_WITHIN
-    }
-
-    /// Commits the group (durably if asked; on closing, also flushes earlier lazy commits) and
-    /// answers each of its writers.
-    fn commit(&mut self, durable: bool, closing: bool) {
-        self.lazy_since = None;
-        if self.group.is_empty() && !(closing && self.unflushed) {
-            return;
-        }
-        self.last_commit = Instant::now();
-        self.last_durable = self
-            .group
-            .iter()
-            .filter(|r| r.commit == Commit::Durable)
-            .count();
-        let result = if self.progress.take_fault() {
-            Err("injected fault: the commit failed".to_owned())
-        } else {
-            apply_group(&self.db, &self.group, durable).map_err(|e| e.to_string())
-        };
-        if result.is_ok() {
-            self.unflushed = !durable;
-        }
-        self.progress
-            .record(self.group.iter().map(|r| r.seq), result.is_ok());
-        for request in self.group.drain(..) {
-            let _ = request.reply.send(result.clone());
-        }
-    }
-}
-
-fn apply_group(
-    db: &redb::Database,
-    group: &[WriteRequest],
-    durable: bool,
-) -> Result<(), redb::Error> {
-    let mut write = db.begin_write()?;
-    if !durable {
-        write.set_durability(redb::Durability::None)?;
-    }
-    for request in group {
-        for (table, rows) in &request.batches {
-            if rows.is_empty() {
-                continue;
-            }
-            let mut table = write.open_table(*table)?;
-            for (key, value) in rows {
-                match value {
-                    Some(bytes) => {
-                        table.insert(*key, bytes.as_slice())?;
-                    }
-                    None => {
-                        table.remove(*key)?;
-                    }
-                }
-            }
-        }
-    }
-    write.commit()?;
-    Ok(())
-}
-
 /// A redb database file of JSON-record tables, written by one thread that groups concurrent
 /// writes into shared commits.
 #[derive(Debug)]
@@ -345,14 +102,6 @@ pub struct EmbeddedDb {
     progress: Arc<Progress>,
     writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl std::fmt::Debug for WriteRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteRequest")
-            .field("commit", &self.commit)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Drop for EmbeddedDb {
@@ -554,6 +303,17 @@ impl EmbeddedDb {
             settled,
             queued: self.keys().queued,
         }
+    }
+
+    /// Waits until every write queued so far has settled, committed or not.
+    pub async fn quiesce(&self) -> Result<(), EmbeddedError> {
+        let queued = self.mark().queued;
+        self.progress
+            .settle(WriteMark {
+                settled: queued,
+                queued,
+            })
+            .await
     }
 
     /// Waits until every write up to `mark.queued` has settled. Fails when one of them, queued
