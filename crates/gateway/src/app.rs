@@ -161,3 +161,59 @@ impl App {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    /// A submission the store cannot persist gets 503 `E_STORE_UNAVAILABLE`, is counted in
+    /// `lost_requests_total`, and leaves nothing behind: the same DAG is accepted once the
+    /// store works again.
+    #[tokio::test]
+    async fn a_submission_the_store_cannot_keep_gets_503_is_counted_and_can_be_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = App::build(GatewaySettings {
+            port: 0,
+            // Nothing listens there: the submission stays queued, which is all this needs.
+            dagmanager_url: "127.0.0.1:1".into(),
+            data_dir: dir.path().to_path_buf(),
+            diff_budget_ms: 50,
+            ..GatewaySettings::default()
+        })
+        .await
+        .unwrap();
+        let url = format!("http://{}", app.addr());
+        let submissions = app.state.submissions.clone();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let dag = test_support::synthetic_dag(3, "store-down");
+        let body = serde_json::json!({
+            "dag_json": base64::engine::general_purpose::STANDARD.encode(dag.to_string()),
+            "world_ids": ["w"],
+        })
+        .to_string();
+
+        submissions.fail_next_commits(1);
+        let (status, answer) = test_support::http("POST", &format!("{url}/strategies"), &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 503, "{answer}");
+        assert!(answer.contains("E_STORE_UNAVAILABLE"), "{answer}");
+        let metrics = test_support::scrape(&format!("{url}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(metrics.value("lost_requests_total", &[]), Some(1.0));
+
+        let (status, answer) = test_support::http("POST", &format!("{url}/strategies"), &body)
+            .await
+            .unwrap();
+        assert_eq!(status, 202, "the DAG was not left claimed: {answer}");
+        let metrics = test_support::scrape(&format!("{url}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(metrics.value("lost_requests_total", &[]), Some(1.0));
+        shutdown.trigger();
+        task.await.unwrap().unwrap();
+    }
+}

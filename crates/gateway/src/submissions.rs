@@ -214,6 +214,12 @@ impl Submissions {
         Ok(Accepted::New(Box::new(record)))
     }
 
+    /// Makes the next `commits` commits of the store fail, as a disk error would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_commits(&self, commits: usize) {
+        self.db.fail_next_commits(commits);
+    }
+
     pub fn get(&self, strategy_id: &str) -> Option<StrategyRecord> {
         self.read().records.get(strategy_id).cloned()
     }
