@@ -122,6 +122,9 @@ impl EmbeddedQueueAdmin {
 
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
         let db = EmbeddedDb::open(dir, "queues.redb", &[QUEUES])?;
+        db.on_unwaited_failure(|writes, reason| {
+            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason, "The queue registry could not record new queues; start-up will re-create them from the graph.");
+        });
         let queues = db
             .read_all(QUEUES, |q: &BrokerQueue| q.spec.name.clone())?
             .into_iter()
@@ -142,14 +145,10 @@ impl EmbeddedQueueAdmin {
     }
 
     /// Queues a lazy write without waiting for it (diffs create queues under their lock). A
-    /// failure is logged; start-up re-creates from the graph any queue the registry lost.
+    /// failure is logged (see `open`); start-up re-creates from the graph any queue the registry
+    /// lost.
     fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        self.db
-            .enqueue(vec![(QUEUES, rows)], embedded::Commit::Lazy)?
-            .on_failure(|error| {
-                tracing::warn!(code = "E_QUEUE_REGISTRY", error = %error, "The queue registry could not record new queues; start-up will re-create them from the graph.");
-            });
-        Ok(())
+        Ok(self.db.enqueue_lazy(vec![(QUEUES, rows)])?)
     }
 }
 

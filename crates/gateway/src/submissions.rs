@@ -1,7 +1,7 @@
 //! Accepted submissions, kept durably before the Gateway answers, with their state:
 //! `queued → processing → completed | failed`. A restart finds every unfinished one again.
 
-use recordstore::{Commit, EmbeddedDb, EmbeddedError, Table};
+use recordstore::{EmbeddedDb, EmbeddedError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -140,6 +140,14 @@ pub struct Submissions {
 impl Submissions {
     pub fn open(dir: &Path) -> Result<Submissions, SubmissionError> {
         let db = EmbeddedDb::open(dir, "submissions.redb", &[STRATEGIES, DAGS])?;
+        db.on_unwaited_failure(|writes, reason| {
+            tracing::warn!(
+                code = "E_STORE",
+                writes,
+                reason,
+                "End states of submissions were not stored; a restart carries them again."
+            );
+        });
         let mut dags: HashMap<String, Arc<str>> = db
             .read_all(DAGS, |r: &DagRow| r.strategy_id.clone())?
             .into_iter()
@@ -266,12 +274,8 @@ impl Submissions {
     /// which is logged) leaves the submission `queued` on disk, and carrying it again after a
     /// restart gives the same answer.
     pub fn finish(&self, mut record: StrategyRecord) -> Result<(), SubmissionError> {
-        let strategy = record.strategy_id.clone();
         self.db
-            .enqueue(vec![(STRATEGIES, Self::rows(&record)?)], Commit::Lazy)?
-            .on_failure(move |error| {
-                tracing::warn!(strategy_id = %strategy, code = "E_STORE", error = %error, "A submission's end state was not stored; a restart carries it again.");
-            });
+            .enqueue_lazy(vec![(STRATEGIES, Self::rows(&record)?)])?;
         let status = record.status;
         let strategy_id = record.strategy_id.clone();
         if let Some(stored) = self.write().records.get_mut(&strategy_id) {

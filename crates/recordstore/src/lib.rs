@@ -237,6 +237,29 @@ impl EmbeddedDb {
         commit: Commit,
     ) -> Result<PendingWrite, EmbeddedError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue(batches, commit, Some(reply))?;
+        Ok(PendingWrite(answer))
+    }
+
+    /// Queues a lazy write nobody waits for: for records whose loss is recoverable by design.
+    /// If its commit fails, the hook set with [`EmbeddedDb::on_unwaited_failure`] hears of it.
+    pub fn enqueue_lazy(&self, batches: Vec<(Table, Vec<Row>)>) -> Result<(), EmbeddedError> {
+        self.queue(batches, Commit::Lazy, None)
+    }
+
+    /// Called from the writer thread with the number of writes lost and the reason, when a
+    /// commit holding writes queued by [`EmbeddedDb::enqueue_lazy`] fails. Set once; later
+    /// calls are ignored.
+    pub fn on_unwaited_failure(&self, hook: impl Fn(usize, &str) + Send + Sync + 'static) {
+        let _ = self.progress.unwaited_failure.set(Box::new(hook));
+    }
+
+    fn queue(
+        &self,
+        batches: Vec<(Table, Vec<Row>)>,
+        commit: Commit,
+        reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), EmbeddedError> {
         // Keys are handed out and the write queued under one lock, so the writer applies
         // writes in the order their keys were decided.
         let mut queueing = self.keys();
@@ -283,12 +306,12 @@ impl EmbeddedDb {
             });
         }
         queueing.queued = seq;
-        Ok(PendingWrite(answer))
+        Ok(())
     }
 
     /// Makes the next `commits` commits fail as a disk error would, writing nothing: for tests
     /// of what callers do when storage fails.
-    #[cfg(feature = "faults")]
+    #[cfg(any(test, feature = "faults"))]
     pub fn fail_next_commits(&self, commits: usize) {
         self.progress
             .faults
@@ -342,16 +365,6 @@ impl EmbeddedDb {
 pub struct PendingWrite(tokio::sync::oneshot::Receiver<Result<(), String>>);
 
 impl PendingWrite {
-    /// Lets the write complete on its own; `failed` hears of it if its commit fails. For lazy
-    /// writes whose loss is recoverable by design. Needs a Tokio runtime.
-    pub fn on_failure(self, failed: impl FnOnce(EmbeddedError) + Send + 'static) {
-        tokio::spawn(async move {
-            if let Err(error) = self.wait().await {
-                failed(error);
-            }
-        });
-    }
-
     pub async fn wait(self) -> Result<(), EmbeddedError> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
@@ -464,6 +477,32 @@ mod tests {
         let mut names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
         names.sort();
         assert_eq!(names, ["durable", "lazy", "left"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_of_writes_nobody_waits_for_is_reported_to_the_hook() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        db.on_unwaited_failure({
+            let lost = lost.clone();
+            move |writes, _reason| {
+                lost.fetch_add(writes, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        // The durable write normally takes both lazy ones into its commit; on a stalled
+        // machine they may commit alone first. Either way every commit here fails.
+        db.fail_next_commits(2);
+        db.enqueue_lazy(vec![(T, row("a"))]).unwrap();
+        db.enqueue_lazy(vec![(T, row("b"))]).unwrap();
+        assert!(db.write(vec![(T, row("c"))]).await.is_err());
+        assert_eq!(lost.load(std::sync::atomic::Ordering::SeqCst), 2);
+        db.fail_next_commits(0);
+        db.write(vec![(T, row("d"))]).await.unwrap();
+        let names: Vec<String> = db.read_records(T, name).unwrap().iter().map(name).collect();
+        assert_eq!(names, ["d"]);
     }
 
     #[tokio::test]

@@ -13,7 +13,8 @@ pub(crate) struct WriteRequest {
     pub(crate) seq: u64,
     pub(crate) batches: Vec<(Table, Vec<KeyedRow>)>,
     pub(crate) commit: Commit,
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// `None` for a write nobody waits for (see `unwaited_failure`).
+    pub(crate) reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 /// Most writes one transaction takes.
@@ -21,14 +22,26 @@ const MAX_GROUP: usize = 512;
 
 /// How far the writer has got: the last write settled (committed or failed) and the writes that
 /// failed, so a reader of queued state can tell whether what it read reached the disk.
-#[derive(Debug)]
 pub(crate) struct Progress {
     pub(crate) settled: tokio::sync::watch::Sender<u64>,
     /// Sequence numbers of failed writes, newest last (the last `FAILURES_KEPT`).
     failed: Mutex<VecDeque<u64>>,
     /// Commits still to fail on purpose (tests of failure handling).
     pub(crate) faults: std::sync::atomic::AtomicUsize,
+    /// Told when writes nobody waits for were not committed.
+    pub(crate) unwaited_failure: std::sync::OnceLock<UnwaitedFailure>,
 }
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("settled", &*self.settled.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A hook for failed writes nobody waits for: how many, and why.
+pub(crate) type UnwaitedFailure = Box<dyn Fn(usize, &str) + Send + Sync>;
 
 /// Failed writes remembered for [`EmbeddedDb::settle`].
 const FAILURES_KEPT: usize = 4096;
@@ -39,6 +52,7 @@ impl Progress {
             settled: tokio::sync::watch::Sender::new(0),
             failed: Mutex::new(VecDeque::new()),
             faults: std::sync::atomic::AtomicUsize::new(0),
+            unwaited_failure: std::sync::OnceLock::new(),
         }
     }
 
@@ -216,8 +230,19 @@ impl Writer {
         }
         self.progress
             .record(self.group.iter().map(|r| r.seq), result.is_ok());
+        let mut unwaited = 0;
         for request in self.group.drain(..) {
-            let _ = request.reply.send(result.clone());
+            match request.reply {
+                Some(reply) => {
+                    let _ = reply.send(result.clone());
+                }
+                None => unwaited += 1,
+            }
+        }
+        if let (Err(reason), Some(hook)) = (&result, self.progress.unwaited_failure.get())
+            && unwaited > 0
+        {
+            hook(unwaited, reason);
         }
     }
 }
