@@ -1,10 +1,11 @@
 //! The diff: which nodes of a submitted DAG already exist (their queues are reused) and which
 //! need new queues; persisted so that reuse survives restarts (wire.md section 5).
 
+use foldhash::HashSet;
 use kit::clock::Clock;
 use kit::metrics::RecentQuantile;
 use proto::BufferInstruction;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
@@ -278,7 +279,7 @@ impl DiffEngine {
         let now = self.clock.unix_seconds();
         let mut changes = GraphChanges::default();
         let mut new_specs: Vec<QueueSpec> = Vec::new();
-        let mut planned_names: HashSet<String> = HashSet::new();
+        let mut planned_names: HashSet<String> = HashSet::default();
         let mut queue_map = Vec::with_capacity(order.len());
         let mut buffer_nodes = Vec::new();
         let mut violations: Vec<(String, String, String)> = Vec::new();

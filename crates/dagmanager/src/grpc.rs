@@ -1,6 +1,7 @@
 //! The gRPC services: DiffService (chunked, acknowledged streams), TagQuery, AdminService and
 //! HealthCheck, wire-identical to the Python QMTL's `qmtl.services.dagmanager`.
 
+use foldhash::HashMap;
 use proto::admin_service_server::AdminService;
 use proto::diff_service_server::DiffService;
 use proto::health_check_server::HealthCheck;
@@ -10,7 +11,7 @@ use proto::{
     QueueStats, QueueStatsRequest, RedoDiffRequest, StatusReply, StatusRequest, TagQueryReply,
     TagQueryRequest,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

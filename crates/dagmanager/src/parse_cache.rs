@@ -3,7 +3,8 @@
 //! a pure function of the text; the diff itself always runs against the live graph. A text is
 //! admitted on its second sighting, so one-off texts cost a hash, not a cache insertion.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use wire::{ComputeContext, Dag, DagError, DagLimits, parse_dag, partition_key, topological_order};
 

@@ -92,7 +92,7 @@ const QUEUES: Table = embedded::table("queues");
 #[derive(Debug, Clone)]
 pub struct EmbeddedQueueAdmin {
     db: Arc<EmbeddedDb>,
-    queues: Arc<RwLock<HashMap<String, BrokerQueue>>>,
+    queues: Arc<RwLock<foldhash::HashMap<String, BrokerQueue>>>,
 }
 
 impl EmbeddedQueueAdmin {
@@ -136,7 +136,7 @@ impl EmbeddedQueueAdmin {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, BrokerQueue>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, foldhash::HashMap<String, BrokerQueue>> {
         self.queues.read().unwrap_or_else(|e| e.into_inner())
     }
 

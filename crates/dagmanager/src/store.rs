@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use foldhash::HashMap;
 use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

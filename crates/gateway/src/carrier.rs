@@ -3,10 +3,10 @@
 //! DAG Manager is unavailable a submission waits as `queued` and goes again when the probe sees
 //! it back; nothing accepted is dropped.
 
+use foldhash::HashSet;
 use kit::clock::Clock;
 use kit::shutdown::Shutdown;
 use proto::DiffRequest;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
@@ -64,7 +64,7 @@ impl Carrier {
             retry_interval,
             workers: workers.max(1),
             queue,
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashSet::default()),
         });
         (carrier, receiver)
     }

@@ -1,9 +1,9 @@
 //! Accepted submissions, kept durably before the Gateway answers, with their state:
 //! `queued → processing → completed | failed`. A restart finds every unfinished one again.
 
+use foldhash::HashMap;
 use recordstore::{EmbeddedDb, EmbeddedError, Table};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
@@ -166,7 +166,7 @@ impl Submissions {
         Ok(Submissions {
             db,
             index: RwLock::new(index),
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::default()),
         })
     }
 
@@ -246,7 +246,7 @@ impl Submissions {
 
     /// Counts by state.
     pub fn counts(&self) -> HashMap<Status, usize> {
-        let mut counts = HashMap::new();
+        let mut counts = HashMap::default();
         for record in self.read().records.values() {
             *counts.entry(record.status).or_insert(0) += 1;
         }

@@ -4,9 +4,9 @@
 //! memory: new records append at the right edge of the B-tree, where random ids as keys would
 //! dirty a page per insert and make every commit rewrite much of the file.
 
+use foldhash::HashMap;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 

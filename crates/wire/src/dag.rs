@@ -243,7 +243,8 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
         nodes.push(node);
     }
 
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+    let mut index: foldhash::HashMap<&str, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(nodes.len(), Default::default());
     for (i, node) in nodes.iter().enumerate() {
         if index.insert(node.node_id.as_str(), i).is_some() {
             return Err(DagError::DuplicateNode {
