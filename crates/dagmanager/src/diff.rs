@@ -248,6 +248,9 @@ impl DiffEngine {
         if input.strategy_id.trim().is_empty() {
             return Err(DiffError::MissingStrategyId);
         }
+        // From here until its change is staged, this diff is a write the graph's next commit
+        // can wait for.
+        let announced = self.store.announce();
         let checked = self.parse_cache.get_or_check(&input.dag_json)?;
         let (dag, order) = (&checked.dag, &checked.order);
         let context = Self::resolve_context(dag.declared_context(), input.context)?;
@@ -455,7 +458,7 @@ impl DiffEngine {
             });
         }
         let wrote = !changes.is_empty();
-        let staged = self.store.stage(changes).await?;
+        let staged = self.store.stage(changes, announced).await?;
         drop(write);
         // Others may plan on what this diff staged while it is committed (and share the
         // commit); the answer waits until everything it read or wrote is on disk.

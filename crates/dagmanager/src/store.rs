@@ -113,12 +113,21 @@ pub trait GraphStore: Send + Sync + std::fmt::Debug {
     /// Marks the start of a read. Recovers first if an earlier staged write failed (readers
     /// then see what is on disk again).
     async fn begin(&self) -> Result<StoreMark, StoreError>;
-    /// Makes `changes` visible now and queues them for a durable commit, in staging order.
-    /// Returns the mark just after them.
-    async fn stage(&self, changes: GraphChanges) -> Result<StoreMark, StoreError>;
+    /// Makes `changes` visible now and queues them for a durable commit, in staging order,
+    /// ending `announced` (see [`GraphStore::announce`]). Returns the mark just after them.
+    async fn stage(
+        &self,
+        changes: GraphChanges,
+        announced: Option<recordstore::Announced>,
+    ) -> Result<StoreMark, StoreError>;
     /// Waits until every write staged up to `mark.queued` is durable; fails when one staged
     /// after `mark.settled` failed.
     async fn settle(&self, mark: StoreMark) -> Result<(), StoreError>;
+    /// Announces a change about to be staged, so that a commit waits a little for it and they
+    /// share it; drop the guard once staged. `None` where commits are not shared.
+    fn announce(&self) -> Option<recordstore::Announced> {
+        None
+    }
     /// For each of `node_ids`, in order, the stored node and its queue in `namespace`.
     async fn nodes(
         &self,
@@ -364,7 +373,11 @@ impl GraphStore for RedbGraphStore {
         Ok(self.db.mark())
     }
 
-    async fn stage(&self, changes: GraphChanges) -> Result<StoreMark, StoreError> {
+    async fn stage(
+        &self,
+        changes: GraphChanges,
+        announced: Option<recordstore::Announced>,
+    ) -> Result<StoreMark, StoreError> {
         if changes.is_empty() {
             return Ok(self.db.mark());
         }
@@ -374,10 +387,16 @@ impl GraphStore for RedbGraphStore {
         // Queued and published under the index lock, so readers never see a write that was
         // queued after one they cannot see.
         let mut index = self.write_index();
-        self.db.enqueue(
-            vec![(NODES, nodes), (QUEUES, queues), (SENTINELS, sentinels)],
-            embedded::Commit::Durable,
-        )?;
+        let batches = vec![(NODES, nodes), (QUEUES, queues), (SENTINELS, sentinels)];
+        match announced {
+            Some(announced) => {
+                self.db
+                    .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
+            }
+            None => {
+                self.db.enqueue(batches, embedded::Commit::Durable)?;
+            }
+        }
         for node in changes.nodes {
             index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
@@ -389,6 +408,10 @@ impl GraphStore for RedbGraphStore {
         }
         drop(index);
         Ok(self.db.mark())
+    }
+
+    fn announce(&self) -> Option<recordstore::Announced> {
+        Some(self.db.announce())
     }
 
     async fn settle(&self, mark: StoreMark) -> Result<(), StoreError> {

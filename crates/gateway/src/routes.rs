@@ -93,6 +93,9 @@ async fn submit_in(
     span: tracing::Span,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    // From here until it is queued for storage, this submission is a write the store's next
+    // commit can wait for.
+    let announced = state.submissions.announce();
     let payload = body(payload)?;
     let submission = validate(&payload, state.max_nodes, &state.metrics)?;
     let strategy_id = strategy_id_of(&submission);
@@ -119,7 +122,7 @@ async fn submit_in(
         updated_at: now,
         traceparent: kit::trace::traceparent_of(&span),
     };
-    let record = match state.submissions.accept(record).await {
+    let record = match state.submissions.accept(record, announced).await {
         Ok(Accepted::New(record)) => *record,
         Ok(Accepted::Duplicate(existing)) => {
             return Err(ApiError::new(

@@ -41,7 +41,7 @@ impl Default for GatewaySettings {
             max_body_bytes: 32 * 1024 * 1024,
             max_nodes: 50_000,
             diff_budget_ms: 500,
-            workers: 32,
+            workers: 64,
             probe_interval_ms: 1_000,
             retry_interval_ms: 500,
             dagmanager_timeout_ms: 10_000,

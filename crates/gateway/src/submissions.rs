@@ -2,7 +2,7 @@
 //! `queued → processing → completed | failed`. A restart finds every unfinished one again.
 
 use foldhash::HashMap;
-use recordstore::{EmbeddedDb, EmbeddedError, Table};
+use recordstore::{Commit, EmbeddedDb, EmbeddedError, Table};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -196,9 +196,19 @@ impl Submissions {
         })?)
     }
 
+    /// Announces a submission about to be accepted: the store's next commit waits a little for
+    /// it, so that concurrent acceptances share it. Pass the guard to [`Submissions::accept`].
+    pub fn announce(&self) -> recordstore::Announced {
+        self.db.announce()
+    }
+
     /// Stores a new submission durably, or names the strategy that already has this DAG. The
     /// DAG's hash is claimed before the write, so a concurrent duplicate is caught too.
-    pub async fn accept(&self, record: StrategyRecord) -> Result<Accepted, SubmissionError> {
+    pub async fn accept(
+        &self,
+        record: StrategyRecord,
+        announced: recordstore::Announced,
+    ) -> Result<Accepted, SubmissionError> {
         {
             let mut index = self.write();
             if let Some(existing) = index.by_hash.get(&record.dag_hash) {
@@ -208,10 +218,15 @@ impl Submissions {
                 .by_hash
                 .insert(record.dag_hash.clone(), record.strategy_id.clone());
         }
-        let written = match Self::acceptance_rows(&record) {
-            Ok(batches) => self.db.write(batches).await.map_err(Into::into),
-            Err(error) => Err(error),
-        };
+        let written = async {
+            let pending = self.db.enqueue_announced(
+                Self::acceptance_rows(&record)?,
+                Commit::Durable,
+                announced,
+            )?;
+            Ok::<(), SubmissionError>(pending.wait().await?)
+        }
+        .await;
         if let Err(error) = written {
             self.write().by_hash.remove(&record.dag_hash);
             return Err(error);
@@ -348,7 +363,11 @@ mod tests {
         let text = r#"{"nodes": [ {"node_id":"a", "x": "q\"uote"} ], "version":"v1"}"#;
         {
             let submissions = Submissions::open(dir.path()).unwrap();
-            submissions.accept(record("new", text)).await.unwrap();
+            let announced = submissions.announce();
+            submissions
+                .accept(record("new", text), announced)
+                .await
+                .unwrap();
             let mut done = record("new", text);
             done.status = Status::Completed;
             submissions.finish(done).unwrap();

@@ -237,14 +237,27 @@ impl EmbeddedDb {
         commit: Commit,
     ) -> Result<PendingWrite, EmbeddedError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue(batches, commit, Some(reply))?;
+        self.queue(batches, commit, Some(reply), None)?;
+        Ok(PendingWrite(answer))
+    }
+
+    /// [`EmbeddedDb::enqueue`] for the write `announced` announced: the announcement ends as the
+    /// write reaches the writer, so the writer never waits for a write it already holds.
+    pub fn enqueue_announced(
+        &self,
+        batches: Vec<(Table, Vec<Row>)>,
+        commit: Commit,
+        announced: Announced,
+    ) -> Result<PendingWrite, EmbeddedError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue(batches, commit, Some(reply), Some(announced))?;
         Ok(PendingWrite(answer))
     }
 
     /// Queues a lazy write nobody waits for: for records whose loss is recoverable by design.
     /// If its commit fails, the hook set with [`EmbeddedDb::on_unwaited_failure`] hears of it.
     pub fn enqueue_lazy(&self, batches: Vec<(Table, Vec<Row>)>) -> Result<(), EmbeddedError> {
-        self.queue(batches, Commit::Lazy, None)
+        self.queue(batches, Commit::Lazy, None, None)
     }
 
     /// Called from the writer thread with the number of writes lost and the reason, when a
@@ -259,6 +272,7 @@ impl EmbeddedDb {
         batches: Vec<(Table, Vec<Row>)>,
         commit: Commit,
         reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        announced: Option<Announced>,
     ) -> Result<(), EmbeddedError> {
         // Keys are handed out and the write queued under one lock, so the writer applies
         // writes in the order their keys were decided.
@@ -290,6 +304,7 @@ impl EmbeddedDb {
             .collect();
         let seq = queueing.queued + 1;
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        drop(announced);
         let sent = writer.as_ref().is_some_and(|sender| {
             sender
                 .send(WriteRequest {
@@ -307,6 +322,16 @@ impl EmbeddedDb {
         }
         queueing.queued = seq;
         Ok(())
+    }
+
+    /// Announces a write this caller is about to queue: while announced writes are coming, a
+    /// durable commit waits for them (up to a few milliseconds) so that they share it. Drop the
+    /// guard once the write is queued, or when it turns out there is none.
+    pub fn announce(&self) -> Announced {
+        self.progress
+            .announced
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Announced(self.progress.clone())
     }
 
     /// Makes the next `commits` commits fail as a disk error would, writing nothing: for tests
@@ -357,6 +382,19 @@ impl EmbeddedDb {
             Ok(())
         })
         .await?
+    }
+}
+
+/// A write announced with [`EmbeddedDb::announce`]; dropping it withdraws the announcement.
+#[derive(Debug)]
+#[must_use = "the announcement lasts as long as the guard"]
+pub struct Announced(Arc<Progress>);
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.0
+            .announced
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Progress {
     pub(crate) faults: std::sync::atomic::AtomicUsize,
     /// Told when writes nobody waits for were not committed.
     pub(crate) unwaited_failure: std::sync::OnceLock<UnwaitedFailure>,
+    /// Writes callers have announced and not yet queued.
+    pub(crate) announced: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Progress {
@@ -53,7 +55,12 @@ impl Progress {
             failed: Mutex::new(VecDeque::new()),
             faults: std::sync::atomic::AtomicUsize::new(0),
             unwaited_failure: std::sync::OnceLock::new(),
+            announced: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    fn announced(&self) -> usize {
+        self.announced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether this commit is to fail on purpose.
@@ -105,17 +112,15 @@ impl Progress {
 /// How long a lazy write may wait for a durable one to share its commit.
 const LAZY_DELAY: Duration = Duration::from_millis(20);
 
-/// Under load (the last commit shared by several writes, and recent), how long a durable group
-/// waits for more writes before committing: fewer, larger commits for a little latency. A lone
-/// writer never waits.
-const COMMIT_DELAY: Duration = Duration::from_millis(1);
-/// A commit that started within this long of the last one, when that one was shared, finds the
-/// writer under load.
-const BUSY_WITHIN: Duration = Duration::from_micros(1500);
+/// Longest a durable group waits for announced writes (see [`crate::EmbeddedDb::announce`]).
+const COMMIT_DELAY: Duration = Duration::from_millis(5);
+/// How often a waiting writer looks again whether announced writes are still coming.
+const ANNOUNCED_POLL: Duration = Duration::from_micros(100);
 
 /// The writer thread: takes every write waiting and applies them all in one transaction, so
-/// concurrent writers share one commit. A group with a durable write commits durably, at once
-/// or, under load, after [`COMMIT_DELAY`].
+/// concurrent writers share one commit. A group with a durable write commits durably: at once
+/// when no other write is announced, else once the announced writes have joined it (at most
+/// [`COMMIT_DELAY`] later).
 /// Lazy writes wait (up to [`LAZY_DELAY`]) to ride along with the next durable one, then commit
 /// without a flush. When the queue closes, whatever is left is committed durably.
 pub(crate) fn writer_loop(
@@ -130,8 +135,6 @@ pub(crate) fn writer_loop(
         group: Vec::new(),
         lazy_since: None,
         unflushed: false,
-        last_commit: Instant::now(),
-        last_durable: 0,
     };
     loop {
         let next = match writer.lazy_since {
@@ -141,15 +144,15 @@ pub(crate) fn writer_loop(
         let closing = match next {
             Ok(request) => {
                 writer.group.push(request);
-                writer.gather(&requests, None);
+                writer.gather(&requests);
                 false
             }
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
         let durable = closing || writer.group.iter().any(|r| r.commit == Commit::Durable);
-        if durable && !closing && writer.busy() {
-            writer.gather(&requests, Some(Instant::now() + COMMIT_DELAY));
+        if durable && !closing {
+            writer.gather_announced(&requests, Instant::now() + COMMIT_DELAY);
         }
         let lazy_due = writer
             .lazy_since
@@ -175,36 +178,36 @@ struct Writer {
     lazy_since: Option<Instant>,
     /// Whether a commit without a flush happened since the last durable one.
     unflushed: bool,
-    last_commit: Instant,
-    /// Durable writes the last commit took (lazy ones ride along and say nothing of load).
-    last_durable: usize,
 }
 
 impl Writer {
-    /// Takes writes already waiting (or, with `until`, arriving until then) into the group.
-    fn gather(
-        &mut self,
-        requests: &std::sync::mpsc::Receiver<WriteRequest>,
-        until: Option<Instant>,
-    ) {
+    /// Takes writes already waiting into the group.
+    fn gather(&mut self, requests: &std::sync::mpsc::Receiver<WriteRequest>) {
         while self.group.len() < MAX_GROUP {
-            let next = match until {
-                None => requests.try_recv().ok(),
-                Some(until) => requests
-                    .recv_timeout(until.saturating_duration_since(Instant::now()))
-                    .ok(),
-            };
-            match next {
-                Some(request) => self.group.push(request),
-                None => break,
+            match requests.try_recv() {
+                Ok(request) => self.group.push(request),
+                Err(_) => break,
             }
         }
     }
 
-    /// Whether durable writes are arriving faster than commits: the last commit was shared by
-    /// several of them, and recent.
-    fn busy(&self) -> bool {
-        self.last_durable > 1 && self.last_commit.elapsed() < BUSY_WITHIN
+    /// Takes writes into the group while others are announced, until `until`.
+    fn gather_announced(
+        &mut self,
+        requests: &std::sync::mpsc::Receiver<WriteRequest>,
+        until: Instant,
+    ) {
+        self.gather(requests);
+        while self.group.len() < MAX_GROUP && self.progress.announced() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Ok(request) = requests.recv_timeout(left.min(ANNOUNCED_POLL)) {
+                self.group.push(request);
+                self.gather(requests);
+            }
+        }
     }
 
     /// Commits the group (durably if asked; on closing, also flushes earlier lazy commits) and
@@ -214,12 +217,6 @@ impl Writer {
         if self.group.is_empty() && !(closing && self.unflushed) {
             return;
         }
-        self.last_commit = Instant::now();
-        self.last_durable = self
-            .group
-            .iter()
-            .filter(|r| r.commit == Commit::Durable)
-            .count();
         let result = if self.progress.take_fault() {
             Err("injected fault: the commit failed".to_owned())
         } else {

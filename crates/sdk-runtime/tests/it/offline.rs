@@ -483,6 +483,8 @@ async fn a_node_shared_by_two_running_strategies_reports_the_bytes_both_hold() -
     let mut handles = Vec::new();
     let mut senders = Vec::new();
     let mut mean_id = String::new();
+    // One strategy at a time, so that what one holds is known before the second adds its own.
+    let mut single = None;
     for name in ["one", "two"] {
         let (bars_in, feed) = channel_feed();
         let mut s = Strategy::new(name);
@@ -492,6 +494,23 @@ async fn a_node_shared_by_two_running_strategies_reports_the_bytes_both_hold() -
         handles.push(runner.start(s).await?);
         bars_in.send((60, Value::Number(1.0)))?;
         senders.push(bars_in);
+        let node = [("node_id", mean_id.as_str()), ("scope", "node")];
+        let held_now = |e: &test_support::Exposition| e.value("nodecache_resident_bytes", &node);
+        match single {
+            None => {
+                assert_eventually!(
+                    held_now(&scrape(address).await?).is_some_and(|n| n > 0.0),
+                    Duration::from_secs(5),
+                    "the first strategy's cache counts"
+                );
+                single = held_now(&scrape(address).await?);
+            }
+            Some(one) => assert_eventually!(
+                held_now(&scrape(address).await?) == Some(one * 2.0),
+                Duration::from_secs(5),
+                "the second strategy's cache counts as much again"
+            ),
+        }
     }
     let node = [("node_id", mean_id.as_str()), ("scope", "node")];
     let total = [("node_id", "all"), ("scope", "total")];
@@ -501,15 +520,11 @@ async fn a_node_shared_by_two_running_strategies_reports_the_bytes_both_hold() -
             e.value("nodecache_resident_bytes", &total),
         )
     };
-    assert_eventually!(
-        {
-            let (node, total) = held(&scrape(address).await?);
-            node.is_some_and(|n| n > 0.0) && node == total
-        },
-        Duration::from_secs(5),
-        "both strategies' caches count"
+    let (both, both_total) = held(&scrape(address).await?);
+    assert_eq!(
+        both, both_total,
+        "the shared node is all the strategies hold"
     );
-    let (both, _) = held(&scrape(address).await?);
     drop(senders.remove(0));
     handles.remove(0).join().await?;
     let (one, _) = held(&scrape(address).await?);
