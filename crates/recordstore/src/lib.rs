@@ -544,6 +544,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_announcement_ends_when_its_write_is_queued_and_never_holds_a_commit_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let announced = |db: &EmbeddedDb| db.progress.announced();
+
+        let first = db.announce();
+        let second = db.announce();
+        assert_eq!(announced(&db), 2);
+        let pending = db
+            .enqueue_announced(vec![(T, row("a"))], Commit::Durable, first)
+            .unwrap();
+        assert_eq!(announced(&db), 1, "queued: no longer announced");
+        // `second` never writes: the commit waits for it a few milliseconds at most.
+        pending.wait().await.unwrap();
+        drop(second);
+        assert_eq!(announced(&db), 0);
+        db.write(vec![(T, row("b"))]).await.unwrap();
+        assert_eq!(db.read_records(T, name).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
     async fn queued_writes_settle_in_order_and_a_mark_tells_where_the_queue_stands() {
         let dir = tempfile::tempdir().unwrap();
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();

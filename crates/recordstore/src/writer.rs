@@ -59,7 +59,7 @@ impl Progress {
         }
     }
 
-    fn announced(&self) -> usize {
+    pub(crate) fn announced(&self) -> usize {
         self.announced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
