@@ -225,11 +225,9 @@ pub fn validate(
             ),
         ));
     }
-    let document: Value = serde_json::from_str(&dag_json)
+    let sorted = wire::sorted_json_text(&dag_json)
         .map_err(|e| bad_request("E_INVALID_JSON", format!("dag_json is not JSON: {e}")))?;
-    let dag_hash = hex(&sha2::Sha256::digest(
-        wire::sorted_json(&document).as_bytes(),
-    ));
+    let dag_hash = hex(&sha2::Sha256::digest(sorted.as_bytes()));
     Ok(Submission {
         dag_json,
         tag_queries: TagQuery::all_in(&dag),

@@ -1,7 +1,9 @@
 //! Canonical JSON as the Python reference writes it for node identity: sorted keys, compact
 //! separators, non-ASCII as is, floats in Python's `repr`, execution-context keys removed.
 
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Keys that describe where or when a computation runs, never what it computes; they are dropped
@@ -41,6 +43,154 @@ pub fn sorted_json(value: &Value) -> String {
     let mut out = String::with_capacity(256);
     write_plain(&mut out, value);
     out
+}
+
+/// [`sorted_json`] of a JSON text, the same bytes, without building a `serde_json::Value`:
+/// strings are borrowed from the text and objects are sorted vectors.
+pub fn sorted_json_text(text: &str) -> Result<String, serde_json::Error> {
+    let tree: Sorted<'_> = serde_json::from_str(text)?;
+    let mut out = String::with_capacity(text.len());
+    tree.write(&mut out);
+    Ok(out)
+}
+
+/// A parsed JSON value for [`sorted_json_text`]. Numbers keep the kind `serde_json::Value`
+/// would give them, so they are written alike.
+enum Sorted<'a> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(Cow<'a, str>),
+    Arr(Vec<Sorted<'a>>),
+    /// Sorted by key; of repeated keys only the last is kept, as in a `Value`.
+    Obj(Vec<(Cow<'a, str>, Sorted<'a>)>),
+}
+
+impl Sorted<'_> {
+    fn write(&self, out: &mut String) {
+        match self {
+            Sorted::Null => out.push_str("null"),
+            Sorted::Bool(true) => out.push_str("true"),
+            Sorted::Bool(false) => out.push_str("false"),
+            Sorted::I64(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Sorted::U64(u) => {
+                let _ = write!(out, "{u}");
+            }
+            Sorted::F64(f) => out.push_str(&python_float_repr(*f)),
+            Sorted::Str(s) => write_string(out, s),
+            Sorted::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Sorted::Obj(entries) => {
+                out.push('{');
+                for (i, (key, item)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_string(out, key);
+                    out.push(':');
+                    item.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// A JSON string, borrowed from the text when it holds no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sorted<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SortedVisitor;
+        impl<'de> Visitor<'de> for SortedVisitor {
+            type Value = Sorted<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Sorted::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Sorted::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Sorted::I64(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Sorted::U64(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Sorted::F64(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Sorted::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Sorted::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Sorted::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Sorted::Arr(items))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(Cow<'de, str>, Sorted<'de>)> = Vec::new();
+                while let Some((Text(key), value)) = map.next_entry::<Text<'de>, Sorted<'de>>()? {
+                    entries.push((key, value));
+                }
+                // Stable, so of equal keys the last one read stays last; keep that one.
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut kept: Vec<(Cow<'de, str>, Sorted<'de>)> = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    match kept.last_mut() {
+                        Some(last) if last.0 == entry.0 => *last = entry,
+                        _ => kept.push(entry),
+                    }
+                }
+                Ok(Sorted::Obj(kept))
+            }
+        }
+        deserializer.deserialize_any(SortedVisitor)
+    }
 }
 
 /// Writes canonical JSON without dropping any key (used for values the caller already shaped).
@@ -208,6 +358,30 @@ mod tests {
             canonical_json(&value),
             r#"{"a":{"z":[1.0,{"k":"naïve"}]},"b":1}"#
         );
+    }
+
+    #[test]
+    fn sorted_json_text_writes_what_sorted_json_writes_for_the_parsed_value() {
+        let texts = [
+            r#"{"b": 1, "a": {"z": [1.0, -2, 3e-7, 18446744073709551615, -9223372036854775808, 1e300], "y": null}}"#,
+            r#"{"k": "esc\"aped\\ \n \u0001 naïve \ud83d\ude00", "k2": true, "k1": false}"#,
+            r#"{"dup": 1, "a": 0, "dup": 2, "dup": {"x": [], "x": {}}}"#,
+            r#"[{"é": 1, "e": 2, "z": 3, "Z": 4}, "s", 0.1, -0.0, 100000000000000000000]"#,
+            r#"  "just a string"  "#,
+            "12",
+            "{}",
+            r#"{"nodes":[{"node_id":"blake3:1","period":20,"inputs":["x"],"params":{"w":0.5}}],"version":"v"}"#,
+        ];
+        for text in texts {
+            let value: Value = serde_json::from_str(text).expect("a JSON text");
+            assert_eq!(
+                sorted_json_text(text).unwrap(),
+                sorted_json(&value),
+                "for {text}"
+            );
+        }
+        assert!(sorted_json_text("{not json").is_err());
+        assert!(sorted_json_text("{} trailing").is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod lenient;
 mod node;
 mod topic;
 
-pub use canonical::{canonical_json, python_float_repr, sorted_json};
+pub use canonical::{canonical_json, python_float_repr, sorted_json, sorted_json_text};
 pub use context::{ComputeContext, Domain, compute_key, partition_key};
 pub use dag::{Dag, DagLimits, Sentinel, parse_dag, topological_order};
 pub use error::{DagError, ErrorCode};
