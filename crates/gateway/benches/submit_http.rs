@@ -2,7 +2,8 @@
 //! Manager in this process: per-request latency percentiles and sustained completed submissions
 //! per second (a submission counts once its 202 says `completed`, so every diff finished).
 //!
-//! Run: `cargo bench -p gateway --bench submit_http [-- NODES CONCURRENCY COUNT]`
+//! Run: `cargo bench -p gateway --bench submit_http [-- NODES CONCURRENCY COUNT]` (default: 10-node
+//! DAGs one at a time and 64 at once, 100-node DAGs one at a time and 32 at once)
 //!
 //! `QMTL_BENCH_TELEMETRY` measures the cost of telemetry: unset, no subscriber at all; `off`, logs
 //! and spans as a service runs them with no `otel_exporter_endpoint`; an OTLP/HTTP URL, spans
@@ -176,7 +177,7 @@ fn main() {
         let cases: Vec<(usize, usize, usize)> = if args.len() == 3 {
             vec![(args[0], args[1], args[2])]
         } else {
-            vec![(10, 1, 500), (10, 32, 3000), (100, 1, 200), (100, 32, 1000)]
+            vec![(10, 1, 500), (10, 64, 5000), (100, 1, 200), (100, 32, 1000)]
         };
         for (round, (nodes, concurrency, count)) in cases.into_iter().enumerate() {
             run_case(
