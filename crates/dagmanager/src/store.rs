@@ -388,15 +388,8 @@ impl GraphStore for RedbGraphStore {
         // queued after one they cannot see.
         let mut index = self.write_index();
         let batches = vec![(NODES, nodes), (QUEUES, queues), (SENTINELS, sentinels)];
-        match announced {
-            Some(announced) => {
-                self.db
-                    .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
-            }
-            None => {
-                self.db.enqueue(batches, embedded::Commit::Durable)?;
-            }
-        }
+        self.db
+            .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
         for node in changes.nodes {
             index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }

@@ -222,7 +222,7 @@ impl Submissions {
             let pending = self.db.enqueue_announced(
                 Self::acceptance_rows(&record)?,
                 Commit::Durable,
-                announced,
+                Some(announced),
             )?;
             Ok::<(), SubmissionError>(pending.wait().await?)
         }

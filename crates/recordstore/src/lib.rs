@@ -236,21 +236,19 @@ impl EmbeddedDb {
         batches: Vec<(Table, Vec<Row>)>,
         commit: Commit,
     ) -> Result<PendingWrite, EmbeddedError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue(batches, commit, Some(reply), None)?;
-        Ok(PendingWrite(answer))
+        self.enqueue_announced(batches, commit, None)
     }
 
-    /// [`EmbeddedDb::enqueue`] for the write `announced` announced: the announcement ends as the
-    /// write reaches the writer, so the writer never waits for a write it already holds.
+    /// [`EmbeddedDb::enqueue`] for the write `announced` (if any) announced: the announcement
+    /// ends as the write reaches the writer, so the writer never waits for a write it holds.
     pub fn enqueue_announced(
         &self,
         batches: Vec<(Table, Vec<Row>)>,
         commit: Commit,
-        announced: Announced,
+        announced: Option<Announced>,
     ) -> Result<PendingWrite, EmbeddedError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue(batches, commit, Some(reply), Some(announced))?;
+        self.queue(batches, commit, Some(reply), announced)?;
         Ok(PendingWrite(answer))
     }
 
@@ -555,7 +553,7 @@ mod tests {
         let second = db.announce();
         assert_eq!(announced(&db), 2);
         let pending = db
-            .enqueue_announced(vec![(T, row("a"))], Commit::Durable, first)
+            .enqueue_announced(vec![(T, row("a"))], Commit::Durable, Some(first))
             .unwrap();
         assert_eq!(announced(&db), 1, "queued: no longer announced");
         // `second` never writes: the commit waits for it a few milliseconds at most.
