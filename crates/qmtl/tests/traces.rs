@@ -115,49 +115,63 @@ fn qmtl_up(dir: &Path, endpoint: &str, bars: &str, extra: &[&str]) -> std::proce
     )
 }
 
-#[test]
-fn one_trace_runs_from_the_sdk_through_the_gateway_into_the_dag_manager() {
+/// Runs `qmtl up` (5 bars, plus `extra`) exporting to a collector of its own, then reads the
+/// collector's spans until `found` picks something out of them; after 20 s it fails, saying
+/// `missing`.
+fn traced_run<T>(
+    extra: &[&str],
+    found: impl Fn(&[Span]) -> Option<T>,
+    missing: &str,
+) -> (Vec<Span>, T) {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
     let _collector = start_collector(&dir.path().join("rotel"), http_port);
     let endpoint = format!("http://127.0.0.1:{http_port}/v1/traces");
-    let output = qmtl_up(dir.path(), &endpoint, "5", &[]);
+    let output = qmtl_up(dir.path(), &endpoint, "5", extra);
     assert!(
         output.status.success(),
         "{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-
     let log_path = dir.path().join("rotel/server.log");
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (spans, diff_chain) = loop {
+    loop {
         let spans = parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
-        let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
-        let chain = spans
-            .iter()
-            .find(|s| s.name == "dagmanager.topic_create")
-            .map(|s| {
-                ancestry(s, &by_id)
-                    .into_iter()
-                    .map(|(svc, name)| format!("{svc}:{name}"))
-                    .collect::<Vec<_>>()
-            });
-        if let Some(chain) = chain
-            && chain.last().is_some_and(|root| root == "sdk:sdk.submit")
-        {
-            break (spans, chain);
+        if let Some(hit) = found(&spans) {
+            return (spans, hit);
         }
         assert!(
             Instant::now() < deadline,
-            "no topic creation traced back to the SDK; spans: {:#?}",
+            "{missing}; spans: {:#?}",
             spans
                 .iter()
                 .map(|s| (&s.service, &s.name, &s.parent))
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(200));
-    };
+    }
+}
+
+#[test]
+fn one_trace_runs_from_the_sdk_through_the_gateway_into_the_dag_manager() {
+    let (spans, diff_chain) = traced_run(
+        &[],
+        |spans| {
+            let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
+            spans
+                .iter()
+                .find(|s| s.name == "dagmanager.topic_create")
+                .map(|s| {
+                    ancestry(s, &by_id)
+                        .into_iter()
+                        .map(|(svc, name)| format!("{svc}:{name}"))
+                        .collect::<Vec<_>>()
+                })
+                .filter(|chain| chain.last().is_some_and(|root| root == "sdk:sdk.submit"))
+        },
+        "no topic creation traced back to the SDK",
+    );
     // One trace: the SDK's submission, the Gateway's request and submission, the carry, the
     // DAG Manager's diff and its topic creation, each the parent of the next.
     assert_eq!(
@@ -247,39 +261,20 @@ fn a_collector_that_is_down_drops_spans_counts_them_and_blocks_nothing() {
 #[test]
 fn through_a_kafka_broker_the_consumer_span_continues_the_producers_from_the_record_headers() {
     let broker = test_support::KafkaBroker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let http_port = free_port();
-    let _collector = start_collector(&dir.path().join("rotel"), http_port);
-    let endpoint = format!("http://127.0.0.1:{http_port}/v1/traces");
-    let output = qmtl_up(dir.path(), &endpoint, "5", &["--kafka", &broker.bootstrap]);
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let log_path = dir.path().join("rotel/server.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let spans = parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
-        let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
-        let linked = spans.iter().find(|s| {
-            s.name == "node.process"
-                && by_id
-                    .get(s.parent.as_str())
-                    .is_some_and(|p| p.name == "node.feed" && s.links.contains(&p.id))
-        });
-        if linked.is_some() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no node.process span continued its producer's node.feed span; spans: {:#?}",
+    traced_run(
+        &["--kafka", &broker.bootstrap],
+        |spans| {
+            let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.id.as_str(), s)).collect();
             spans
                 .iter()
-                .filter(|s| s.name.starts_with("node."))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+                .any(|s| {
+                    s.name == "node.process"
+                        && by_id
+                            .get(s.parent.as_str())
+                            .is_some_and(|p| p.name == "node.feed" && s.links.contains(&p.id))
+                })
+                .then_some(())
+        },
+        "no node.process span continued its producer's node.feed span",
+    );
 }
