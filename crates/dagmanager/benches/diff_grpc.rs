@@ -108,7 +108,7 @@ fn main() {
         if wanted("fresh 1000-node diff") {
             let before = server_time(&metrics_url).await;
             let mut samples = Vec::new();
-            for i in 0..20 {
+            for i in 0..100 {
                 let dag = synthetic_dag(1000, &format!("fresh-{i}")).to_string();
                 samples.push(diff(&mut client, &format!("fresh-{i}"), &dag).await);
             }

@@ -20,7 +20,7 @@ use crate::lag::{LagMonitor, LagSettings, LagTopics};
 use crate::metrics::DagManagerMetrics;
 use crate::queues::{EmbeddedQueueAdmin, QueueAdmin, QueueAdminError};
 use crate::settings::DagManagerSettings;
-use crate::store::{GraphStore, RedbGraphStore, StoreError};
+use crate::store::{EmbeddedGraphStore, GraphStore, StoreError};
 
 /// HTTP/2 windows large enough that a multi-megabyte DAG crosses in one flight, and frames
 /// large enough that it crosses in a few frames, not hundreds.
@@ -82,7 +82,7 @@ impl App {
     pub async fn build(settings: DagManagerSettings) -> Result<App, BuildError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = DagManagerMetrics::new()?;
-        let store: Arc<dyn GraphStore> = Arc::new(RedbGraphStore::open(&settings.data_dir)?);
+        let store: Arc<dyn GraphStore> = Arc::new(EmbeddedGraphStore::open(&settings.data_dir)?);
         let queues: Arc<dyn QueueAdmin> = if settings.kafka_dsn.trim().is_empty() {
             Arc::new(EmbeddedQueueAdmin::open(&settings.data_dir)?)
         } else {

@@ -489,10 +489,10 @@ mod tests {
     use super::*;
     use crate::queues::EmbeddedQueueAdmin;
     use crate::settings::DagManagerSettings;
-    use crate::store::RedbGraphStore;
+    use crate::store::EmbeddedGraphStore;
 
-    fn engine(dir: &std::path::Path) -> (DiffEngine, RedbGraphStore) {
-        let store = RedbGraphStore::open(dir).unwrap();
+    fn engine(dir: &std::path::Path) -> (DiffEngine, EmbeddedGraphStore) {
+        let store = EmbeddedGraphStore::open(dir).unwrap();
         let queues = EmbeddedQueueAdmin::open(dir).unwrap();
         let engine = DiffEngine::new(
             Arc::new(store.clone()),

@@ -1,5 +1,5 @@
 //! Queue (topic) administration behind the `QueueAdmin` trait. `EmbeddedQueueAdmin` records
-//! queues in its own redb file and stands in for a broker when none is configured; it holds no
+//! queues in its own record log and stands in for a broker when none is configured; it holds no
 //! messages, so every size it reports is 0. It records creations without a flush (the graph's
 //! durable write that follows names them, and `App::build` re-creates any a crash lost), and
 //! deletions durably.
@@ -88,7 +88,7 @@ pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
 
 const QUEUES: Table = embedded::table("queues");
 
-/// A broker-less queue registry in `dir/queues.redb`.
+/// A broker-less queue registry in `dir/queues.log`.
 #[derive(Debug, Clone)]
 pub struct EmbeddedQueueAdmin {
     db: Arc<EmbeddedDb>,
@@ -121,7 +121,7 @@ impl EmbeddedQueueAdmin {
     }
 
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
-        let db = EmbeddedDb::open(dir, "queues.redb", &[QUEUES])?;
+        let db = EmbeddedDb::open(dir, "queues", &[QUEUES])?;
         db.on_unwaited_failure(|writes, reason| {
             tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason, "The queue registry could not record new queues; start-up will re-create them from the graph.");
         });
@@ -234,6 +234,6 @@ impl QueueAdmin for EmbeddedQueueAdmin {
     }
 
     async fn health(&self) -> Result<(), QueueAdminError> {
-        Ok(self.db.probe(QUEUES).await?)
+        Ok(self.db.probe()?)
     }
 }

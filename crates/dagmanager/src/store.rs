@@ -1,6 +1,7 @@
 //! The global graph of compute nodes, their queues and the strategies that use them, behind the
-//! `GraphStore` trait. `RedbGraphStore` is the default: an embedded, crash-safe redb file with an
-//! in-memory index in front, so reads never touch the disk and only changes are written.
+//! `GraphStore` trait. `EmbeddedGraphStore` is the default: an in-memory index of the graph,
+//! kept durable in an embedded, crash-safe record log, so reads never touch the disk and only
+//! changes are written.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -234,9 +235,9 @@ impl Index {
     }
 }
 
-/// The embedded default: a redb database file plus an in-memory index of it.
+/// The embedded default: an in-memory index, durable in a record log (`graph.log`).
 #[derive(Debug, Clone)]
-pub struct RedbGraphStore {
+pub struct EmbeddedGraphStore {
     db: Arc<EmbeddedDb>,
     index: Arc<RwLock<Index>>,
     /// Set when a staged write failed: the index holds what the disk does not, until the next
@@ -244,46 +245,28 @@ pub struct RedbGraphStore {
     stale: Arc<AtomicBool>,
 }
 
-impl RedbGraphStore {
-    /// Opens (or creates) `dir/graph.redb` and loads its index.
-    pub fn open(dir: &Path) -> Result<RedbGraphStore, StoreError> {
-        let db = EmbeddedDb::open(dir, "graph.redb", &[NODES, QUEUES, SENTINELS])?;
-        let index = Self::load(&db, true)?;
-        Ok(RedbGraphStore {
+impl EmbeddedGraphStore {
+    /// Opens (or creates) `dir/graph.log` and loads its index.
+    pub fn open(dir: &Path) -> Result<EmbeddedGraphStore, StoreError> {
+        let db = EmbeddedDb::open(dir, "graph", &[NODES, QUEUES, SENTINELS])?;
+        let index = Self::load(&db)?;
+        Ok(EmbeddedGraphStore {
             db: Arc::new(db),
             index: Arc::new(RwLock::new(index)),
             stale: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// The index of what is on disk; `with_keys` also (re)loads the storage keys, which only
-    /// opening may do (later, queued writes may hold keys the disk does not have yet).
-    fn load(db: &EmbeddedDb, with_keys: bool) -> Result<Index, StoreError> {
-        fn read<T: serde::de::DeserializeOwned>(
-            db: &EmbeddedDb,
-            table: Table,
-            name: impl Fn(&T) -> String,
-            with_keys: bool,
-        ) -> Result<Vec<T>, EmbeddedError> {
-            if with_keys {
-                db.read_all(table, name)
-            } else {
-                db.read_records(table, name)
-            }
-        }
+    /// The index of what is on disk.
+    fn load(db: &EmbeddedDb) -> Result<Index, StoreError> {
         let mut index = Index::default();
-        for node in read(db, NODES, |n: &NodeRecord| n.node_id.clone(), with_keys)? {
+        for node in db.read_all(NODES, |n: &NodeRecord| n.node_id.clone())? {
             index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
-        for queue in read(db, QUEUES, |q: &QueueRecord| q.name.clone(), with_keys)? {
+        for queue in db.read_all(QUEUES, |q: &QueueRecord| q.name.clone())? {
             index.put_queue(queue);
         }
-        for sentinel in read(
-            db,
-            SENTINELS,
-            |s: &SentinelRecord| s.sentinel_id.clone(),
-            with_keys,
-        )? {
+        for sentinel in db.read_all(SENTINELS, |s: &SentinelRecord| s.sentinel_id.clone())? {
             index.put_sentinel(sentinel);
         }
         Ok(index)
@@ -320,7 +303,7 @@ fn tags_match(node_tags: &[String], wanted: &[String], match_all: bool) -> bool 
 }
 
 #[async_trait]
-impl GraphStore for RedbGraphStore {
+impl GraphStore for EmbeddedGraphStore {
     async fn nodes(
         &self,
         node_ids: &[&str],
@@ -362,7 +345,7 @@ impl GraphStore for RedbGraphStore {
         if self.stale.load(Ordering::SeqCst) {
             // Let every queued write settle, then read back what reached the disk.
             self.db.quiesce().await?;
-            let index = Self::load(&self.db, false)?;
+            let index = Self::load(&self.db)?;
             *self.write_index() = index;
             self.stale.store(false, Ordering::SeqCst);
             tracing::warn!(
@@ -533,6 +516,6 @@ impl GraphStore for RedbGraphStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        Ok(self.db.probe(NODES).await?)
+        Ok(self.db.probe()?)
     }
 }

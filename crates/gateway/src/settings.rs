@@ -12,7 +12,7 @@ pub struct GatewaySettings {
     pub port: u16,
     /// The DAG Manager's gRPC address (`host:port` or `http://host:port`).
     pub dagmanager_url: String,
-    /// Where accepted submissions are kept (`submissions.redb`).
+    /// Where accepted submissions are kept (`submissions.log`).
     pub data_dir: PathBuf,
     /// Largest request body, in bytes (larger: 413).
     pub max_body_bytes: usize,

@@ -139,7 +139,7 @@ pub struct Submissions {
 
 impl Submissions {
     pub fn open(dir: &Path) -> Result<Submissions, SubmissionError> {
-        let db = EmbeddedDb::open(dir, "submissions.redb", &[STRATEGIES, DAGS])?;
+        let db = EmbeddedDb::open(dir, "submissions", &[STRATEGIES, DAGS])?;
         db.on_unwaited_failure(|writes, reason| {
             tracing::warn!(
                 code = "E_STORE",

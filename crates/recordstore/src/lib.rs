@@ -1,53 +1,57 @@
-//! Durable tables of JSON records in an embedded redb file, crash-safe. One writer thread per
-//! file commits writes in the order they were queued, several to a transaction (see `writer`).
-//! Records are JSON values stored under increasing `u64` keys, with the name → key map in
-//! memory: new records append at the right edge of the B-tree, where random ids as keys would
-//! dirty a page per insert and make every commit rewrite much of the file.
+//! Durable tables of JSON records in one append-only log file per store, crash-safe (see
+//! `log` for the format). Every record lives in the caller's memory; the log is read once, when
+//! the store opens. One writer thread per file appends writes in the order they were queued,
+//! several to a frame (see `writer`), and rewrites the file to its live records when it has
+//! grown to twice their size. A redb file left by an earlier version is imported on first open.
 
-use foldhash::HashMap;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use foldhash::{HashMap, HashSet};
 use serde::de::DeserializeOwned;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod legacy;
+mod log;
 mod writer;
+pub use log::LogError;
+use log::{LogFile, TableScan};
 use writer::{Progress, WriteRequest, writer_loop};
 
-/// A JSON-record table under storage keys.
-pub type Table = TableDefinition<'static, u64, &'static [u8]>;
+/// A table of JSON records, named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Table {
+    name: &'static str,
+}
 
-/// Names a table.
+impl Table {
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Names a table (at most 255 bytes).
 pub const fn table(name: &'static str) -> Table {
-    TableDefinition::new(name)
+    assert!(name.len() <= 255, "table names are at most 255 bytes");
+    Table { name }
 }
 
 /// A record's name and its new JSON; `None` deletes it.
 pub type Row = (String, Option<Vec<u8>>);
 
-/// A row under its storage key.
-type KeyedRow = (u64, Option<Vec<u8>>);
-
 /// Why embedded storage failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error("database file {path} could not be opened")]
-    Open {
+    #[error("the record log failed")]
+    Log(#[from] LogError),
+    #[error("the earlier version's database {path} could not be imported")]
+    Legacy {
         path: String,
         #[source]
-        source: redb::DatabaseError,
+        source: redb::Error,
     },
-    #[error("database I/O failed")]
-    Storage(#[from] redb::Error),
     #[error("a stored record could not be encoded or decoded")]
     Codec(#[from] serde_json::Error),
-    #[error("database task failed")]
-    Task(#[from] tokio::task::JoinError),
     #[error("the write was not committed: {reason}")]
     Commit { reason: String },
-}
-
-fn storage<E: Into<redb::Error>>(error: E) -> EmbeddedError {
-    EmbeddedError::Storage(error.into())
 }
 
 /// How a write reaches the disk.
@@ -55,24 +59,10 @@ fn storage<E: Into<redb::Error>>(error: E) -> EmbeddedError {
 pub enum Commit {
     /// On disk when `write` returns.
     Durable,
-    /// Committed with the next durable write (or within a few milliseconds without a flush),
-    /// and on disk with the next durable write or a clean close; lost in a crash before that.
-    /// For records that can be derived again.
+    /// Written with the next durable write (or within a few milliseconds without a sync), and
+    /// on disk with the next durable write or a clean close; lost in a machine crash before
+    /// that. For records that can be derived again.
     Lazy,
-}
-
-/// One table's record names and their storage keys.
-#[derive(Debug, Default)]
-struct Keys {
-    by_name: HashMap<String, u64>,
-    next: u64,
-}
-
-/// What is decided when a write is queued: storage keys, and the write's place in the order.
-#[derive(Debug, Default)]
-struct Queueing {
-    tables: HashMap<String, Keys>,
-    queued: u64,
 }
 
 /// Where the write queue stood at a moment: writes up to `settled` had settled, writes up to
@@ -93,12 +83,25 @@ impl WriteMark {
     }
 }
 
-/// A redb database file of JSON-record tables, written by one thread that groups concurrent
-/// writes into shared commits.
+/// What opening read, handed out table by table (see [`EmbeddedDb::read_all`]).
+#[derive(Debug, Default)]
+struct Loaded {
+    tables: HashMap<String, TableScan>,
+    /// Tables already handed out: reading one again scans the file.
+    taken: HashSet<&'static str>,
+}
+
+/// A log file of JSON-record tables, written by one thread that groups concurrent writes into
+/// shared frames.
 #[derive(Debug)]
 pub struct EmbeddedDb {
-    db: Arc<redb::Database>,
-    keys: Mutex<Queueing>,
+    path: PathBuf,
+    log: Arc<Mutex<LogFile>>,
+    loaded: Mutex<Loaded>,
+    /// A redb file of an earlier version, being imported table by table.
+    legacy: Mutex<Option<legacy::Import>>,
+    /// The last write queued, decided under this lock together with sending it.
+    queued: Mutex<u64>,
     progress: Arc<Progress>,
     writer: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -119,89 +122,122 @@ impl Drop for EmbeddedDb {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl EmbeddedDb {
-    /// Opens (or creates) `dir/file` and makes sure every table exists.
-    pub fn open(dir: &Path, file: &str, tables: &[Table]) -> Result<EmbeddedDb, EmbeddedError> {
-        std::fs::create_dir_all(dir).map_err(|e| storage(redb::StorageError::Io(e)))?;
-        let path = dir.join(file);
-        let db = redb::Database::create(&path).map_err(|source| EmbeddedError::Open {
-            path: path.display().to_string(),
+    /// Opens (or creates) `dir/{stem}.log` holding `tables`. When only `dir/{stem}.redb` (an
+    /// earlier version's file) exists, its tables are imported as [`EmbeddedDb::read_all`]
+    /// reads them; no write is accepted until every table was read.
+    pub fn open(dir: &Path, stem: &str, tables: &[Table]) -> Result<EmbeddedDb, EmbeddedError> {
+        let path = dir.join(format!("{stem}.log"));
+        std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
+            path: dir.display().to_string(),
             source,
         })?;
-        let write = db.begin_write().map_err(storage)?;
-        for table in tables {
-            write.open_table(*table).map_err(storage)?;
-        }
-        write.commit().map_err(storage)?;
-        let db = Arc::new(db);
+        let import = legacy::Import::find(&dir.join(format!("{stem}.redb")), &path, tables)?;
+        let (log, scan) = LogFile::open(&path)?;
+        let log = Arc::new(Mutex::new(log));
         let (sender, requests) = std::sync::mpsc::channel();
-        let writer_db = db.clone();
         let progress = Arc::new(Progress::new());
-        let writer_progress = progress.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("recordstore-{file}"))
-            .spawn(move || writer_loop(writer_db, requests, writer_progress))
-            .map_err(|e| storage(redb::StorageError::Io(e)))?;
+            .name(format!("recordstore-{stem}"))
+            .spawn({
+                let log = log.clone();
+                let progress = progress.clone();
+                move || writer_loop(log, requests, progress)
+            })
+            .map_err(|source| LogError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(EmbeddedDb {
-            db,
-            keys: Mutex::new(Queueing::default()),
+            path,
+            log,
+            loaded: Mutex::new(Loaded {
+                tables: scan.tables,
+                taken: HashSet::default(),
+            }),
+            legacy: Mutex::new(import),
+            queued: Mutex::new(0),
             progress,
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
         })
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, Queueing> {
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Every record of a table, decoded; `name` tells each record's name. A name stored twice
-    /// (a failed commit can leave that behind) resolves to its newest record. Also loads the
-    /// table's storage keys: call it when opening, before any write.
+    /// Every record of a table as on disk, decoded, oldest first. Before any write, the first
+    /// read of each table comes from what opening read; any other read (recovery after a failed
+    /// write) scans the file again, and sees queued writes only once they are written. `name`
+    /// tells each record's name, for records imported from an earlier version.
     pub fn read_all<T: DeserializeOwned>(
         &self,
         table: Table,
         name: impl Fn(&T) -> String,
     ) -> Result<Vec<T>, EmbeddedError> {
-        let (records, keys) = self.scan(table, name)?;
-        self.keys().tables.insert(table.name().to_owned(), keys);
-        Ok(records)
+        if let Some(records) = self.import(table, name)? {
+            return Ok(records);
+        }
+        let scanned = {
+            let mut loaded = lock(&self.loaded);
+            if *lock(&self.queued) == 0 && loaded.taken.insert(table.name) {
+                Some(loaded.tables.remove(table.name).unwrap_or_default())
+            } else {
+                None
+            }
+        };
+        let scanned = match scanned {
+            Some(scanned) => scanned,
+            None => log::scan(&self.path)?
+                .tables
+                .remove(table.name)
+                .unwrap_or_default(),
+        };
+        scanned
+            .into_records()
+            .map(|(_, value)| Ok(serde_json::from_slice(&value)?))
+            .collect()
     }
 
-    /// Every record of a table as on disk now, like [`EmbeddedDb::read_all`] but leaving the
-    /// storage keys alone (queued writes may hold keys the disk does not have yet).
-    pub fn read_records<T: DeserializeOwned>(
+    /// Imports `table` from the earlier version's file, if one is being imported: decodes its
+    /// records, appends them durably under their names, and retires the old file once every
+    /// table is in.
+    fn import<T: DeserializeOwned>(
         &self,
         table: Table,
         name: impl Fn(&T) -> String,
-    ) -> Result<Vec<T>, EmbeddedError> {
-        Ok(self.scan(table, name)?.0)
-    }
-
-    fn scan<T: DeserializeOwned>(
-        &self,
-        table: Table,
-        name: impl Fn(&T) -> String,
-    ) -> Result<(Vec<T>, Keys), EmbeddedError> {
-        let read = self.db.begin_read().map_err(storage)?;
-        let opened = read.open_table(table).map_err(storage)?;
-        let mut records = Vec::new();
-        let mut keys = Keys::default();
-        for entry in opened.iter().map_err(storage)? {
-            let (key, value) = entry.map_err(storage)?;
-            let record: T = serde_json::from_slice(value.value())?;
-            keys.by_name.insert(name(&record), key.value());
-            keys.next = keys.next.max(key.value() + 1);
+    ) -> Result<Option<Vec<T>>, EmbeddedError> {
+        let mut legacy = lock(&self.legacy);
+        let Some(import) = legacy.as_mut() else {
+            return Ok(None);
+        };
+        let Some(values) = import.take(table) else {
+            return Ok(None);
+        };
+        let mut records = Vec::with_capacity(values.len());
+        let mut rows = Vec::with_capacity(values.len());
+        for value in values {
+            let record: T = serde_json::from_slice(&value)?;
+            rows.push((name(&record), value));
             records.push(record);
         }
-        Ok((records, keys))
+        lock(&self.log).append(
+            rows.iter()
+                .map(|(name, value)| (table.name, name.as_str(), Some(value.as_slice()))),
+            true,
+        )?;
+        lock(&self.loaded).taken.insert(table.name);
+        if import.is_done() {
+            legacy.take().expect("import in progress").retire()?;
+        }
+        Ok(Some(records))
     }
 
-    /// Writes every batch in one durable transaction (shared with concurrent writers).
+    /// Writes every batch in one durable commit (shared with concurrent writers).
     pub async fn write(&self, batches: Vec<(Table, Vec<Row>)>) -> Result<(), EmbeddedError> {
         self.write_with(batches, Commit::Durable).await
     }
-
     /// Makes every write before it durable (an empty durable commit, shared with whatever other
     /// writes are waiting).
     pub async fn sync(&self) -> Result<(), EmbeddedError> {
@@ -272,42 +308,23 @@ impl EmbeddedDb {
         reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
         announced: Option<Announced>,
     ) -> Result<(), EmbeddedError> {
-        // Keys are handed out and the write queued under one lock, so the writer applies
-        // writes in the order their keys were decided.
-        let mut queueing = self.keys();
-        let keyed: Vec<(Table, Vec<KeyedRow>)> = batches
-            .into_iter()
-            .map(|(table, rows)| {
-                let keys = queueing.tables.entry(table.name().to_owned()).or_default();
-                let rows = rows
-                    .into_iter()
-                    .filter_map(|(name, value)| match value {
-                        Some(bytes) => {
-                            let key = match keys.by_name.get(&name) {
-                                Some(key) => *key,
-                                None => {
-                                    let key = keys.next;
-                                    keys.next += 1;
-                                    keys.by_name.insert(name, key);
-                                    key
-                                }
-                            };
-                            Some((key, Some(bytes)))
-                        }
-                        None => keys.by_name.remove(&name).map(|key| (key, None)),
-                    })
-                    .collect();
-                (table, rows)
-            })
-            .collect();
-        let seq = queueing.queued + 1;
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if lock(&self.legacy).is_some() {
+            return Err(EmbeddedError::Commit {
+                reason: "an earlier version's file is still being imported: read every table first"
+                    .into(),
+            });
+        }
+        // The sequence number is decided and the write sent under one lock, so the writer
+        // applies writes in sequence order.
+        let mut queued = lock(&self.queued);
+        let seq = *queued + 1;
+        let writer = lock(&self.writer);
         drop(announced);
         let sent = writer.as_ref().is_some_and(|sender| {
             sender
                 .send(WriteRequest {
                     seq,
-                    batches: keyed,
+                    batches,
                     commit,
                     reply,
                 })
@@ -318,10 +335,9 @@ impl EmbeddedDb {
                 reason: "the writer has stopped".into(),
             });
         }
-        queueing.queued = seq;
+        *queued = seq;
         Ok(())
     }
-
     /// Announces a write this caller is about to queue: while announced writes are coming, a
     /// durable commit waits for them (up to a few milliseconds) so that they share it. Drop the
     /// guard once the write is queued, or when it turns out there is none.
@@ -347,7 +363,7 @@ impl EmbeddedDb {
         let settled = *self.progress.settled.borrow();
         WriteMark {
             settled,
-            queued: self.keys().queued,
+            queued: *lock(&self.queued),
         }
     }
 
@@ -369,17 +385,10 @@ impl EmbeddedDb {
         self.progress.settle(mark).await
     }
 
-    /// A cheap read that proves the file answers.
-    pub async fn probe(&self, table: Table) -> Result<(), EmbeddedError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), EmbeddedError> {
-            db.begin_read()
-                .map_err(storage)?
-                .open_table(table)
-                .map_err(storage)?;
-            Ok(())
-        })
-        .await?
+    /// Proves the log is writable: it has not failed a sync, and its file is still there.
+    pub fn probe(&self) -> Result<(), EmbeddedError> {
+        lock(&self.log).check()?;
+        Ok(())
     }
 }
 
@@ -437,7 +446,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
         {
-            let db = Arc::new(EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap());
+            let db = Arc::new(EmbeddedDb::open(dir.path(), "x", &[T]).unwrap());
             let mut writes = tokio::task::JoinSet::new();
             for i in 0..200 {
                 let db = db.clone();
@@ -463,11 +472,57 @@ mod tests {
             .await
             .unwrap();
         }
-        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         assert_eq!(db.read_all(T, name).unwrap().len(), 201);
     }
 
     const T: Table = table("t");
+
+    #[tokio::test]
+    async fn an_earlier_versions_redb_file_is_imported_once_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        const U: Table = table("u");
+        {
+            // The earlier layout: JSON values under increasing u64 keys.
+            let old = redb::Database::create(dir.path().join("x.redb")).unwrap();
+            let write = old.begin_write().unwrap();
+            {
+                let mut t = write
+                    .open_table(redb::TableDefinition::<u64, &[u8]>::new("t"))
+                    .unwrap();
+                t.insert(0, br#"{"name":"b","v":1}"#.as_slice()).unwrap();
+                t.insert(1, br#"{"name":"a","v":2}"#.as_slice()).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        {
+            let db = EmbeddedDb::open(dir.path(), "x", &[T, U]).unwrap();
+            let refused = db.write(vec![(
+                T,
+                rows(&[serde_json::json!({"name": "c"})], name).unwrap(),
+            )]);
+            assert!(
+                refused.await.is_err(),
+                "no write before every table is imported"
+            );
+            let imported: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
+            assert_eq!(imported, ["b", "a"]);
+            assert!(db.read_all(U, name).unwrap().is_empty());
+            db.write(vec![(T, deletions(&["b".to_owned()]))])
+                .await
+                .unwrap();
+        }
+        assert!(!dir.path().join("x.redb").exists());
+        assert!(dir.path().join("x.redb.imported").exists());
+        let db = EmbeddedDb::open(dir.path(), "x", &[T, U]).unwrap();
+        let names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
+        assert_eq!(
+            names,
+            ["a"],
+            "the import and the delete after it are in the log"
+        );
+    }
 
     #[tokio::test]
     async fn a_settle_waits_for_the_writes_it_covers_and_fails_when_one_of_them_failed() {
@@ -501,7 +556,7 @@ mod tests {
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
         let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
         {
-            let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+            let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
             let lazy = db.enqueue(vec![(T, row("lazy"))], Commit::Lazy).unwrap();
             db.write(vec![(T, row("durable"))]).await.unwrap();
             // The durable commit took the lazy write along.
@@ -509,7 +564,7 @@ mod tests {
             // Never waited for: the close commits it.
             db.enqueue(vec![(T, row("left"))], Commit::Lazy).unwrap();
         }
-        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         let mut names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
         names.sort();
         assert_eq!(names, ["durable", "lazy", "left"]);
@@ -520,7 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
         let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
-        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         db.on_unwaited_failure({
             let lost = lost.clone();
@@ -537,7 +592,7 @@ mod tests {
         assert_eq!(lost.load(std::sync::atomic::Ordering::SeqCst), 2);
         db.fail_next_commits(0);
         db.write(vec![(T, row("d"))]).await.unwrap();
-        let names: Vec<String> = db.read_records(T, name).unwrap().iter().map(name).collect();
+        let names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
         assert_eq!(names, ["d"]);
     }
 
@@ -546,7 +601,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
         let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
-        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         let announced = |db: &EmbeddedDb| db.progress.announced();
 
         let first = db.announce();
@@ -561,14 +616,14 @@ mod tests {
         drop(second);
         assert_eq!(announced(&db), 0);
         db.write(vec![(T, row("b"))]).await.unwrap();
-        assert_eq!(db.read_records(T, name).unwrap().len(), 2);
+        assert_eq!(db.read_all(T, name).unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn queued_writes_settle_in_order_and_a_mark_tells_where_the_queue_stands() {
         let dir = tempfile::tempdir().unwrap();
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
-        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         let before = db.mark();
         let pending: Vec<PendingWrite> = (0..50)
             .map(|i| {
@@ -584,7 +639,7 @@ mod tests {
         for write in pending {
             write.wait().await.unwrap();
         }
-        assert_eq!(db.read_records(T, name).unwrap().len(), 50);
+        assert_eq!(db.read_all(T, name).unwrap().len(), 50);
     }
 
     #[tokio::test]
@@ -592,7 +647,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
         {
-            let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+            let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
             assert!(db.read_all(T, name).unwrap().is_empty());
             let records = [
                 serde_json::json!({"name": "b", "v": 1}),
@@ -602,7 +657,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let db = EmbeddedDb::open(dir.path(), "x.redb", &[T]).unwrap();
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         assert_eq!(db.read_all(T, name).unwrap().len(), 2);
         let updated = [
             serde_json::json!({"name": "b", "v": 2}),

@@ -5,19 +5,20 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{Commit, EmbeddedError, KeyedRow, Table, WriteMark};
+use crate::log::LogFile;
+use crate::{Commit, EmbeddedError, Row, Table, WriteMark};
 
 /// One caller's write, handed to the writer thread.
 pub(crate) struct WriteRequest {
     /// Its place in the order writes were queued (the first is 1).
     pub(crate) seq: u64,
-    pub(crate) batches: Vec<(Table, Vec<KeyedRow>)>,
+    pub(crate) batches: Vec<(Table, Vec<Row>)>,
     pub(crate) commit: Commit,
     /// `None` for a write nobody waits for (see `unwaited_failure`).
     pub(crate) reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
-/// Most writes one transaction takes.
+/// Most writes one frame takes.
 const MAX_GROUP: usize = 512;
 
 /// How far the writer has got: the last write settled (committed or failed) and the writes that
@@ -117,20 +118,21 @@ const COMMIT_DELAY: Duration = Duration::from_millis(5);
 /// How often a waiting writer looks again whether announced writes are still coming.
 const ANNOUNCED_POLL: Duration = Duration::from_micros(100);
 
-/// The writer thread: takes every write waiting and applies them all in one transaction, so
+/// The writer thread: takes every write waiting and appends them all as one frame, so
 /// concurrent writers share one commit. A group with a durable write commits durably: at once
 /// when no other write is announced, else once the announced writes have joined it (at most
 /// [`COMMIT_DELAY`] later).
 /// Lazy writes wait (up to [`LAZY_DELAY`]) to ride along with the next durable one, then commit
-/// without a flush. When the queue closes, whatever is left is committed durably.
+/// without a sync. When the queue closes, whatever is left is committed durably. Compaction runs
+/// here too, between commits.
 pub(crate) fn writer_loop(
-    db: Arc<redb::Database>,
+    log: Arc<Mutex<LogFile>>,
     requests: std::sync::mpsc::Receiver<WriteRequest>,
     progress: Arc<Progress>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut writer = Writer {
-        db,
+        log,
         progress,
         group: Vec::new(),
         lazy_since: None,
@@ -170,13 +172,13 @@ pub(crate) fn writer_loop(
 
 /// The writer thread's state between commits.
 struct Writer {
-    db: Arc<redb::Database>,
+    log: Arc<Mutex<LogFile>>,
     progress: Arc<Progress>,
     /// Writes taken and not yet committed, in queue order.
     group: Vec<WriteRequest>,
     /// When the oldest lazy write of `group` arrived.
     lazy_since: Option<Instant>,
-    /// Whether a commit without a flush happened since the last durable one.
+    /// Whether a commit without a sync happened since the last durable one.
     unflushed: bool,
 }
 
@@ -220,7 +222,7 @@ impl Writer {
         let result = if self.progress.take_fault() {
             Err("injected fault: the commit failed".to_owned())
         } else {
-            apply_group(&self.db, &self.group, durable).map_err(|e| e.to_string())
+            self.append_group(durable)
         };
         if result.is_ok() {
             self.unflushed = !durable;
@@ -242,37 +244,37 @@ impl Writer {
             hook(unwaited, reason);
         }
     }
+
+    /// Appends the group's rows as one frame, then compacts the log if it is due.
+    fn append_group(&self, durable: bool) -> Result<(), String> {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = self.group.iter().flat_map(|request| {
+            request.batches.iter().flat_map(|(table, rows)| {
+                rows.iter()
+                    .map(|(name, value)| (table.name(), name.as_str(), value.as_deref()))
+            })
+        });
+        log.append(rows, durable).map_err(|e| error_chain(&e))?;
+        if log.wants_compaction()
+            && let Err(error) = log.compact()
+        {
+            // The log stays as it was: still whole, only larger.
+            tracing::warn!(error = %error_chain(&error), "The record log could not be compacted.");
+        }
+        Ok(())
+    }
 }
 
-fn apply_group(
-    db: &redb::Database,
-    group: &[WriteRequest],
-    durable: bool,
-) -> Result<(), redb::Error> {
-    let mut write = db.begin_write()?;
-    if !durable {
-        write.set_durability(redb::Durability::None)?;
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-    for request in group {
-        for (table, rows) in &request.batches {
-            if rows.is_empty() {
-                continue;
-            }
-            let mut table = write.open_table(*table)?;
-            for (key, value) in rows {
-                match value {
-                    Some(bytes) => {
-                        table.insert(*key, bytes.as_slice())?;
-                    }
-                    None => {
-                        table.remove(*key)?;
-                    }
-                }
-            }
-        }
-    }
-    write.commit()?;
-    Ok(())
+    text
 }
 
 impl std::fmt::Debug for WriteRequest {

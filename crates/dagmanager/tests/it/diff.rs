@@ -306,7 +306,7 @@ async fn queues_the_registry_lost_are_re_created_from_the_graph_at_start() {
     let before = app.diff("lost", &synthetic_dag(4, "lost")).await.unwrap();
     let settings = app.stop().await;
     // The registry writes creations without a flush; losing its file stands for a crash.
-    std::fs::remove_file(settings.data_dir.join("queues.redb")).unwrap();
+    std::fs::remove_file(settings.data_dir.join("queues.log")).unwrap();
 
     let app = spawn_app(settings).await;
     let sizes = app

@@ -6,7 +6,7 @@ use dagmanager::gc::GarbageCollector;
 use dagmanager::metrics::DagManagerMetrics;
 use dagmanager::queues::{EmbeddedQueueAdmin, QueueAdmin};
 use dagmanager::settings::{GcAction, GcPolicy, GcSettings};
-use dagmanager::store::{GraphStore, RedbGraphStore};
+use dagmanager::store::{EmbeddedGraphStore, GraphStore};
 use kit::clock::{Clock, ManualClock};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,7 +25,8 @@ async fn orphans_are_dropped_only_after_ttl_plus_grace_from_their_creation() {
     app.diff("drop", &synthetic_dag(4, "gc-own")).await.unwrap();
     let settings = app.stop().await;
 
-    let store: Arc<dyn GraphStore> = Arc::new(RedbGraphStore::open(&settings.data_dir).unwrap());
+    let store: Arc<dyn GraphStore> =
+        Arc::new(EmbeddedGraphStore::open(&settings.data_dir).unwrap());
     let queues: Arc<dyn QueueAdmin> =
         Arc::new(EmbeddedQueueAdmin::open(&settings.data_dir).unwrap());
     let metrics = DagManagerMetrics::new().unwrap();
