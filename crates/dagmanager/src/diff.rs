@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 use wire::{
-    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, topic_asset, topic_name,
+    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, topic_asset,
+    topic_name_candidates,
 };
 
 use crate::metrics::DagManagerMetrics;
@@ -18,6 +19,18 @@ use crate::parse_cache::ParseCache;
 use crate::queues::{QueueAdmin, QueueAdminError, QueueSpec};
 use crate::settings::{DagManagerSettings, TopicSettings};
 use crate::store::{GraphChanges, GraphStore, NodeRecord, QueueRecord, SentinelRecord, StoreError};
+
+/// A new queue of a DAG being diffed, before it is named.
+struct Unnamed<'a> {
+    /// Its entry in the queue map.
+    slot: usize,
+    /// The node, by index into the DAG's nodes.
+    node: usize,
+    compute_key: Option<&'a str>,
+}
+
+/// Candidate names asked of the graph at once when a queue's first choice is taken.
+const NAME_PROBE_BATCH: usize = 8;
 
 /// One diff request, transport aside.
 #[derive(Debug, Clone, Default)]
@@ -244,6 +257,57 @@ impl DiffEngine {
         })
     }
 
+    /// Topic names for the new queues of a DAG, in order: each takes the first of its
+    /// candidates (see `wire::topic_name`) that neither an earlier new queue of this DAG nor a
+    /// recorded queue (owned or orphan) holds. The graph is asked once for every first choice,
+    /// and again only for a node whose first choice turned out to be taken.
+    async fn name_new_queues(
+        &self,
+        unnamed: &[Unnamed<'_>],
+        dag: &wire::Dag,
+        version: &str,
+        namespace: Option<&TopicNamespace>,
+    ) -> Result<Vec<String>, StoreError> {
+        let candidates = |new: &Unnamed| {
+            let node = &dag.nodes[new.node];
+            topic_name_candidates(
+                &topic_asset(&node.tags),
+                node.node_type(),
+                &node.node_id,
+                version,
+                false,
+                namespace,
+            )
+        };
+        let mut planned: HashSet<String> = HashSet::default();
+        let mut names: Vec<String> = Vec::with_capacity(unnamed.len());
+        for new in unnamed {
+            let name = candidates(new)
+                .find(|c| !planned.contains(c))
+                .expect("the candidates never end");
+            planned.insert(name.clone());
+            names.push(name);
+        }
+        let taken = self.store.queue_names_taken(&names).await?;
+        for (position, _) in taken.iter().enumerate().filter(|(_, taken)| **taken) {
+            // Rare: the node's queue was orphaned before, or a short hash collides.
+            let mut candidates = candidates(&unnamed[position]);
+            names[position] = loop {
+                let batch: Vec<String> = candidates
+                    .by_ref()
+                    .filter(|c| !planned.contains(c))
+                    .take(NAME_PROBE_BATCH)
+                    .collect();
+                let taken = self.store.queue_names_taken(&batch).await?;
+                if let Some((name, _)) = batch.into_iter().zip(taken).find(|(_, taken)| !taken) {
+                    break name;
+                }
+            };
+            planned.insert(names[position].clone());
+        }
+        Ok(names)
+    }
+
     async fn run(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
         if input.strategy_id.trim().is_empty() {
             return Err(DiffError::MissingStrategyId);
@@ -281,8 +345,7 @@ impl DiffEngine {
         let stored = self.store.nodes(&node_ids, &namespace_key).await?;
         let now = self.clock.unix_seconds();
         let mut changes = GraphChanges::default();
-        let mut new_specs: Vec<QueueSpec> = Vec::new();
-        let mut planned_names: HashSet<String> = HashSet::default();
+        let mut unnamed: Vec<Unnamed> = Vec::new();
         let mut queue_map = Vec::with_capacity(order.len());
         let mut buffer_nodes = Vec::new();
         let mut violations: Vec<(String, String, String)> = Vec::new();
@@ -353,51 +416,13 @@ impl DiffEngine {
                     queue_map.push((key, queue.name.clone()));
                 }
                 None => {
-                    let tag = TopicKind::of_node_type(node.node_type()).as_str();
-                    let asset = topic_asset(&node.tags);
-                    let digest = node
-                        .node_id
-                        .strip_prefix(wire::HASH_PREFIX)
-                        .unwrap_or(&node.node_id);
-                    let stem = format!(
-                        "{}{asset}_{}_{}",
-                        if namespace_key.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{namespace_key}.")
-                        },
-                        node.node_type(),
-                        &digest[..digest.len().min(8)]
-                    );
-                    let taken: HashSet<String> = self
-                        .store
-                        .queue_names_with_prefix(&stem)
-                        .await?
-                        .into_iter()
-                        .collect();
-                    let name = topic_name(
-                        &asset,
-                        node.node_type(),
-                        &node.node_id,
-                        &version,
-                        false,
-                        namespace.as_ref(),
-                        |candidate| taken.contains(candidate) || planned_names.contains(candidate),
-                    );
-                    planned_names.insert(name.clone());
-                    new_specs.push(self.settings.queue_spec(&name, tag));
-                    changes.queues.push(QueueRecord {
-                        name: name.clone(),
-                        node_id: Some(node.node_id.clone()),
-                        namespace: namespace_key.clone(),
-                        tag: tag.to_owned(),
-                        interval: node.fields.interval,
-                        tags: node.tags.clone(),
-                        created_at: now,
-                        compute_keys: compute_key.iter().map(|k| (*k).to_owned()).collect(),
-                        orphaned_at: None,
+                    // Named below, once every new queue of this DAG is known.
+                    unnamed.push(Unnamed {
+                        slot: queue_map.len(),
+                        node: i,
+                        compute_key,
                     });
-                    queue_map.push((key, name));
+                    queue_map.push((key, String::new()));
                 }
             }
         }
@@ -418,6 +443,28 @@ impl DiffEngine {
                 compute_key,
                 others: violations.len() - 1,
             });
+        }
+
+        let names = self
+            .name_new_queues(&unnamed, dag, &version, namespace.as_ref())
+            .await?;
+        let mut new_specs: Vec<QueueSpec> = Vec::with_capacity(unnamed.len());
+        for (new, name) in unnamed.iter().zip(names) {
+            let node = &dag.nodes[new.node];
+            let tag = TopicKind::of_node_type(node.node_type()).as_str();
+            new_specs.push(self.settings.queue_spec(&name, tag));
+            changes.queues.push(QueueRecord {
+                name: name.clone(),
+                node_id: Some(node.node_id.clone()),
+                namespace: namespace_key.clone(),
+                tag: tag.to_owned(),
+                interval: node.fields.interval,
+                tags: node.tags.clone(),
+                created_at: now,
+                compute_keys: new.compute_key.iter().map(|k| (*k).to_owned()).collect(),
+                orphaned_at: None,
+            });
+            queue_map[new.slot].1 = name;
         }
 
         if !new_specs.is_empty()
@@ -540,5 +587,34 @@ mod tests {
         let after_restart = engine.diff(input("b", &lost)).await.unwrap();
         assert_eq!(after_restart.queue_map, redone.queue_map);
         assert_eq!(after_restart.new_nodes, 0);
+    }
+
+    /// A node whose queue was orphaned (its strategy released) gets a new queue when it comes
+    /// back, under the next free name: the orphan keeps its own until GC drops it.
+    #[tokio::test]
+    async fn a_returning_node_whose_queue_is_an_orphan_gets_the_next_free_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, store) = engine(dir.path());
+        let dag = test_support::synthetic_dag(3, "returning");
+        let first = engine.diff(input("a", &dag)).await.unwrap();
+        let orphaned = engine.release_strategy("a").await.unwrap();
+        assert_eq!(orphaned.len(), 3);
+
+        let again = engine.diff(input("b", &dag)).await.unwrap();
+        assert_eq!(again.new_nodes, 3);
+        for ((_, old), (_, new)) in first.queue_map.iter().zip(&again.queue_map) {
+            assert_ne!(old, new, "the orphan keeps its name");
+            // The short hash grew by two digits: `{asset}_{type}_{short}_{version}`.
+            let short = |name: &str| name.rsplit('_').nth(1).unwrap().len();
+            assert_eq!(short(new), short(old) + 2, "{old} -> {new}");
+        }
+        let names: HashSet<String> = store
+            .queues()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|q| q.name)
+            .collect();
+        assert_eq!(names.len(), 6, "three orphans and three new queues");
     }
 }

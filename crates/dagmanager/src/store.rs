@@ -135,8 +135,8 @@ pub trait GraphStore: Send + Sync + std::fmt::Debug {
         node_ids: &[&str],
         namespace: &str,
     ) -> Result<Vec<Option<StoredNode>>, StoreError>;
-    /// Names of recorded queues (owned or orphan) that start with `prefix`.
-    async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// For each of `names`, whether a queue (owned or orphan) is recorded under it.
+    async fn queue_names_taken(&self, names: &[String]) -> Result<Vec<bool>, StoreError>;
     /// Queues of nodes whose tags match (`any` or `all`) and whose interval is `interval` (0: any).
     async fn queues_by_tags(
         &self,
@@ -172,8 +172,6 @@ struct Index {
     bindings: HashMap<String, HashMap<String, String>>,
     /// node_id -> sentinels that reference it.
     users: HashMap<String, BTreeSet<String>>,
-    /// Every queue name, ordered for prefix scans when naming new topics.
-    queue_names: BTreeSet<String>,
 }
 
 impl Index {
@@ -185,7 +183,6 @@ impl Index {
                 .or_default()
                 .insert(queue.namespace.clone(), queue.name.clone());
         }
-        self.queue_names.insert(queue.name.clone());
         self.queues.insert(queue.name.clone(), Arc::new(queue));
     }
 
@@ -205,7 +202,6 @@ impl Index {
 
     fn remove_queue(&mut self, name: &str) {
         self.unbind(name);
-        self.queue_names.remove(name);
         self.queues.remove(name);
     }
 
@@ -328,16 +324,11 @@ impl GraphStore for EmbeddedGraphStore {
             .collect())
     }
 
-    async fn queue_names_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    async fn queue_names_taken(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
         let index = self.read_index();
-        Ok(index
-            .queue_names
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|name| name.starts_with(prefix))
-            .cloned()
+        Ok(names
+            .iter()
+            .map(|name| index.queues.contains_key(name))
             .collect())
     }
 

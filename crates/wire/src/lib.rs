@@ -15,7 +15,9 @@ pub use context::{ComputeContext, Domain, compute_key, partition_key};
 pub use dag::{Dag, DagLimits, Sentinel, parse_dag, topological_order};
 pub use error::{DagError, ErrorCode};
 pub use node::{Node, NodeFields, crc32_chain, node_id_of};
-pub use topic::{TopicKind, TopicNamespace, normalize_label, topic_asset, topic_name};
+pub use topic::{
+    TopicKind, TopicNamespace, normalize_label, topic_asset, topic_name, topic_name_candidates,
+};
 
 /// The prefix of every node id and compute key.
 pub const HASH_PREFIX: &str = "blake3:";

@@ -96,30 +96,45 @@ pub fn topic_name(
     namespace: Option<&TopicNamespace>,
     is_taken: impl Fn(&str) -> bool,
 ) -> String {
-    let digest = node_id.strip_prefix(HASH_PREFIX).unwrap_or(node_id);
+    topic_name_candidates(asset, node_type, node_id, version, dry_run, namespace)
+        .find(|name| !is_taken(name))
+        .expect("the candidates never end")
+}
+
+/// Every name [`topic_name`] may pick for a node, in the order it tries them (endless).
+pub fn topic_name_candidates(
+    asset: &str,
+    node_type: &str,
+    node_id: &str,
+    version: &str,
+    dry_run: bool,
+    namespace: Option<&TopicNamespace>,
+) -> impl Iterator<Item = String> + use<> {
+    let digest = node_id
+        .strip_prefix(HASH_PREFIX)
+        .unwrap_or(node_id)
+        .to_owned();
     let prefix = namespace
         .map(TopicNamespace::prefix)
         .filter(|p| !p.is_empty())
         .map(|p| format!("{p}."))
         .unwrap_or_default();
     let suffix = if dry_run { "_sim" } else { "" };
-    let build = |short: &str| format!("{prefix}{asset}_{node_type}_{short}_{version}{suffix}");
-    let mut length = 8.min(digest.len());
-    loop {
-        let name = build(&digest[..length]);
-        if !is_taken(&name) {
-            return name;
-        }
-        if length >= digest.len() {
-            break;
-        }
-        length = (length + 2).min(digest.len());
-    }
-    let base = build(digest);
-    (1..)
-        .map(|n| format!("{base}-{n}"))
-        .find(|name| !is_taken(name))
-        .unwrap_or(base)
+    let build = {
+        let (asset, node_type, version) =
+            (asset.to_owned(), node_type.to_owned(), version.to_owned());
+        move |short: &str| format!("{prefix}{asset}_{node_type}_{short}_{version}{suffix}")
+    };
+    let full = digest.len();
+    let shorts = std::iter::successors(Some(8.min(full)), move |&length| {
+        (length < full).then(|| (length + 2).min(full))
+    })
+    .map({
+        let (build, digest) = (build.clone(), digest.clone());
+        move |length| build(&digest[..length])
+    });
+    let suffixed = (1..).map(move |n| format!("{}-{n}", build(&digest)));
+    shorts.chain(suffixed)
 }
 
 #[cfg(test)]
