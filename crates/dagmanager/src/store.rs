@@ -175,7 +175,7 @@ struct Index {
 }
 
 impl Index {
-    fn put_queue(&mut self, queue: QueueRecord) {
+    fn put_queue(&mut self, queue: Arc<QueueRecord>) {
         self.unbind(&queue.name);
         if let Some(node_id) = &queue.node_id {
             self.bindings
@@ -183,7 +183,7 @@ impl Index {
                 .or_default()
                 .insert(queue.namespace.clone(), queue.name.clone());
         }
-        self.queues.insert(queue.name.clone(), Arc::new(queue));
+        self.queues.insert(queue.name.clone(), queue);
     }
 
     /// Forgets which node a queue belongs to (the queue record itself stays).
@@ -260,7 +260,7 @@ impl EmbeddedGraphStore {
             index.nodes.insert(node.node_id.clone(), Arc::new(node));
         }
         for queue in db.read_all(QUEUES, |q: &QueueRecord| q.name.clone())? {
-            index.put_queue(queue);
+            index.put_queue(Arc::new(queue));
         }
         for sentinel in db.read_all(SENTINELS, |s: &SentinelRecord| s.sentinel_id.clone())? {
             index.put_sentinel(sentinel);
@@ -355,19 +355,27 @@ impl GraphStore for EmbeddedGraphStore {
         if changes.is_empty() {
             return Ok(self.db.mark());
         }
-        let nodes = embedded::rows(&changes.nodes, |n| n.node_id.clone())?;
-        let queues = embedded::rows(&changes.queues, |q| q.name.clone())?;
+        // Records are shared with the writer thread, which encodes them while the index is
+        // updated here.
+        let nodes: Vec<Arc<NodeRecord>> = changes.nodes.into_iter().map(Arc::new).collect();
+        let queues: Vec<Arc<QueueRecord>> = changes.queues.into_iter().map(Arc::new).collect();
+        let node_rows = embedded::shared_rows(&nodes, |n| n.node_id.clone());
+        let queue_rows = embedded::shared_rows(&queues, |q| q.name.clone());
         let sentinels = embedded::rows(changes.sentinel.as_slice(), |s| s.sentinel_id.clone())?;
         // Queued and published under the index lock, so readers never see a write that was
         // queued after one they cannot see.
         let mut index = self.write_index();
-        let batches = vec![(NODES, nodes), (QUEUES, queues), (SENTINELS, sentinels)];
+        let batches = vec![
+            (NODES, node_rows),
+            (QUEUES, queue_rows),
+            (SENTINELS, sentinels),
+        ];
         self.db
             .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
-        for node in changes.nodes {
-            index.nodes.insert(node.node_id.clone(), Arc::new(node));
+        for node in nodes {
+            index.nodes.insert(node.node_id.clone(), node);
         }
-        for queue in changes.queues {
+        for queue in queues {
             index.put_queue(queue);
         }
         if let Some(sentinel) = changes.sentinel {
@@ -483,7 +491,7 @@ impl GraphStore for EmbeddedGraphStore {
         }
         let names = orphaned.iter().map(|q| q.name.clone()).collect();
         for queue in orphaned {
-            index.put_queue(queue);
+            index.put_queue(Arc::new(queue));
         }
         Ok(names)
     }

@@ -186,7 +186,13 @@ impl Submissions {
             DagRow::encode(&record.strategy_id, &record.dag_json).map_err(EmbeddedError::from)?;
         Ok(vec![
             (STRATEGIES, Self::rows(record)?),
-            (DAGS, vec![(record.strategy_id.clone(), Some(dag))]),
+            (
+                DAGS,
+                vec![(
+                    record.strategy_id.clone(),
+                    Some(recordstore::Value::Json(dag)),
+                )],
+            ),
         ])
     }
 
@@ -379,7 +385,7 @@ mod tests {
                 .db
                 .write(vec![(
                     STRATEGIES,
-                    vec![("old".to_owned(), Some(legacy_row))],
+                    vec![("old".to_owned(), Some(recordstore::Value::Json(legacy_row)))],
                 )])
                 .await
                 .unwrap();

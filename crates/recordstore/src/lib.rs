@@ -34,8 +34,45 @@ pub const fn table(name: &'static str) -> Table {
     Table { name }
 }
 
-/// A record's name and its new JSON; `None` deletes it.
-pub type Row = (String, Option<Vec<u8>>);
+/// A record's name and its new value; `None` deletes it.
+pub type Row = (String, Option<Value>);
+
+/// A record's new value: its JSON, or the record itself, which the writer thread encodes (off
+/// the caller's path) when it writes the commit.
+#[derive(Clone)]
+pub enum Value {
+    Json(Vec<u8>),
+    Record(Arc<dyn EncodeJson>),
+}
+
+impl Value {
+    pub(crate) fn value_ref(&self) -> log::ValueRef<'_> {
+        match self {
+            Value::Json(bytes) => log::ValueRef::Bytes(bytes),
+            Value::Record(record) => log::ValueRef::Record(record.as_ref()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Json(bytes) => write!(f, "Json({} bytes)", bytes.len()),
+            Value::Record(_) => f.write_str("Record(..)"),
+        }
+    }
+}
+
+/// A record the writer thread can encode as JSON: anything `Serialize`.
+pub trait EncodeJson: Send + Sync {
+    fn encode_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+}
+
+impl<T: serde::Serialize + Send + Sync> EncodeJson for T {
+    fn encode_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
+    }
+}
 
 /// Why embedded storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -223,8 +260,9 @@ impl EmbeddedDb {
             records.push(record);
         }
         lock(&self.log).append(
-            rows.iter()
-                .map(|(name, value)| (table.name, name.as_str(), Some(value.as_slice()))),
+            rows.iter().map(|(name, value)| {
+                (table.name, name.as_str(), Some(log::ValueRef::Bytes(value)))
+            }),
             true,
         )?;
         lock(&self.loaded).taken.insert(table.name);
@@ -428,7 +466,18 @@ pub fn rows<T: serde::Serialize>(
 ) -> Result<Vec<Row>, EmbeddedError> {
     records
         .iter()
-        .map(|record| Ok((name(record), Some(serde_json::to_vec(record)?))))
+        .map(|record| Ok((name(record), Some(Value::Json(serde_json::to_vec(record)?)))))
+        .collect()
+}
+
+/// Rows of shared records named by `name`, encoded by the writer thread.
+pub fn shared_rows<T: serde::Serialize + Send + Sync + 'static>(
+    records: &[Arc<T>],
+    name: impl Fn(&T) -> String,
+) -> Vec<Row> {
+    records
+        .iter()
+        .map(|record| (name(record), Some(Value::Record(record.clone()))))
         .collect()
 }
 
@@ -477,6 +526,25 @@ mod tests {
     }
 
     const T: Table = table("t");
+
+    #[tokio::test]
+    async fn shared_records_are_encoded_by_the_writer_and_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
+        let records: Vec<Arc<serde_json::Value>> = (0..3)
+            .map(|i| Arc::new(serde_json::json!({"name": format!("s{i}"), "v": i})))
+            .collect();
+        {
+            let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
+            db.write(vec![(T, shared_rows(&records, name))])
+                .await
+                .unwrap();
+        }
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
+        let read: Vec<serde_json::Value> = db.read_all(T, name).unwrap();
+        let written: Vec<serde_json::Value> = records.iter().map(|r| (**r).clone()).collect();
+        assert_eq!(read, written);
+    }
 
     #[tokio::test]
     async fn an_earlier_versions_redb_file_is_imported_once_and_kept_aside() {

@@ -43,6 +43,11 @@ pub enum LogError {
     },
     #[error("{path} is not a record log (unknown header)")]
     NotALog { path: String },
+    #[error("a record could not be encoded")]
+    Encode {
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("the log {path} stopped accepting writes after a failed sync: {reason}")]
     Poisoned { path: String, reason: String },
 }
@@ -187,22 +192,44 @@ fn sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     split(rest, u32::from_le_bytes(len.try_into().ok()?) as usize)
 }
 
-/// Appends one row to a frame payload being built.
-pub(crate) fn encode_row(buf: &mut Vec<u8>, table: &str, name: &str, value: Option<&[u8]>) {
+/// A row's value as a frame takes it: bytes ready, or a record to encode into the frame.
+#[derive(Clone, Copy)]
+pub(crate) enum ValueRef<'a> {
+    Bytes(&'a [u8]),
+    Record(&'a dyn crate::EncodeJson),
+}
+
+/// Appends one row to a frame payload being built; returns the bytes the row takes (0 for a
+/// deletion).
+pub(crate) fn encode_row(
+    buf: &mut Vec<u8>,
+    table: &str,
+    name: &str,
+    value: Option<ValueRef<'_>>,
+) -> Result<u64, serde_json::Error> {
+    let start = buf.len();
     buf.push(if value.is_some() { PUT } else { DELETE });
     buf.push(table.len() as u8);
     buf.extend_from_slice(table.as_bytes());
     buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
     buf.extend_from_slice(name.as_bytes());
-    if let Some(value) = value {
-        buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        buf.extend_from_slice(value);
+    let Some(value) = value else {
+        return Ok(0);
+    };
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    match value {
+        ValueRef::Bytes(bytes) => buf.extend_from_slice(bytes),
+        ValueRef::Record(record) => {
+            if let Err(e) = record.encode_json(buf) {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
     }
-}
-
-/// Bytes a live row takes in a frame, for deciding when to compact.
-fn row_size(table: &str, name: &str, value: &[u8]) -> u64 {
-    (2 + table.len() + 4 + name.len() + 4 + value.len()) as u64
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok((buf.len() - start) as u64)
 }
 
 /// The writer's handle on the log: appends frames and compacts.
@@ -215,6 +242,8 @@ pub(crate) struct LogFile {
     /// Size of each live row by a hash of (table, name), summed in `live_bytes`; a hash
     /// collision only skews when compaction runs.
     live: HashMap<u64, u64>,
+    /// The rows of the frame under construction: (hash, size or `None` for a deletion).
+    sizes: Vec<(u64, Option<u64>)>,
     live_bytes: u64,
     hasher: foldhash::fast::FixedState,
     /// Set when a sync failed: what reached the disk is then unknown until the log is reopened.
@@ -255,6 +284,7 @@ impl LogFile {
             file,
             len: scan.good_len,
             live: HashMap::default(),
+            sizes: Vec::new(),
             live_bytes: 0,
             hasher: foldhash::fast::FixedState::with_seed(0),
             poisoned: None,
@@ -269,20 +299,25 @@ impl LogFile {
         self.live_bytes = 0;
         for (table, rows) in &scan.tables {
             for (name, value) in rows.live() {
-                self.track(table, name, Some(value));
+                // As `encode_row` would size it.
+                let size = (2 + table.len() + 4 + name.len() + 4 + value.len()) as u64;
+                self.track(self.key(table, name), Some(size));
             }
         }
     }
 
-    fn track(&mut self, table: &str, name: &str, value: Option<&[u8]>) {
+    fn key(&self, table: &str, name: &str) -> u64 {
         use std::hash::BuildHasher;
-        let key = self.hasher.hash_one((table, name));
-        let old = match value {
-            Some(value) => self.live.insert(key, row_size(table, name, value)),
+        self.hasher.hash_one((table, name))
+    }
+
+    fn track(&mut self, key: u64, size: Option<u64>) {
+        let old = match size {
+            Some(size) => self.live.insert(key, size),
             None => self.live.remove(&key),
         };
         self.live_bytes -= old.unwrap_or(0);
-        self.live_bytes += value.map_or(0, |v| row_size(table, name, v));
+        self.live_bytes += size.unwrap_or(0);
     }
 
     /// Fails if the log stopped accepting writes, or its file is gone.
@@ -301,7 +336,7 @@ impl LogFile {
     /// `durable`. On failure nothing of it counts: the file is cut back to where it was.
     pub(crate) fn append<'a>(
         &mut self,
-        rows: impl Iterator<Item = (&'a str, &'a str, Option<&'a [u8]>)> + Clone,
+        rows: impl Iterator<Item = (&'a str, &'a str, Option<ValueRef<'a>>)>,
         durable: bool,
     ) -> Result<(), LogError> {
         if let Some(reason) = &self.poisoned {
@@ -313,8 +348,17 @@ impl LogFile {
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         frame.extend_from_slice(&[0; FRAME_HEADER as usize]);
-        for (table, name, value) in rows.clone() {
-            encode_row(&mut frame, table, name, value);
+        let mut sizes = std::mem::take(&mut self.sizes);
+        sizes.clear();
+        for (table, name, value) in rows {
+            match encode_row(&mut frame, table, name, value) {
+                Ok(size) => sizes.push((self.key(table, name), value.map(|_| size))),
+                Err(source) => {
+                    self.frame = frame;
+                    self.sizes = sizes;
+                    return Err(LogError::Encode { source });
+                }
+            }
         }
         let written = if frame.len() as u64 == FRAME_HEADER {
             Ok(())
@@ -342,10 +386,11 @@ impl LogFile {
         }
         if appended > 0 {
             self.len += FRAME_HEADER + appended;
-            for (table, name, value) in rows {
-                self.track(table, name, value);
+            for &(key, size) in &sizes {
+                self.track(key, size);
             }
         }
+        self.sizes = sizes;
         Ok(())
     }
 
@@ -376,7 +421,8 @@ impl LogFile {
             };
             for (table, rows) in &scan.tables {
                 for (name, value) in rows.live() {
-                    encode_row(&mut frame, table, name, Some(value));
+                    encode_row(&mut frame, table, name, Some(ValueRef::Bytes(value)))
+                        .expect("bytes always encode");
                     if frame.len() >= SNAPSHOT_FRAME {
                         flush(&mut frame, &mut offset)?;
                     }
@@ -435,7 +481,7 @@ mod tests {
         let path = dir.path().join("t.log");
         {
             let (mut log, _) = LogFile::open(&path).unwrap();
-            let put = |n: &'static str, v: &'static [u8]| ("t", n, Some(v));
+            let put = |n: &'static str, v: &'static [u8]| ("t", n, Some(ValueRef::Bytes(v)));
             log.append([put("b", b"1"), put("a", b"1")].into_iter(), true)
                 .unwrap();
             log.append([put("b", b"2"), put("c", b"1")].into_iter(), false)
@@ -458,11 +504,17 @@ mod tests {
         let path = dir.path().join("t.log");
         let good_len = {
             let (mut log, _) = LogFile::open(&path).unwrap();
-            log.append([("t", "kept", Some(&b"v"[..]))].into_iter(), true)
-                .unwrap();
+            log.append(
+                [("t", "kept", Some(ValueRef::Bytes(b"v")))].into_iter(),
+                true,
+            )
+            .unwrap();
             let good_len = log.len;
-            log.append([("t", "torn", Some(&b"w"[..]))].into_iter(), true)
-                .unwrap();
+            log.append(
+                [("t", "torn", Some(ValueRef::Bytes(b"w")))].into_iter(),
+                true,
+            )
+            .unwrap();
             good_len
         };
         let full = std::fs::read(&path).unwrap();
@@ -500,7 +552,7 @@ mod tests {
         for round in 0..20_000 {
             let name = format!("r{}", round % 10);
             log.append(
-                [("t", name.as_str(), Some(value.as_slice()))].into_iter(),
+                [("t", name.as_str(), Some(ValueRef::Bytes(value.as_slice())))].into_iter(),
                 false,
             )
             .unwrap();
@@ -510,8 +562,11 @@ mod tests {
         log.compact().unwrap();
         assert!(!log.wants_compaction());
         assert!(log.len < 20_000, "compacted to {} bytes", log.len);
-        log.append([("t", "after", Some(&b"x"[..]))].into_iter(), true)
-            .unwrap();
+        log.append(
+            [("t", "after", Some(ValueRef::Bytes(b"x")))].into_iter(),
+            true,
+        )
+        .unwrap();
         drop(log);
         let (_, scan) = LogFile::open(&path).unwrap();
         let names: Vec<String> = rows(&scan, "t").into_iter().map(|(n, _)| n).collect();

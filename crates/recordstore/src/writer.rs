@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log::LogFile;
-use crate::{Commit, EmbeddedError, Row, Table, WriteMark};
+use crate::{Commit, EmbeddedError, Row, Table, Value, WriteMark};
 
 /// One caller's write, handed to the writer thread.
 pub(crate) struct WriteRequest {
@@ -250,8 +250,13 @@ impl Writer {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let rows = self.group.iter().flat_map(|request| {
             request.batches.iter().flat_map(|(table, rows)| {
-                rows.iter()
-                    .map(|(name, value)| (table.name(), name.as_str(), value.as_deref()))
+                rows.iter().map(|(name, value)| {
+                    (
+                        table.name(),
+                        name.as_str(),
+                        value.as_ref().map(Value::value_ref),
+                    )
+                })
             })
         });
         log.append(rows, durable).map_err(|e| error_chain(&e))?;

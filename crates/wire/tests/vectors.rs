@@ -197,3 +197,41 @@ fn integers_arrive_as_numbers_numeric_strings_or_integral_floats() {
         assert_eq!(node_id_of(&variant).unwrap(), id, "{variant}");
     }
 }
+
+/// Of several nodes whose ids do not match, the first in document order is named.
+#[test]
+fn a_dag_with_bad_nodes_reports_the_first_in_document_order() {
+    let node = |i: usize| {
+        let mut node = serde_json::json!({
+            "node_type": "SMA", "interval": 60, "period": i, "params": {"i": i},
+            "inputs": [], "code_hash": "c", "schema_hash": "s", "schema_compat_id": "s1",
+        });
+        node["node_id"] = Value::from(node_id_of(&node).unwrap());
+        node
+    };
+    let mut nodes: Vec<Value> = (0..600).map(node).collect();
+    let dag = |nodes: &[Value]| serde_json::json!({"schema_version": "v1", "nodes": nodes});
+    assert_eq!(
+        parse_dag(&dag(&nodes).to_string(), DagLimits::default(), true)
+            .unwrap()
+            .nodes
+            .len(),
+        600
+    );
+    let forge = |node: &mut Value| node["period"] = Value::from(9999);
+    forge(&mut nodes[550]);
+    let late = parse_dag(&dag(&nodes).to_string(), DagLimits::default(), true).unwrap_err();
+    assert!(
+        late.to_string()
+            .contains(nodes[550]["node_id"].as_str().unwrap()),
+        "{late}"
+    );
+    forge(&mut nodes[10]);
+    let early = parse_dag(&dag(&nodes).to_string(), DagLimits::default(), true).unwrap_err();
+    assert!(
+        early
+            .to_string()
+            .contains(nodes[10]["node_id"].as_str().unwrap()),
+        "{early}"
+    );
+}
