@@ -268,21 +268,26 @@ impl DiffEngine {
         version: &str,
         namespace: Option<&TopicNamespace>,
     ) -> Result<Vec<String>, StoreError> {
-        let candidates = |new: &Unnamed| {
-            let node = &dag.nodes[new.node];
+        let prefix = namespace.map(TopicNamespace::prefix).unwrap_or_default();
+        let assets: Vec<String> = unnamed
+            .iter()
+            .map(|new| topic_asset(&dag.nodes[new.node].tags))
+            .collect();
+        let candidates = |position: usize| {
+            let node = &dag.nodes[unnamed[position].node];
             topic_name_candidates(
-                &topic_asset(&node.tags),
+                &prefix,
+                &assets[position],
                 node.node_type(),
                 &node.node_id,
                 version,
                 false,
-                namespace,
             )
         };
         let mut planned: HashSet<String> = HashSet::default();
         let mut names: Vec<String> = Vec::with_capacity(unnamed.len());
-        for new in unnamed {
-            let name = candidates(new)
+        for position in 0..unnamed.len() {
+            let name = candidates(position)
                 .find(|c| !planned.contains(c))
                 .expect("the candidates never end");
             planned.insert(name.clone());
@@ -291,7 +296,7 @@ impl DiffEngine {
         let taken = self.store.queue_names_taken(&names).await?;
         for (position, _) in taken.iter().enumerate().filter(|(_, taken)| **taken) {
             // Rare: the node's queue was orphaned before, or a short hash collides.
-            let mut candidates = candidates(&unnamed[position]);
+            let mut candidates = candidates(position);
             names[position] = loop {
                 let batch: Vec<String> = candidates
                     .by_ref()

@@ -92,7 +92,7 @@ const QUEUES: Table = embedded::table("queues");
 #[derive(Debug, Clone)]
 pub struct EmbeddedQueueAdmin {
     db: Arc<EmbeddedDb>,
-    queues: Arc<RwLock<foldhash::HashMap<String, BrokerQueue>>>,
+    queues: Arc<RwLock<foldhash::HashMap<String, Arc<BrokerQueue>>>>,
 }
 
 impl EmbeddedQueueAdmin {
@@ -128,7 +128,7 @@ impl EmbeddedQueueAdmin {
         let queues = db
             .read_all(QUEUES, |q: &BrokerQueue| q.spec.name.clone())?
             .into_iter()
-            .map(|q| (q.spec.name.clone(), q))
+            .map(|q| (q.spec.name.clone(), Arc::new(q)))
             .collect();
         Ok(EmbeddedQueueAdmin {
             db: Arc::new(db),
@@ -136,7 +136,7 @@ impl EmbeddedQueueAdmin {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, foldhash::HashMap<String, BrokerQueue>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, foldhash::HashMap<String, Arc<BrokerQueue>>> {
         self.queues.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -156,22 +156,23 @@ impl EmbeddedQueueAdmin {
 impl QueueAdmin for EmbeddedQueueAdmin {
     async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError> {
         self.check(specs)?;
-        let mut new = Vec::new();
-        {
+        let new: Vec<Arc<BrokerQueue>> = {
             let queues = self.read();
-            for spec in specs {
-                if !queues.contains_key(&spec.name) {
-                    new.push(BrokerQueue {
+            specs
+                .iter()
+                .filter(|spec| !queues.contains_key(&spec.name))
+                .map(|spec| {
+                    Arc::new(BrokerQueue {
                         spec: spec.clone(),
                         created_at: now,
-                    });
-                }
-            }
-        }
+                    })
+                })
+                .collect()
+        };
         if new.is_empty() {
             return Ok(());
         }
-        self.write_rows_lazily(embedded::rows(&new, |q| q.spec.name.clone())?)?;
+        self.write_rows_lazily(embedded::shared_rows(&new, |q| q.spec.name.clone()))?;
         let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
         for queue in new {
             queues.insert(queue.spec.name.clone(), queue);
@@ -184,7 +185,11 @@ impl QueueAdmin for EmbeddedQueueAdmin {
     }
 
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError> {
-        let mut queues: Vec<BrokerQueue> = self.read().values().cloned().collect();
+        let mut queues: Vec<BrokerQueue> = self
+            .read()
+            .values()
+            .map(|q| BrokerQueue::clone(q))
+            .collect();
         queues.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(queues)
     }

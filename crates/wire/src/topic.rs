@@ -96,45 +96,33 @@ pub fn topic_name(
     namespace: Option<&TopicNamespace>,
     is_taken: impl Fn(&str) -> bool,
 ) -> String {
-    topic_name_candidates(asset, node_type, node_id, version, dry_run, namespace)
+    let prefix = namespace.map(TopicNamespace::prefix).unwrap_or_default();
+    topic_name_candidates(&prefix, asset, node_type, node_id, version, dry_run)
         .find(|name| !is_taken(name))
         .expect("the candidates never end")
 }
 
-/// Every name [`topic_name`] may pick for a node, in the order it tries them (endless).
-pub fn topic_name_candidates(
-    asset: &str,
-    node_type: &str,
-    node_id: &str,
-    version: &str,
+/// Every name [`topic_name`] may pick for a node, in the order it tries them (endless);
+/// `prefix` is the namespace's ([`TopicNamespace::prefix`], empty for none).
+pub fn topic_name_candidates<'a>(
+    prefix: &'a str,
+    asset: &'a str,
+    node_type: &'a str,
+    node_id: &'a str,
+    version: &'a str,
     dry_run: bool,
-    namespace: Option<&TopicNamespace>,
-) -> impl Iterator<Item = String> + use<> {
-    let digest = node_id
-        .strip_prefix(HASH_PREFIX)
-        .unwrap_or(node_id)
-        .to_owned();
-    let prefix = namespace
-        .map(TopicNamespace::prefix)
-        .filter(|p| !p.is_empty())
-        .map(|p| format!("{p}."))
-        .unwrap_or_default();
+) -> impl Iterator<Item = String> + 'a {
+    let digest = node_id.strip_prefix(HASH_PREFIX).unwrap_or(node_id);
+    let dot = if prefix.is_empty() { "" } else { "." };
     let suffix = if dry_run { "_sim" } else { "" };
-    let build = {
-        let (asset, node_type, version) =
-            (asset.to_owned(), node_type.to_owned(), version.to_owned());
-        move |short: &str| format!("{prefix}{asset}_{node_type}_{short}_{version}{suffix}")
-    };
+    let build =
+        move |short: &str| format!("{prefix}{dot}{asset}_{node_type}_{short}_{version}{suffix}");
     let full = digest.len();
-    let shorts = std::iter::successors(Some(8.min(full)), move |&length| {
+    std::iter::successors(Some(8.min(full)), move |&length| {
         (length < full).then(|| (length + 2).min(full))
     })
-    .map({
-        let (build, digest) = (build.clone(), digest.clone());
-        move |length| build(&digest[..length])
-    });
-    let suffixed = (1..).map(move |n| format!("{}-{n}", build(&digest)));
-    shorts.chain(suffixed)
+    .map(move |length| build(&digest[..length]))
+    .chain((1..).map(move |n| format!("{}-{n}", build(digest))))
 }
 
 #[cfg(test)]
