@@ -1,5 +1,7 @@
 //! The file format and its I/O: an append-only log of checksummed commit frames, rewritten to
-//! its live records when it grows to twice their size.
+//! its live records when it grows to twice their size. The rewrite (compaction) runs on a thread
+//! of its own while commits go on; the frames committed meanwhile are copied after it before it
+//! is renamed over the log.
 //!
 //! ```text
 //! file    := MAGIC frame*
@@ -105,8 +107,13 @@ pub(crate) struct Scan {
 /// Reads every whole frame of the log at `path`, applying rows in order; stops at the first
 /// torn or corrupt frame (see [`Scan::good_len`]).
 pub(crate) fn scan(path: &Path) -> Result<Scan, LogError> {
+    scan_upto(path, u64::MAX)
+}
+
+/// [`scan`] of the first `limit` bytes only.
+fn scan_upto(path: &Path, limit: u64) -> Result<Scan, LogError> {
     let file = File::open(path).map_err(io(path))?;
-    let file_len = file.metadata().map_err(io(path))?.len();
+    let file_len = file.metadata().map_err(io(path))?.len().min(limit);
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut scan = Scan {
         file_len,
@@ -250,6 +257,16 @@ pub(crate) struct LogFile {
     poisoned: Option<String>,
     /// Frame under construction (kept to reuse its allocation).
     frame: Vec<u8>,
+    /// A compaction running beside the writer.
+    compaction: Option<Compaction>,
+}
+
+/// A compaction in progress: a thread writing the live records of the log's first `from_len`
+/// bytes to the staging file. Frames appended meanwhile are copied over when it finishes.
+#[derive(Debug)]
+struct Compaction {
+    from_len: u64,
+    thread: std::thread::JoinHandle<Result<u64, LogError>>,
 }
 
 impl LogFile {
@@ -261,6 +278,11 @@ impl LogFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(io(path)(e)),
         };
+        let staging = staging_path(path);
+        if staging.exists() {
+            // A compaction that did not finish: the log itself is whole.
+            std::fs::remove_file(&staging).map_err(io(&staging))?;
+        }
         if fresh {
             write_new(path, |_| Ok(()))?;
         }
@@ -289,6 +311,7 @@ impl LogFile {
             hasher: foldhash::fast::FixedState::with_seed(0),
             poisoned: None,
             frame: Vec::new(),
+            compaction: None,
         };
         log.count_live(&scan);
         Ok((log, scan))
@@ -395,68 +418,183 @@ impl LogFile {
     }
 
     /// Whether the log holds more than twice its live records (and is worth rewriting).
-    pub(crate) fn wants_compaction(&self) -> bool {
+    fn wants_compaction(&self) -> bool {
         self.poisoned.is_none() && self.len >= COMPACT_MIN && self.len > 2 * self.live_bytes
     }
 
-    /// Rewrites the log to its live records: written beside it, synced, then renamed over it,
-    /// so a crash at any point leaves either the old log or the new one whole.
-    pub(crate) fn compact(&mut self) -> Result<(), LogError> {
-        let scan = scan(&self.path)?;
-        write_new(&self.path, |file| {
-            let mut frame = Vec::with_capacity(SNAPSHOT_FRAME + 4096);
-            let mut offset = MAGIC.len() as u64;
-            let flush = |frame: &mut Vec<u8>, offset: &mut u64| -> std::io::Result<()> {
-                if frame.is_empty() {
-                    return Ok(());
-                }
-                let mut header = [0u8; 8];
-                header[..4].copy_from_slice(&(frame.len() as u32).to_le_bytes());
-                header[4..].copy_from_slice(&frame_crc(frame).to_le_bytes());
-                file.write_all_at(&header, *offset)?;
-                file.write_all_at(frame, *offset + FRAME_HEADER)?;
-                *offset += FRAME_HEADER + frame.len() as u64;
-                frame.clear();
-                Ok(())
-            };
-            for (table, rows) in &scan.tables {
-                for (name, value) in rows.live() {
-                    encode_row(&mut frame, table, name, Some(ValueRef::Bytes(value)))
-                        .expect("bytes always encode");
-                    if frame.len() >= SNAPSHOT_FRAME {
-                        flush(&mut frame, &mut offset)?;
-                    }
+    /// Between commits: swaps in a finished compaction, or starts one when the log has grown to
+    /// twice its live records. Compactions run on their own thread, so commits go on meanwhile.
+    pub(crate) fn maintain(&mut self) {
+        if self
+            .compaction
+            .as_ref()
+            .is_some_and(|c| c.thread.is_finished())
+        {
+            self.finish_compaction();
+        }
+        if self.compaction.is_none() && self.wants_compaction() {
+            let (path, from_len) = (self.path.clone(), self.len);
+            match std::thread::Builder::new()
+                .name("recordstore-compact".into())
+                .spawn(move || write_snapshot(&path, from_len))
+            {
+                Ok(thread) => self.compaction = Some(Compaction { from_len, thread }),
+                Err(error) => {
+                    tracing::warn!(%error, "The record log's compaction could not start.");
                 }
             }
-            flush(&mut frame, &mut offset)
-        })?;
-        let (reopened, scan) = LogFile::open(&self.path)?;
-        let before = self.len;
-        *self = reopened;
-        tracing::info!(
-            path = %self.path.display(),
-            before_bytes = before,
-            after_bytes = scan.good_len,
-            "The record log was compacted."
-        );
-        Ok(())
+        }
     }
+
+    /// Waits for a running compaction and swaps it in (on close, so no work is left behind).
+    pub(crate) fn finish_compaction(&mut self) {
+        let Some(compaction) = self.compaction.take() else {
+            return;
+        };
+        let before = self.len;
+        let staging = staging_path(&self.path);
+        let swapped = compaction
+            .thread
+            .join()
+            .unwrap_or_else(|_| {
+                Err(LogError::Io {
+                    path: staging.display().to_string(),
+                    source: std::io::Error::other("the compaction thread panicked"),
+                })
+            })
+            .and_then(|snapshot_len| self.swap_in(&staging, compaction.from_len, snapshot_len));
+        match swapped {
+            Ok(()) => tracing::info!(
+                path = %self.path.display(),
+                before_bytes = before,
+                after_bytes = self.len,
+                "The record log was compacted."
+            ),
+            Err(error) => {
+                let _ = std::fs::remove_file(&staging);
+                // The log stays as it was: whole, only larger.
+                tracing::warn!(error = %error_chain(&error), "The record log could not be compacted.");
+            }
+        }
+    }
+
+    /// Appends the frames written since the snapshot to it, makes it durable and renames it
+    /// over the log.
+    fn swap_in(
+        &mut self,
+        staging: &Path,
+        from_len: u64,
+        snapshot_len: u64,
+    ) -> Result<(), LogError> {
+        self.check()?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(staging)
+            .map_err(io(staging))?;
+        let mut buffer = vec![0u8; SNAPSHOT_FRAME];
+        let (mut read_at, mut write_at) = (from_len, snapshot_len);
+        while read_at < self.len {
+            let n = buffer.len().min((self.len - read_at) as usize);
+            self.file
+                .read_exact_at(&mut buffer[..n], read_at)
+                .map_err(io(&self.path))?;
+            file.write_all_at(&buffer[..n], write_at)
+                .map_err(io(staging))?;
+            read_at += n as u64;
+            write_at += n as u64;
+        }
+        file.sync_data().map_err(io(staging))?;
+        std::fs::rename(staging, &self.path).map_err(io(&self.path))?;
+        self.file = file;
+        self.len = write_at;
+        sync_dir(&self.path).map_err(io(&self.path))
+    }
+
+    /// Compacts now and waits for it (tests).
+    #[cfg(test)]
+    fn compact(&mut self) {
+        self.maintain();
+        self.finish_compaction();
+    }
+}
+
+fn staging_path(path: &Path) -> PathBuf {
+    path.with_extension("log-new")
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Writes the live records of the log's first `from_len` bytes to its staging file, synced;
+/// returns the staging file's length.
+fn write_snapshot(path: &Path, from_len: u64) -> Result<u64, LogError> {
+    let staging = staging_path(path);
+    let scan = scan_upto(path, from_len)?;
+    let written = (|| -> std::io::Result<u64> {
+        let file = File::create(&staging)?;
+        file.write_all_at(MAGIC, 0)?;
+        let mut frame = Vec::with_capacity(SNAPSHOT_FRAME + 4096);
+        let mut offset = MAGIC.len() as u64;
+        let mut flush = |frame: &mut Vec<u8>| -> std::io::Result<()> {
+            if frame.is_empty() {
+                return Ok(());
+            }
+            let mut header = [0u8; 8];
+            header[..4].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+            header[4..].copy_from_slice(&frame_crc(frame).to_le_bytes());
+            file.write_all_at(&header, offset)?;
+            file.write_all_at(frame, offset + FRAME_HEADER)?;
+            offset += FRAME_HEADER + frame.len() as u64;
+            frame.clear();
+            Ok(())
+        };
+        for (table, rows) in &scan.tables {
+            for (name, value) in rows.live() {
+                encode_row(&mut frame, table, name, Some(ValueRef::Bytes(value)))
+                    .expect("bytes always encode");
+                if frame.len() >= SNAPSHOT_FRAME {
+                    flush(&mut frame)?;
+                }
+            }
+        }
+        flush(&mut frame)?;
+        file.sync_data()?;
+        Ok(offset)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&staging);
+        io(&staging)(e)
+    })
+}
+
+/// An error and its sources, as one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Writes a new log (magic, then what `body` writes) beside `path`, syncs it and renames it
 /// over `path`.
 fn write_new(path: &Path, body: impl FnOnce(&File) -> std::io::Result<()>) -> Result<(), LogError> {
-    let staging = path.with_extension("log-new");
+    let staging = staging_path(path);
     let written = (|| {
         let file = File::create(&staging)?;
         file.write_all_at(MAGIC, 0)?;
         body(&file)?;
         file.sync_all()?;
         std::fs::rename(&staging, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        sync_dir(path)
     })();
     written.map_err(|e| {
         let _ = std::fs::remove_file(&staging);
@@ -559,7 +697,7 @@ mod tests {
         }
         log.append([("t", "r9", None)].into_iter(), true).unwrap();
         assert!(log.wants_compaction());
-        log.compact().unwrap();
+        log.compact();
         assert!(!log.wants_compaction());
         assert!(log.len < 20_000, "compacted to {} bytes", log.len);
         log.append(
@@ -577,5 +715,39 @@ mod tests {
             ]
         );
         assert!(!dir.path().join("t.log-new").exists());
+    }
+
+    #[test]
+    fn frames_written_while_a_compaction_runs_are_kept_when_it_is_swapped_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let (mut log, _) = LogFile::open(&path).unwrap();
+        let value = vec![7u8; 1000];
+        for round in 0..20_000 {
+            let name = format!("r{}", round % 10);
+            let row = ("t", name.as_str(), Some(ValueRef::Bytes(value.as_slice())));
+            log.append([row].into_iter(), false).unwrap();
+        }
+        log.maintain();
+        assert!(log.compaction.is_some(), "started");
+        // Written after the snapshot point: a new record, an update and a deletion.
+        let later = [
+            ("t", "new", Some(ValueRef::Bytes(b"n"))),
+            ("t", "r0", Some(ValueRef::Bytes(b"updated"))),
+            ("t", "r1", None),
+        ];
+        log.append(later.into_iter(), true).unwrap();
+        log.finish_compaction();
+        assert!(log.len < 20_000, "compacted to {} bytes", log.len);
+        drop(log);
+        let (_, scan) = LogFile::open(&path).unwrap();
+        let rows = rows(&scan, "t");
+        let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "new"]
+        );
+        assert_eq!(rows[0].1, b"updated");
+        assert!(!staging_path(&path).exists());
     }
 }

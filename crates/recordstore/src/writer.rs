@@ -165,6 +165,12 @@ pub(crate) fn writer_loop(
             writer.lazy_since.get_or_insert_with(Instant::now);
         }
         if closing {
+            // A compaction under way is finished, so none is left half done.
+            writer
+                .log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finish_compaction();
             return;
         }
     }
@@ -259,27 +265,11 @@ impl Writer {
                 })
             })
         });
-        log.append(rows, durable).map_err(|e| error_chain(&e))?;
-        if log.wants_compaction()
-            && let Err(error) = log.compact()
-        {
-            // The log stays as it was: still whole, only larger.
-            tracing::warn!(error = %error_chain(&error), "The record log could not be compacted.");
-        }
+        log.append(rows, durable)
+            .map_err(|e| crate::log::error_chain(&e))?;
+        log.maintain();
         Ok(())
     }
-}
-
-/// An error and its sources, as one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl std::fmt::Debug for WriteRequest {
