@@ -28,29 +28,47 @@ impl NodeFields {
 
     /// The BLAKE3 digest the node id is the hex of.
     pub fn digest(&self) -> blake3::Hash {
-        let mut deps: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
-        deps.sort_unstable();
-        let mut numbers = itoa::Buffer::new();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(self.node_type.as_bytes());
-        hasher.update(b"|");
-        hasher.update(numbers.format(self.interval).as_bytes());
-        hasher.update(b"|");
-        hasher.update(numbers.format(self.period).as_bytes());
-        hasher.update(b"|");
-        hasher.update(self.params_blob.as_bytes());
-        hasher.update(b"|");
-        for (i, dep) in deps.iter().enumerate() {
-            if i > 0 {
-                hasher.update(b",");
-            }
-            hasher.update(dep.as_bytes());
+        thread_local! {
+            static PREIMAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        hasher.update(b"|");
-        hasher.update(self.schema_compat_id.trim().as_bytes());
-        hasher.update(b"|");
-        hasher.update(self.code_hash.as_bytes());
-        hasher.finalize()
+        PREIMAGE.with_borrow_mut(|preimage| {
+            preimage.clear();
+            self.write_preimage(preimage);
+            blake3::hash(preimage)
+        })
+    }
+
+    /// The bytes the id hashes: the seven fields joined by `|`.
+    fn write_preimage(&self, out: &mut Vec<u8>) {
+        let mut numbers = itoa::Buffer::new();
+        out.extend_from_slice(self.node_type.as_bytes());
+        out.push(b'|');
+        out.extend_from_slice(numbers.format(self.interval).as_bytes());
+        out.push(b'|');
+        out.extend_from_slice(numbers.format(self.period).as_bytes());
+        out.push(b'|');
+        out.extend_from_slice(self.params_blob.as_bytes());
+        out.push(b'|');
+        if self.dependencies.is_sorted() {
+            join_into(out, self.dependencies.iter().map(String::as_str));
+        } else {
+            let mut deps: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
+            deps.sort_unstable();
+            join_into(out, deps.into_iter());
+        }
+        out.push(b'|');
+        out.extend_from_slice(self.schema_compat_id.trim().as_bytes());
+        out.push(b'|');
+        out.extend_from_slice(self.code_hash.as_bytes());
+    }
+}
+
+fn join_into<'a>(out: &mut Vec<u8>, parts: impl Iterator<Item = &'a str>) {
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(part.as_bytes());
     }
 }
 
@@ -189,13 +207,9 @@ impl Node {
     /// Recomputes the node id from the fields and checks it against the one sent.
     pub fn verify_id(&self) -> Result<(), DagError> {
         let digest = self.fields.digest();
-        let claimed = self
-            .node_id
-            .strip_prefix(HASH_PREFIX)
-            // Ids are compared as strings by the Python reference: lower-case hex only.
-            .filter(|hex| hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .and_then(|hex| blake3::Hash::from_hex(hex).ok());
-        if claimed == Some(digest) {
+        // Ids are compared as strings, as the Python reference does: lower-case hex only.
+        let claimed = self.node_id.strip_prefix(HASH_PREFIX);
+        if claimed == Some(digest.to_hex().as_str()) {
             Ok(())
         } else {
             Err(DagError::NodeIdMismatch {
