@@ -26,6 +26,10 @@ const CONTEXT_KEYS: &[&str] = &[
 ];
 
 fn is_context_key(key: &str) -> bool {
+    if key.is_ascii() {
+        let prefixed = key.len() >= 4 && key[..4].eq_ignore_ascii_case("env_");
+        return prefixed || CONTEXT_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key));
+    }
     let lower = key.to_lowercase();
     lower.starts_with("env_") || CONTEXT_KEYS.contains(&lower.as_str())
 }
@@ -54,9 +58,12 @@ pub fn sorted_json_text(text: &str) -> Result<String, serde_json::Error> {
     Ok(out)
 }
 
-/// A parsed JSON value for [`sorted_json_text`]. Numbers keep the kind `serde_json::Value`
+/// A parsed JSON value, strings borrowed from the text, objects sorted by key: for
+/// [`sorted_json_text`] and for node params, written out as [`canonical_json`] and
+/// [`sorted_json`] would write the same `serde_json::Value`. Numbers keep the kind a `Value`
 /// would give them, so they are written alike.
-enum Sorted<'a> {
+#[derive(Debug, Clone)]
+pub(crate) enum Sorted<'a> {
     Null,
     Bool(bool),
     I64(i64),
@@ -69,7 +76,37 @@ enum Sorted<'a> {
 }
 
 impl Sorted<'_> {
+    /// Canonical JSON of the value, execution-context keys dropped (see [`canonical_json`]).
+    pub(crate) fn canonical(&self) -> String {
+        let mut out = String::with_capacity(64);
+        self.write_with(&mut out, true);
+        out
+    }
+
+    /// The same value as a `serde_json::Value`.
+    pub(crate) fn to_value(&self) -> Value {
+        match self {
+            Sorted::Null => Value::Null,
+            Sorted::Bool(b) => Value::Bool(*b),
+            Sorted::I64(i) => Value::from(*i),
+            Sorted::U64(u) => Value::from(*u),
+            Sorted::F64(f) => Value::from(*f),
+            Sorted::Str(s) => Value::String(s.to_string()),
+            Sorted::Arr(items) => Value::Array(items.iter().map(Sorted::to_value).collect()),
+            Sorted::Obj(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(key, item)| (key.to_string(), item.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+
     fn write(&self, out: &mut String) {
+        self.write_with(out, false);
+    }
+
+    fn write_with(&self, out: &mut String, drop_context: bool) {
         match self {
             Sorted::Null => out.push_str("null"),
             Sorted::Bool(true) => out.push_str("true"),
@@ -88,19 +125,22 @@ impl Sorted<'_> {
                     if i > 0 {
                         out.push(',');
                     }
-                    item.write(out);
+                    item.write_with(out, drop_context);
                 }
                 out.push(']');
             }
             Sorted::Obj(entries) => {
                 out.push('{');
-                for (i, (key, item)) in entries.iter().enumerate() {
+                let kept = entries
+                    .iter()
+                    .filter(|(key, _)| !(drop_context && is_context_key(key)));
+                for (i, (key, item)) in kept.enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
                     write_string(out, key);
                     out.push(':');
-                    item.write(out);
+                    item.write_with(out, drop_context);
                 }
                 out.push('}');
             }
@@ -133,7 +173,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Sorted<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Sorted<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SortedVisitor;
         impl<'de> Visitor<'de> for SortedVisitor {

@@ -1,7 +1,7 @@
 //! One node of a DAG document, its seven identity fields and its node id (wire.md section 2).
 
 use crate::HASH_PREFIX;
-use crate::canonical::{canonical_json, write_plain, write_string};
+use crate::canonical::{Sorted, write_plain, write_string};
 use crate::error::DagError;
 use crate::lenient::{Int, Text, TextList};
 use serde::Deserialize;
@@ -82,8 +82,10 @@ pub(crate) struct RawNode<'a> {
     pub(crate) node_id: Text<'a>,
     pub(crate) interval: Int,
     pub(crate) period: Int,
-    pub(crate) params: Option<Value>,
-    pub(crate) config: Option<Value>,
+    #[serde(borrow)]
+    pub(crate) params: Option<Sorted<'a>>,
+    #[serde(borrow)]
+    pub(crate) config: Option<Sorted<'a>>,
     #[serde(borrow)]
     pub(crate) inputs: TextList<'a>,
     #[serde(borrow)]
@@ -180,8 +182,8 @@ impl Node {
             tag_query_blob(raw).map_err(field_error)?
         } else {
             match (&raw.params, &raw.config) {
-                (Some(params), _) => canonical_json(params),
-                (None, Some(config)) => canonical_json(config),
+                (Some(params), _) => params.canonical(),
+                (None, Some(config)) => config.canonical(),
                 (None, None) => "null".to_owned(),
             }
         };
@@ -277,7 +279,8 @@ fn int_value(value: &Value) -> Option<i64> {
 /// `{"interval":…,"match_mode":…,"query_tags":[sorted, unique]}` from params or the top level.
 /// The interval stays `null` when none is given (the Python reference hashes it so).
 fn tag_query_blob(raw: &RawNode<'_>) -> Result<String, &'static str> {
-    let params = raw.params.as_ref().and_then(Value::as_object);
+    let params = raw.params.as_ref().map(Sorted::to_value);
+    let params = params.as_ref().and_then(Value::as_object);
     let from_params = |key: &str| params.and_then(|p| p.get(key)).filter(|v| !v.is_null());
     let query_tags = from_params("query_tags").or(raw.query_tags.as_ref().filter(|v| !v.is_null()));
     let mut tags: Vec<String> = match query_tags {
