@@ -622,4 +622,35 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 6, "three orphans and three new queues");
     }
+
+    /// Releasing a strategy removes only the nodes no other strategy's DAG holds; a shared node
+    /// keeps its queue until its last strategy goes.
+    #[tokio::test]
+    async fn a_released_strategy_leaves_the_nodes_another_strategy_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, store) = engine(dir.path());
+        let shared = test_support::synthetic_dag(4, "shared");
+        let mut longer = shared.clone();
+        let extra = test_support::synthetic_dag(1, "extra")["nodes"][0].clone();
+        longer["nodes"].as_array_mut().unwrap().push(extra);
+        engine.diff(input("a", &shared)).await.unwrap();
+        let b = engine.diff(input("b", &longer)).await.unwrap();
+        assert_eq!(b.reused_nodes, 4);
+        assert_eq!(store.counts().await.unwrap(), (5, 5));
+
+        assert!(
+            engine.release_strategy("a").await.unwrap().is_empty(),
+            "b holds them all"
+        );
+        let again = engine.diff(input("b", &longer)).await.unwrap();
+        assert_eq!((again.new_nodes, again.queue_map), (0, b.queue_map.clone()));
+
+        let orphaned = engine.release_strategy("b").await.unwrap();
+        assert_eq!(orphaned.len(), 5);
+        assert_eq!(
+            store.counts().await.unwrap(),
+            (0, 5),
+            "nodes gone, queues orphaned"
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod diff;
 pub mod exporter;
 pub mod gc;
+mod graph_index;
 pub mod grpc;
 pub mod kafka;
 pub mod lag;

@@ -6,9 +6,9 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::graph_index::Index;
 use foldhash::HashMap;
 use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -163,74 +163,6 @@ const NODES: Table = embedded::table("nodes");
 const QUEUES: Table = embedded::table("queues");
 const SENTINELS: Table = embedded::table("sentinels");
 
-#[derive(Debug, Default)]
-struct Index {
-    nodes: HashMap<String, Arc<NodeRecord>>,
-    queues: HashMap<String, Arc<QueueRecord>>,
-    sentinels: HashMap<String, SentinelRecord>,
-    /// node_id -> namespace -> queue name.
-    bindings: HashMap<String, HashMap<String, String>>,
-    /// node_id -> sentinels that reference it.
-    users: HashMap<String, BTreeSet<String>>,
-}
-
-impl Index {
-    fn put_queue(&mut self, queue: Arc<QueueRecord>) {
-        self.unbind(&queue.name);
-        if let Some(node_id) = &queue.node_id {
-            self.bindings
-                .entry(node_id.clone())
-                .or_default()
-                .insert(queue.namespace.clone(), queue.name.clone());
-        }
-        self.queues.insert(queue.name.clone(), queue);
-    }
-
-    /// Forgets which node a queue belongs to (the queue record itself stays).
-    fn unbind(&mut self, name: &str) {
-        let Some(node_id) = self.queues.get(name).and_then(|q| q.node_id.clone()) else {
-            return;
-        };
-        let namespace = &self.queues[name].namespace;
-        if let Some(namespaces) = self.bindings.get_mut(&node_id) {
-            namespaces.remove(namespace);
-            if namespaces.is_empty() {
-                self.bindings.remove(&node_id);
-            }
-        }
-    }
-
-    fn remove_queue(&mut self, name: &str) {
-        self.unbind(name);
-        self.queues.remove(name);
-    }
-
-    fn put_sentinel(&mut self, sentinel: SentinelRecord) {
-        self.drop_sentinel_refs(&sentinel.sentinel_id);
-        for node_id in &sentinel.node_ids {
-            self.users
-                .entry(node_id.clone())
-                .or_default()
-                .insert(sentinel.sentinel_id.clone());
-        }
-        self.sentinels
-            .insert(sentinel.sentinel_id.clone(), sentinel);
-    }
-
-    fn drop_sentinel_refs(&mut self, sentinel_id: &str) {
-        if let Some(old) = self.sentinels.get(sentinel_id) {
-            for node_id in &old.node_ids {
-                if let Some(users) = self.users.get_mut(node_id) {
-                    users.remove(sentinel_id);
-                    if users.is_empty() {
-                        self.users.remove(node_id);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The embedded default: an in-memory index, durable in a record log (`graph.log`).
 #[derive(Debug, Clone)]
 pub struct EmbeddedGraphStore {
@@ -257,7 +189,7 @@ impl EmbeddedGraphStore {
     fn load(db: &EmbeddedDb) -> Result<Index, StoreError> {
         let mut index = Index::default();
         for node in db.read_all(NODES, |n: &NodeRecord| n.node_id.clone())? {
-            index.nodes.insert(node.node_id.clone(), Arc::new(node));
+            index.put_node(Arc::new(node));
         }
         for queue in db.read_all(QUEUES, |q: &QueueRecord| q.name.clone())? {
             index.put_queue(Arc::new(queue));
@@ -309,16 +241,10 @@ impl GraphStore for EmbeddedGraphStore {
         Ok(node_ids
             .iter()
             .map(|&node_id| {
-                let node = index.nodes.get(node_id)?;
-                let queue = index
-                    .bindings
-                    .get(node_id)
-                    .and_then(|namespaces| namespaces.get(namespace))
-                    .and_then(|name| index.queues.get(name))
-                    .cloned();
+                let node = index.node(node_id)?;
                 Some(StoredNode {
-                    node: node.clone(),
-                    queue,
+                    node: node.record.clone(),
+                    queue: index.bound_queue(node_id, namespace).cloned(),
                 })
             })
             .collect())
@@ -328,7 +254,7 @@ impl GraphStore for EmbeddedGraphStore {
         let index = self.read_index();
         Ok(names
             .iter()
-            .map(|name| index.queues.contains_key(name))
+            .map(|name| index.queue(name).is_some())
             .collect())
     }
 
@@ -373,7 +299,7 @@ impl GraphStore for EmbeddedGraphStore {
         self.db
             .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
         for node in nodes {
-            index.nodes.insert(node.node_id.clone(), node);
+            index.put_node(node);
         }
         for queue in queues {
             index.put_queue(queue);
@@ -405,8 +331,7 @@ impl GraphStore for EmbeddedGraphStore {
     ) -> Result<Vec<QueueRecord>, StoreError> {
         let index = self.read_index();
         let mut queues: Vec<QueueRecord> = index
-            .queues
-            .values()
+            .queues()
             .filter(|q| q.node_id.is_some())
             .filter(|q| interval == 0 || q.interval == interval)
             .filter(|q| tags_match(&q.tags, tags, match_all))
@@ -419,8 +344,7 @@ impl GraphStore for EmbeddedGraphStore {
     async fn queues(&self) -> Result<Vec<QueueRecord>, StoreError> {
         let mut queues: Vec<QueueRecord> = self
             .read_index()
-            .queues
-            .values()
+            .queues()
             .map(|q| QueueRecord::clone(q))
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
@@ -428,7 +352,7 @@ impl GraphStore for EmbeddedGraphStore {
     }
 
     async fn sentinel(&self, sentinel_id: &str) -> Result<Option<SentinelRecord>, StoreError> {
-        Ok(self.read_index().sentinels.get(sentinel_id).cloned())
+        Ok(self.read_index().sentinel(sentinel_id).cloned())
     }
 
     async fn release_strategy(
@@ -438,32 +362,34 @@ impl GraphStore for EmbeddedGraphStore {
     ) -> Result<Vec<String>, StoreError> {
         let (removed_nodes, orphaned, sentinel_ids) = {
             let index = self.read_index();
-            let sentinel_ids: Vec<String> = index
-                .sentinels
-                .values()
+            let released: Vec<&SentinelRecord> = index
+                .sentinels()
                 .filter(|s| s.strategy_id == strategy_id)
-                .map(|s| s.sentinel_id.clone())
                 .collect();
-            let mut removed_nodes = Vec::new();
-            for sentinel_id in &sentinel_ids {
-                for node_id in &index.sentinels[sentinel_id].node_ids {
-                    let still_used = index
-                        .users
-                        .get(node_id)
-                        .is_some_and(|users| users.iter().any(|u| !sentinel_ids.contains(u)));
-                    if !still_used && !removed_nodes.contains(node_id) {
-                        removed_nodes.push(node_id.clone());
-                    }
+            // A node goes when every sentinel holding it is being released.
+            let mut released_users: HashMap<&str, u32> = HashMap::default();
+            for sentinel in &released {
+                for node_id in &sentinel.node_ids {
+                    *released_users.entry(node_id.as_str()).or_default() += 1;
                 }
             }
-            let orphaned: Vec<QueueRecord> = index
-                .queues
-                .values()
-                .filter(|q| {
-                    q.node_id
-                        .as_ref()
-                        .is_some_and(|n| removed_nodes.contains(n))
+            let mut removed_nodes: Vec<String> = released_users
+                .iter()
+                .filter(|(node_id, released)| {
+                    index
+                        .node(node_id)
+                        .is_some_and(|entry| entry.users <= **released)
                 })
+                .map(|(node_id, _)| (*node_id).to_owned())
+                .collect();
+            removed_nodes.sort_unstable();
+            let removed: foldhash::HashSet<&str> =
+                removed_nodes.iter().map(String::as_str).collect();
+            let sentinel_ids: Vec<String> =
+                released.iter().map(|s| s.sentinel_id.clone()).collect();
+            let orphaned: Vec<QueueRecord> = index
+                .queues()
+                .filter(|q| q.node_id.as_deref().is_some_and(|n| removed.contains(n)))
                 .map(|q| QueueRecord {
                     node_id: None,
                     orphaned_at: Some(now),
@@ -483,11 +409,10 @@ impl GraphStore for EmbeddedGraphStore {
         .await?;
         let mut index = self.write_index();
         for sentinel_id in &sentinel_ids {
-            index.drop_sentinel_refs(sentinel_id);
-            index.sentinels.remove(sentinel_id);
+            index.remove_sentinel(sentinel_id);
         }
         for node_id in &removed_nodes {
-            index.nodes.remove(node_id);
+            index.remove_node(node_id);
         }
         let names = orphaned.iter().map(|q| q.name.clone()).collect();
         for queue in orphaned {
@@ -510,8 +435,7 @@ impl GraphStore for EmbeddedGraphStore {
     }
 
     async fn counts(&self) -> Result<(usize, usize), StoreError> {
-        let index = self.read_index();
-        Ok((index.nodes.len(), index.queues.len()))
+        Ok(self.read_index().counts())
     }
 
     async fn health(&self) -> Result<(), StoreError> {

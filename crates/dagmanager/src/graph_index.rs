@@ -1,0 +1,252 @@
+//! The in-memory index of the graph that `EmbeddedGraphStore` keeps in front of its log: nodes
+//! by id, queues by name and by the (node, namespace) that owns them, sentinels by id. Records
+//! are shared (`Arc`) and found through their own fields, so adding one allocates no key.
+
+use foldhash::HashMap;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use crate::store::{NodeRecord, QueueRecord, SentinelRecord};
+
+/// A node and the number of sentinels whose DAG holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeEntry {
+    pub(crate) record: Arc<NodeRecord>,
+    pub(crate) users: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    hasher: foldhash::fast::RandomState,
+    nodes: HashTable<NodeEntry>,
+    queues: HashTable<Arc<QueueRecord>>,
+    /// Owned queues by (node id, namespace).
+    bound: HashTable<Arc<QueueRecord>>,
+    sentinels: HashMap<String, SentinelRecord>,
+}
+
+impl Index {
+    fn hash_id(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn hash_binding(&self, node_id: &str, namespace: &str) -> u64 {
+        self.hasher.hash_one((node_id, namespace))
+    }
+
+    pub(crate) fn node(&self, node_id: &str) -> Option<&NodeEntry> {
+        self.nodes
+            .find(self.hash_id(node_id), |e| e.record.node_id == node_id)
+    }
+
+    /// Adds a node or replaces its record (keeping its users).
+    pub(crate) fn put_node(&mut self, record: Arc<NodeRecord>) {
+        let hash = self.hash_id(&record.node_id);
+        let hasher = &self.hasher;
+        match self.nodes.entry(
+            hash,
+            |e| e.record.node_id == record.node_id,
+            |e| hasher.hash_one(e.record.node_id.as_str()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut found) => found.get_mut().record = record,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(NodeEntry { record, users: 0 });
+            }
+        }
+    }
+
+    pub(crate) fn remove_node(&mut self, node_id: &str) {
+        if let Ok(found) = self
+            .nodes
+            .find_entry(self.hash_id(node_id), |e| e.record.node_id == node_id)
+        {
+            found.remove();
+        }
+    }
+
+    pub(crate) fn queue(&self, name: &str) -> Option<&Arc<QueueRecord>> {
+        self.queues.find(self.hash_id(name), |q| q.name == name)
+    }
+
+    /// The queue `node_id` owns in `namespace`.
+    pub(crate) fn bound_queue(&self, node_id: &str, namespace: &str) -> Option<&Arc<QueueRecord>> {
+        self.bound.find(self.hash_binding(node_id, namespace), |q| {
+            q.node_id.as_deref() == Some(node_id) && q.namespace == namespace
+        })
+    }
+
+    /// Adds a queue or replaces its record, and binds it to the node that owns it (if any).
+    pub(crate) fn put_queue(&mut self, queue: Arc<QueueRecord>) {
+        self.remove_queue(&queue.name);
+        let hasher = &self.hasher;
+        if let Some(node_id) = queue.node_id.as_deref() {
+            let hash = hasher.hash_one((node_id, queue.namespace.as_str()));
+            let owner = |q: &Arc<QueueRecord>| {
+                q.node_id.as_deref() == Some(node_id) && q.namespace == queue.namespace
+            };
+            let rehash = |q: &Arc<QueueRecord>| {
+                hasher.hash_one((
+                    q.node_id.as_deref().unwrap_or_default(),
+                    q.namespace.as_str(),
+                ))
+            };
+            match self.bound.entry(hash, owner, rehash) {
+                hashbrown::hash_table::Entry::Occupied(mut found) => {
+                    *found.get_mut() = queue.clone()
+                }
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(queue.clone());
+                }
+            }
+        }
+        let hash = hasher.hash_one(queue.name.as_str());
+        self.queues
+            .insert_unique(hash, queue, |q| hasher.hash_one(q.name.as_str()));
+    }
+
+    /// Forgets a queue, and its binding if it is the one bound.
+    pub(crate) fn remove_queue(&mut self, name: &str) {
+        let Ok(found) = self
+            .queues
+            .find_entry(self.hash_id(name), |q| q.name == name)
+        else {
+            return;
+        };
+        let (old, _) = found.remove();
+        if let Some(node_id) = old.node_id.as_deref() {
+            let hash = self.hash_binding(node_id, &old.namespace);
+            if let Ok(bound) = self.bound.find_entry(hash, |q| Arc::ptr_eq(q, &old)) {
+                bound.remove();
+            }
+        }
+    }
+
+    pub(crate) fn queues(&self) -> impl Iterator<Item = &Arc<QueueRecord>> {
+        self.queues.iter()
+    }
+
+    pub(crate) fn sentinel(&self, sentinel_id: &str) -> Option<&SentinelRecord> {
+        self.sentinels.get(sentinel_id)
+    }
+
+    pub(crate) fn sentinels(&self) -> impl Iterator<Item = &SentinelRecord> {
+        self.sentinels.values()
+    }
+
+    /// Adds or replaces a sentinel, moving the users of its nodes from its old DAG to its new.
+    pub(crate) fn put_sentinel(&mut self, sentinel: SentinelRecord) {
+        self.remove_sentinel(&sentinel.sentinel_id);
+        self.count_users(&sentinel.node_ids, true);
+        self.sentinels
+            .insert(sentinel.sentinel_id.clone(), sentinel);
+    }
+
+    pub(crate) fn remove_sentinel(&mut self, sentinel_id: &str) {
+        if let Some(old) = self.sentinels.remove(sentinel_id) {
+            self.count_users(&old.node_ids, false);
+        }
+    }
+
+    fn count_users(&mut self, node_ids: &[String], add: bool) {
+        for node_id in node_ids {
+            let hash = self.hash_id(node_id);
+            if let Some(entry) = self.nodes.find_mut(hash, |e| e.record.node_id == *node_id) {
+                entry.users = if add {
+                    entry.users + 1
+                } else {
+                    entry.users.saturating_sub(1)
+                };
+            }
+        }
+    }
+
+    /// (compute nodes, queues).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.nodes.len(), self.queues.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> Arc<NodeRecord> {
+        Arc::new(NodeRecord {
+            node_id: id.into(),
+            node_type: "SMA".into(),
+            code_hash: String::new(),
+            schema_hash: String::new(),
+            schema_compat_id: String::new(),
+            interval: 60,
+            period: 1,
+            tags: Vec::new(),
+            created_at: 0.0,
+            buffering_since: None,
+        })
+    }
+
+    fn queue(name: &str, node_id: Option<&str>, namespace: &str) -> Arc<QueueRecord> {
+        Arc::new(QueueRecord {
+            name: name.into(),
+            node_id: node_id.map(str::to_owned),
+            namespace: namespace.into(),
+            tag: "indicator".into(),
+            interval: 60,
+            tags: Vec::new(),
+            created_at: 0.0,
+            compute_keys: Vec::new(),
+            orphaned_at: None,
+        })
+    }
+
+    fn sentinel(id: &str, node_ids: &[&str]) -> SentinelRecord {
+        SentinelRecord {
+            sentinel_id: id.into(),
+            strategy_id: id.into(),
+            version: "v1".into(),
+            weight: None,
+            node_ids: node_ids.iter().map(|n| (*n).to_owned()).collect(),
+            nodes_digest: String::new(),
+            updated_at: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_queue_is_found_by_name_and_by_its_owner_until_it_is_orphaned_or_removed() {
+        let mut index = Index::default();
+        index.put_node(node("n"));
+        index.put_queue(queue("q-global", Some("n"), ""));
+        index.put_queue(queue("q-w1", Some("n"), "w1.backtest"));
+        assert_eq!(index.bound_queue("n", "").unwrap().name, "q-global");
+        assert_eq!(index.bound_queue("n", "w1.backtest").unwrap().name, "q-w1");
+        assert!(index.bound_queue("n", "w2.live").is_none());
+
+        // Orphaned: still recorded, no longer bound.
+        index.put_queue(queue("q-w1", None, "w1.backtest"));
+        assert!(index.bound_queue("n", "w1.backtest").is_none());
+        assert!(index.queue("q-w1").is_some());
+        index.remove_queue("q-global");
+        assert!(index.bound_queue("n", "").is_none());
+        assert!(index.queue("q-global").is_none());
+        assert_eq!(index.counts(), (1, 1));
+    }
+
+    #[test]
+    fn users_count_the_sentinels_whose_dag_holds_a_node() {
+        let mut index = Index::default();
+        for id in ["a", "b"] {
+            index.put_node(node(id));
+        }
+        index.put_sentinel(sentinel("s1", &["a", "b"]));
+        index.put_sentinel(sentinel("s2", &["a"]));
+        assert_eq!(index.node("a").unwrap().users, 2);
+        // s1's new DAG drops b; a node's record can be replaced without losing its users.
+        index.put_sentinel(sentinel("s1", &["a"]));
+        index.put_node(node("a"));
+        assert_eq!(index.node("a").unwrap().users, 2);
+        assert_eq!(index.node("b").unwrap().users, 0);
+        index.remove_sentinel("s2");
+        assert_eq!(index.node("a").unwrap().users, 1);
+    }
+}
