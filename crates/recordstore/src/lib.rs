@@ -164,9 +164,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl EmbeddedDb {
-    /// Opens (or creates) `dir/{stem}.log` holding `tables`. When only `dir/{stem}.redb` (an
-    /// earlier version's file) exists, its tables are imported as [`EmbeddedDb::read_all`]
-    /// reads them; no write is accepted until every table was read.
+    /// Opens (or creates) `dir/{stem}.log` holding `tables`. While `dir/{stem}.redb` (an
+    /// earlier version's file, renamed once imported) exists, the log starts empty and the old
+    /// file's tables are imported as [`EmbeddedDb::read_all`] reads them; no write is accepted
+    /// until every table was read.
     pub fn open(dir: &Path, stem: &str, tables: &[Table]) -> Result<EmbeddedDb, EmbeddedError> {
         let path = dir.join(format!("{stem}.log"));
         std::fs::create_dir_all(dir).map_err(|source| LogError::Io {
