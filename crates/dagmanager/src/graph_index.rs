@@ -1,6 +1,8 @@
 //! The in-memory index of the graph that `EmbeddedGraphStore` keeps in front of its log: nodes
 //! by id, queues by name and by the (node, namespace) that owns them, sentinels by id. Records
-//! are shared (`Arc`) and found through their own fields, so adding one allocates no key.
+//! are shared (`Arc`) and found through their own fields, so adding one allocates no key. Each
+//! entry keeps its hash: growing a table then moves entries without reading their records,
+//! which in a graph of 100,000 nodes took tens of milliseconds out of one diff.
 
 use foldhash::HashMap;
 use hashbrown::HashTable;
@@ -12,17 +14,25 @@ use crate::store::{NodeRecord, QueueRecord, SentinelRecord};
 /// A node and the number of sentinels whose DAG holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeEntry {
+    hash: u64,
     pub(crate) record: Arc<NodeRecord>,
     pub(crate) users: u32,
+}
+
+/// A queue under the hash of its key in one table.
+#[derive(Debug, Clone)]
+struct QueueEntry {
+    hash: u64,
+    record: Arc<QueueRecord>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     hasher: foldhash::fast::RandomState,
     nodes: HashTable<NodeEntry>,
-    queues: HashTable<Arc<QueueRecord>>,
+    queues: HashTable<QueueEntry>,
     /// Owned queues by (node id, namespace).
-    bound: HashTable<Arc<QueueRecord>>,
+    bound: HashTable<QueueEntry>,
     sentinels: HashMap<String, SentinelRecord>,
 }
 
@@ -43,15 +53,17 @@ impl Index {
     /// Adds a node or replaces its record (keeping its users).
     pub(crate) fn put_node(&mut self, record: Arc<NodeRecord>) {
         let hash = self.hash_id(&record.node_id);
-        let hasher = &self.hasher;
-        match self.nodes.entry(
-            hash,
-            |e| e.record.node_id == record.node_id,
-            |e| hasher.hash_one(e.record.node_id.as_str()),
-        ) {
+        match self
+            .nodes
+            .entry(hash, |e| e.record.node_id == record.node_id, |e| e.hash)
+        {
             hashbrown::hash_table::Entry::Occupied(mut found) => found.get_mut().record = record,
             hashbrown::hash_table::Entry::Vacant(slot) => {
-                slot.insert(NodeEntry { record, users: 0 });
+                slot.insert(NodeEntry {
+                    hash,
+                    record,
+                    users: 0,
+                });
             }
         }
     }
@@ -66,64 +78,73 @@ impl Index {
     }
 
     pub(crate) fn queue(&self, name: &str) -> Option<&Arc<QueueRecord>> {
-        self.queues.find(self.hash_id(name), |q| q.name == name)
+        self.queues
+            .find(self.hash_id(name), |q| q.record.name == name)
+            .map(|q| &q.record)
     }
 
     /// The queue `node_id` owns in `namespace`.
     pub(crate) fn bound_queue(&self, node_id: &str, namespace: &str) -> Option<&Arc<QueueRecord>> {
-        self.bound.find(self.hash_binding(node_id, namespace), |q| {
-            q.node_id.as_deref() == Some(node_id) && q.namespace == namespace
-        })
+        self.bound
+            .find(self.hash_binding(node_id, namespace), |q| {
+                q.record.node_id.as_deref() == Some(node_id) && q.record.namespace == namespace
+            })
+            .map(|q| &q.record)
     }
 
     /// Adds a queue or replaces its record, and binds it to the node that owns it (if any).
     pub(crate) fn put_queue(&mut self, queue: Arc<QueueRecord>) {
         self.remove_queue(&queue.name);
-        let hasher = &self.hasher;
         if let Some(node_id) = queue.node_id.as_deref() {
-            let hash = hasher.hash_one((node_id, queue.namespace.as_str()));
-            let owner = |q: &Arc<QueueRecord>| {
-                q.node_id.as_deref() == Some(node_id) && q.namespace == queue.namespace
+            let hash = self.hash_binding(node_id, &queue.namespace);
+            let owner = |q: &QueueEntry| {
+                q.record.node_id.as_deref() == Some(node_id)
+                    && q.record.namespace == queue.namespace
             };
-            let rehash = |q: &Arc<QueueRecord>| {
-                hasher.hash_one((
-                    q.node_id.as_deref().unwrap_or_default(),
-                    q.namespace.as_str(),
-                ))
+            let entry = QueueEntry {
+                hash,
+                record: queue.clone(),
             };
-            match self.bound.entry(hash, owner, rehash) {
-                hashbrown::hash_table::Entry::Occupied(mut found) => {
-                    *found.get_mut() = queue.clone()
-                }
+            match self.bound.entry(hash, owner, |q| q.hash) {
+                hashbrown::hash_table::Entry::Occupied(mut found) => *found.get_mut() = entry,
                 hashbrown::hash_table::Entry::Vacant(slot) => {
-                    slot.insert(queue.clone());
+                    slot.insert(entry);
                 }
             }
         }
-        let hash = hasher.hash_one(queue.name.as_str());
-        self.queues
-            .insert_unique(hash, queue, |q| hasher.hash_one(q.name.as_str()));
+        let hash = self.hash_id(&queue.name);
+        self.queues.insert_unique(
+            hash,
+            QueueEntry {
+                hash,
+                record: queue,
+            },
+            |q| q.hash,
+        );
     }
 
     /// Forgets a queue, and its binding if it is the one bound.
     pub(crate) fn remove_queue(&mut self, name: &str) {
         let Ok(found) = self
             .queues
-            .find_entry(self.hash_id(name), |q| q.name == name)
+            .find_entry(self.hash_id(name), |q| q.record.name == name)
         else {
             return;
         };
-        let (old, _) = found.remove();
+        let (QueueEntry { record: old, .. }, _) = found.remove();
         if let Some(node_id) = old.node_id.as_deref() {
             let hash = self.hash_binding(node_id, &old.namespace);
-            if let Ok(bound) = self.bound.find_entry(hash, |q| Arc::ptr_eq(q, &old)) {
+            if let Ok(bound) = self
+                .bound
+                .find_entry(hash, |q| Arc::ptr_eq(&q.record, &old))
+            {
                 bound.remove();
             }
         }
     }
 
     pub(crate) fn queues(&self) -> impl Iterator<Item = &Arc<QueueRecord>> {
-        self.queues.iter()
+        self.queues.iter().map(|q| &q.record)
     }
 
     pub(crate) fn sentinel(&self, sentinel_id: &str) -> Option<&SentinelRecord> {
