@@ -36,9 +36,7 @@ fn is_context_key(key: &str) -> bool {
 
 /// Writes `value` as canonical JSON, dropping execution-context keys from every object.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::with_capacity(64);
-    write_value(&mut out, value, true);
-    out
+    Sorted::from(value).canonical()
 }
 
 /// Key-sorted compact JSON of the whole value, nothing dropped: the form a DAG is hashed in to
@@ -58,10 +56,10 @@ pub fn sorted_json_text(text: &str) -> Result<String, serde_json::Error> {
     Ok(out)
 }
 
-/// A parsed JSON value, strings borrowed from the text, objects sorted by key: for
-/// [`sorted_json_text`] and for node params, written out as [`canonical_json`] and
-/// [`sorted_json`] would write the same `serde_json::Value`. Numbers keep the kind a `Value`
-/// would give them, so they are written alike.
+/// A JSON value with its objects sorted by key and its strings borrowed: the one tree every
+/// canonical and sorted JSON here is written from. It is parsed straight from a text (node
+/// params, [`sorted_json_text`]) or built from a `serde_json::Value` ([`canonical_json`],
+/// [`sorted_json`]). Numbers keep the kind a `Value` gives them, so both write alike.
 #[derive(Debug, Clone)]
 pub(crate) enum Sorted<'a> {
     Null,
@@ -235,51 +233,31 @@ impl<'de: 'a, 'a> Deserialize<'de> for Sorted<'a> {
 
 /// Writes canonical JSON without dropping any key (used for values the caller already shaped).
 pub(crate) fn write_plain(out: &mut String, value: &Value) {
-    write_value(out, value, false);
+    Sorted::from(value).write(out);
 }
 
-fn write_value(out: &mut String, value: &Value, drop_context: bool) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(number) => {
-            if let Some(i) = number.as_i64() {
-                let _ = write!(out, "{i}");
-            } else if let Some(u) = number.as_u64() {
-                let _ = write!(out, "{u}");
-            } else if let Some(f) = number.as_f64() {
-                out.push_str(&python_float_repr(f));
+impl<'a> From<&'a Value> for Sorted<'a> {
+    /// The value's tree, strings borrowed, objects sorted by key (Python sorts `str` keys by
+    /// code point, which is UTF-8 byte order).
+    fn from(value: &'a Value) -> Self {
+        match value {
+            Value::Null => Sorted::Null,
+            Value::Bool(b) => Sorted::Bool(*b),
+            Value::Number(number) => match (number.as_i64(), number.as_u64()) {
+                (Some(i), _) => Sorted::I64(i),
+                (None, Some(u)) => Sorted::U64(u),
+                (None, None) => Sorted::F64(number.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Sorted::Str(Cow::Borrowed(s)),
+            Value::Array(items) => Sorted::Arr(items.iter().map(Sorted::from).collect()),
+            Value::Object(map) => {
+                let mut entries: Vec<(Cow<'a, str>, Sorted<'a>)> = map
+                    .iter()
+                    .map(|(key, item)| (Cow::Borrowed(key.as_str()), Sorted::from(item)))
+                    .collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                Sorted::Obj(entries)
             }
-        }
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_value(out, item, drop_context);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map
-                .iter()
-                .filter(|(key, _)| !(drop_context && is_context_key(key)))
-                .collect();
-            // Python sorts str keys by code point, which is UTF-8 byte order.
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                write_value(out, item, drop_context);
-            }
-            out.push('}');
         }
     }
 }
