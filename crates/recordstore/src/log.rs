@@ -680,21 +680,23 @@ mod tests {
         ));
     }
 
+    /// A log of 20 MB in which 10 records of 1 KB are live (`r0` to `r9`), due for compaction.
+    fn mostly_dead_log(path: &Path) -> LogFile {
+        let (mut log, _) = LogFile::open(path).unwrap();
+        let value = vec![7u8; 1000];
+        for round in 0..20_000 {
+            let name = format!("r{}", round % 10);
+            let row = ("t", name.as_str(), Some(ValueRef::Bytes(value.as_slice())));
+            log.append([row].into_iter(), false).unwrap();
+        }
+        log
+    }
+
     #[test]
     fn compaction_keeps_exactly_the_live_records_and_shrinks_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.log");
-        let (mut log, _) = LogFile::open(&path).unwrap();
-        let value = vec![7u8; 1000];
-        // 20 MB written, 10 records live at the end.
-        for round in 0..20_000 {
-            let name = format!("r{}", round % 10);
-            log.append(
-                [("t", name.as_str(), Some(ValueRef::Bytes(value.as_slice())))].into_iter(),
-                false,
-            )
-            .unwrap();
-        }
+        let mut log = mostly_dead_log(&path);
         log.append([("t", "r9", None)].into_iter(), true).unwrap();
         assert!(log.wants_compaction());
         log.compact();
@@ -721,13 +723,7 @@ mod tests {
     fn frames_written_while_a_compaction_runs_are_kept_when_it_is_swapped_in() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.log");
-        let (mut log, _) = LogFile::open(&path).unwrap();
-        let value = vec![7u8; 1000];
-        for round in 0..20_000 {
-            let name = format!("r{}", round % 10);
-            let row = ("t", name.as_str(), Some(ValueRef::Bytes(value.as_slice())));
-            log.append([row].into_iter(), false).unwrap();
-        }
+        let mut log = mostly_dead_log(&path);
         log.maintain();
         assert!(log.compaction.is_some(), "started");
         // Written after the snapshot point: a new record, an update and a deletion.
