@@ -6,7 +6,9 @@
 use foldhash::{HashMap, HashSet};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use wire::{ComputeContext, Dag, DagError, DagLimits, parse_dag, partition_key, topological_order};
+use wire::{
+    ComputeContext, Dag, DagError, DagLimits, parse_dag, partition_key_in, topological_order,
+};
 
 use crate::store::SentinelRecord;
 
@@ -43,13 +45,7 @@ impl CheckedDag {
                 .iter()
                 .map(|&i| {
                     let node = &self.dag.nodes[i];
-                    let compute_key = context.map(|c| c.compute_key(&node.node_id));
-                    partition_key(
-                        &node.node_id,
-                        node.fields.interval,
-                        0,
-                        compute_key.as_deref(),
-                    )
+                    partition_key_in(&node.node_id, node.fields.interval, 0, context)
                 })
                 .collect(),
         );

@@ -74,22 +74,32 @@ pub fn compute_key(
     as_of: &str,
     partition: &str,
 ) -> String {
+    let mut key = String::with_capacity(HASH_PREFIX.len() + 64);
+    push_compute_key(&mut key, node_id, [world_id, domain, as_of, partition]);
+    key
+}
+
+/// Appends the compute key of `node_id` under `[world, domain, as_of, partition]` to `out`.
+fn push_compute_key(out: &mut String, node_id: &str, context: [&str; 4]) {
+    let [world_id, domain, as_of, partition] = context;
     let domain = if domain.is_empty() {
         "backtest"
     } else {
         domain
     };
-    let mut hasher = blake3::Hasher::new();
-    for (i, part) in [node_id, world_id, domain, as_of, partition]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            hasher.update(b"\x1f");
+    let digest = crate::hash_preimage(|preimage| {
+        for (i, part) in [node_id, world_id, domain, as_of, partition]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                preimage.push(0x1f);
+            }
+            preimage.extend_from_slice(part.as_bytes());
         }
-        hasher.update(part.as_bytes());
-    }
-    format!("{HASH_PREFIX}{}", hasher.finalize().to_hex())
+    });
+    out.push_str(HASH_PREFIX);
+    out.push_str(digest.to_hex().as_str());
 }
 
 /// The `queue_map` key: `{node_id}:{interval}:{bucket}`, with `#ck={compute_key}` when one applies.
@@ -99,10 +109,52 @@ pub fn partition_key(
     bucket: i64,
     compute_key: Option<&str>,
 ) -> String {
-    match compute_key {
-        Some(key) => format!("{node_id}:{interval}:{bucket}#ck={key}"),
-        None => format!("{node_id}:{interval}:{bucket}"),
+    let mut key = partition_key_base(node_id, interval, bucket, compute_key.map_or(0, str::len));
+    if let Some(compute_key) = compute_key {
+        key.push_str(COMPUTE_KEY_MARK);
+        key.push_str(compute_key);
     }
+    key
+}
+
+/// The `queue_map` key of `node_id` with the compute key of `context` (none for `None`), built
+/// in one allocation: what [`partition_key`] gives for `context.compute_key(node_id)`.
+pub fn partition_key_in(
+    node_id: &str,
+    interval: i64,
+    bucket: i64,
+    context: Option<&ComputeContext>,
+) -> String {
+    let Some(context) = context else {
+        return partition_key(node_id, interval, bucket, None);
+    };
+    let mut key = partition_key_base(node_id, interval, bucket, HASH_PREFIX.len() + 64);
+    key.push_str(COMPUTE_KEY_MARK);
+    push_compute_key(
+        &mut key,
+        node_id,
+        [
+            &context.world_id,
+            &context.execution_domain,
+            &context.as_of,
+            &context.partition,
+        ],
+    );
+    key
+}
+
+const COMPUTE_KEY_MARK: &str = "#ck=";
+
+/// `{node_id}:{interval}:{bucket}`, with room for a compute key of `key_len` bytes.
+fn partition_key_base(node_id: &str, interval: i64, bucket: i64, key_len: usize) -> String {
+    let mut numbers = itoa::Buffer::new();
+    let mut key = String::with_capacity(node_id.len() + 42 + COMPUTE_KEY_MARK.len() + key_len);
+    key.push_str(node_id);
+    key.push(':');
+    key.push_str(numbers.format(interval));
+    key.push(':');
+    key.push_str(numbers.format(bucket));
+    key
 }
 
 #[cfg(test)]
@@ -117,6 +169,28 @@ mod tests {
         assert_eq!(Domain::parse("prod"), Some(Domain::Live));
         assert_eq!(Domain::parse("shadow"), Some(Domain::Shadow));
         assert_eq!(Domain::parse("moon"), None);
+    }
+
+    #[test]
+    fn a_partition_key_in_a_context_is_the_key_with_that_contexts_compute_key() {
+        let mut context = ComputeContext {
+            world_id: "w1".into(),
+            execution_domain: String::new(),
+            as_of: "2025-01-01".into(),
+            partition: "p".into(),
+            dataset_fingerprint: "ignored".into(),
+        };
+        let key = context.compute_key("blake3:ab");
+        assert_eq!(
+            partition_key_in("blake3:ab", 60, 0, Some(&context)),
+            partition_key("blake3:ab", 60, 0, Some(&key))
+        );
+        context.execution_domain = "live".into();
+        assert_ne!(
+            partition_key_in("blake3:ab", 60, 0, Some(&context)),
+            partition_key("blake3:ab", 60, 0, Some(&key))
+        );
+        assert_eq!(partition_key_in("blake3:ab", -5, 3, None), "blake3:ab:-5:3");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::context::ComputeContext;
 use crate::error::DagError;
-use crate::lenient::ObjectList;
+use crate::lenient::{ObjectFold, ObjectList};
 use crate::node::{Node, RawNode, crc32_chain};
 use crate::topic::TopicNamespace;
 use serde::Deserialize;
@@ -158,13 +158,51 @@ impl Dag {
 struct RawDag<'a> {
     schema_version: Option<Value>,
     #[serde(borrow)]
-    nodes: ObjectList<RawNode<'a>>,
+    nodes: ObjectList<ReadNodes<'a>>,
     meta: Option<Value>,
     compute_context: Option<Value>,
     version: Option<Value>,
     strategy_version: Option<Value>,
     build_version: Option<Value>,
     node_ids_crc32: Option<Value>,
+}
+
+/// The nodes of a document, checked one by one as they are read. The first bad node is kept
+/// and the rest are only read, so that a syntax error anywhere still wins over a bad node.
+#[derive(Debug, Default)]
+struct ReadNodes<'a> {
+    nodes: Vec<Node>,
+    sentinel: Option<Sentinel>,
+    /// Items read, sentinels and non-objects included.
+    count: usize,
+    first_error: Option<DagError>,
+    _document: std::marker::PhantomData<&'a str>,
+}
+
+impl<'de: 'a, 'a> ObjectFold<'de> for ReadNodes<'a> {
+    type Item = RawNode<'a>;
+
+    fn take(&mut self, item: Option<RawNode<'a>>) {
+        let position = self.count;
+        self.count += 1;
+        if self.first_error.is_some() {
+            return;
+        }
+        let Some(raw) = item else {
+            self.first_error = Some(DagError::SchemaInvalid {
+                reason: format!("nodes[{position}] is not an object"),
+            });
+            return;
+        };
+        if raw.node_type.as_str() == Some("VersionSentinel") {
+            self.sentinel = Some(parse_sentinel(&raw, position));
+            return;
+        }
+        match Node::from_raw(&raw, position) {
+            Ok(node) => self.nodes.push(node),
+            Err(error) => self.first_error = Some(error),
+        }
+    }
 }
 
 /// Parses a DAG document, enforcing the limits, then checks it: node fields, node ids (when
@@ -195,15 +233,15 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             });
         }
     }
-    let ObjectList::List(raw_nodes) = raw.nodes else {
+    let ObjectList::List(read) = raw.nodes else {
         return Err(DagError::SchemaInvalid {
             reason: "field `nodes` is missing or not a list".into(),
         });
     };
-    if raw_nodes.len() > limits.max_nodes {
+    if read.count > limits.max_nodes {
         return Err(DagError::TooLarge {
             what: "node count",
-            actual: raw_nodes.len(),
+            actual: read.count,
             limit: limits.max_nodes,
         });
     }
@@ -223,25 +261,16 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             top_level.insert(key.to_owned(), value);
         }
     }
-
-    let mut nodes = Vec::with_capacity(raw_nodes.len());
-    let mut sentinel = None;
-    for (position, raw) in raw_nodes.iter().enumerate() {
-        let Some(raw) = raw else {
-            return Err(DagError::SchemaInvalid {
-                reason: format!("nodes[{position}] is not an object"),
-            });
-        };
-        if raw.node_type.as_str() == Some("VersionSentinel") {
-            sentinel = Some(parse_sentinel(raw, position));
-            continue;
-        }
-        let node = Node::from_raw(raw, position)?;
-        if verify_ids {
+    // The nodes read hold those before the first bad one, so this reports whichever comes first.
+    if verify_ids {
+        for node in &read.nodes {
             node.verify_id()?;
         }
-        nodes.push(node);
     }
+    if let Some(error) = read.first_error {
+        return Err(error);
+    }
+    let (nodes, sentinel) = (read.nodes, read.sentinel);
 
     let mut index: foldhash::HashMap<&str, usize> =
         foldhash::HashMap::with_capacity_and_hasher(nodes.len(), Default::default());

@@ -246,13 +246,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for TextList<'a> {
     }
 }
 
-/// A list whose items should be objects of `T`; items of another type are kept as `None` so the
-/// caller can name their position.
+/// What a list of objects is folded into, item by item as the document is read, so that no
+/// list of raw items is ever held.
+pub(crate) trait ObjectFold<'de>: Default {
+    type Item: Deserialize<'de>;
+    /// Takes the next item; `None` for an item that is not an object, so the fold can name its
+    /// position.
+    fn take(&mut self, item: Option<Self::Item>);
+}
+
+/// A list whose items should be objects, folded into `F`.
 #[derive(Debug, Default)]
-pub(crate) enum ObjectList<T> {
+pub(crate) enum ObjectList<F> {
     #[default]
     Missing,
-    List(Vec<Option<T>>),
+    List(F),
     Invalid,
 }
 
@@ -299,20 +307,20 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Item<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectList<T> {
+impl<'de, F: ObjectFold<'de>> Deserialize<'de> for ObjectList<F> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ListVisitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
-            type Value = ObjectList<T>;
+        struct ListVisitor<F>(std::marker::PhantomData<F>);
+        impl<'de, F: ObjectFold<'de>> Visitor<'de> for ListVisitor<F> {
+            type Value = ObjectList<F>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a list of objects")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(16));
-                while let Some(Item(item)) = seq.next_element::<Item<T>>()? {
-                    items.push(item);
+                let mut fold = F::default();
+                while let Some(Item(item)) = seq.next_element::<Item<F::Item>>()? {
+                    fold.take(item);
                 }
-                Ok(ObjectList::List(items))
+                Ok(ObjectList::List(fold))
             }
             lenient_visitor!(ObjectList::Invalid, ObjectList::Invalid);
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {

@@ -28,14 +28,7 @@ impl NodeFields {
 
     /// The BLAKE3 digest the node id is the hex of.
     pub fn digest(&self) -> blake3::Hash {
-        thread_local! {
-            static PREIMAGE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        PREIMAGE.with_borrow_mut(|preimage| {
-            preimage.clear();
-            self.write_preimage(preimage);
-            blake3::hash(preimage)
-        })
+        crate::hash_preimage(|preimage| self.write_preimage(preimage))
     }
 
     /// The bytes the id hashes: the seven fields joined by `|`.

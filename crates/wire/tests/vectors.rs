@@ -235,3 +235,50 @@ fn a_dag_with_bad_nodes_reports_the_first_in_document_order() {
         "{early}"
     );
 }
+
+/// Nodes are checked as they are read, yet a syntax error anywhere still wins over a bad node,
+/// and of a node with a bad field and an earlier node with a wrong id, the earlier is named.
+#[test]
+fn a_bad_node_is_reported_only_after_the_whole_document_reads() {
+    let good = |period: i64| {
+        let mut node = serde_json::json!({
+            "node_type": "SMA", "interval": 60, "period": period, "params": {},
+            "inputs": [], "code_hash": "c", "schema_compat_id": "s1",
+        });
+        node["node_id"] = Value::from(node_id_of(&node).unwrap());
+        node
+    };
+    let missing_type = serde_json::json!({"node_id": "blake3:aa", "interval": 60});
+    let text = serde_json::json!({"nodes": [good(1), missing_type.clone(), good(2)]}).to_string();
+    assert_eq!(
+        parse_dag(&text, DagLimits::default(), true)
+            .unwrap_err()
+            .code(),
+        wire::ErrorCode::NodeIdFields
+    );
+    let truncated = &text[..text.len() - 3];
+    assert_eq!(
+        parse_dag(truncated, DagLimits::default(), true)
+            .unwrap_err()
+            .code(),
+        wire::ErrorCode::InvalidJson
+    );
+    let mut forged = good(3);
+    forged["period"] = Value::from(4);
+    let text = serde_json::json!({"nodes": [good(1), forged.clone(), missing_type]});
+    match parse_dag(&text.to_string(), DagLimits::default(), true) {
+        Err(wire::DagError::NodeIdMismatch { node, .. }) => {
+            assert_eq!(node, forged["node_id"].as_str().unwrap())
+        }
+        other => panic!("{other:?}"),
+    }
+    let too_many = serde_json::json!({"nodes": [good(1), good(2), 5]}).to_string();
+    let limits = DagLimits {
+        max_nodes: 2,
+        ..DagLimits::default()
+    };
+    assert_eq!(
+        parse_dag(&too_many, limits, true).unwrap_err().code(),
+        wire::ErrorCode::TooLarge
+    );
+}
