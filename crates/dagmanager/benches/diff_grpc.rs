@@ -5,7 +5,7 @@
 //! (its sentinel written). Prints percentiles and machine facts.
 //!
 //! Run: `cargo bench -p dagmanager --bench diff_grpc [-- FILTER]`; with FILTER, only the cases
-//! whose name contains it run.
+//! whose name contains it run (`=NAME`: only the case named NAME).
 
 use dagclient::collect_diff;
 use dagmanager::{App, DagManagerSettings};
@@ -20,10 +20,14 @@ use test_support::synthetic_dag;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The cases to run: all, or those whose name contains the first non-flag argument.
+/// The cases to run: all, those whose name contains the first non-flag argument, or the one it
+/// names after `=`.
 fn wanted(name: &str) -> bool {
     match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        Some(filter) => name.contains(&filter),
+        Some(filter) => match filter.strip_prefix('=') {
+            Some(exact) => name == exact,
+            None => name.contains(&filter),
+        },
         None => true,
     }
 }

@@ -117,27 +117,47 @@ impl AckRegistry {
     }
 }
 
-/// Splits a diff into chunks of at most `chunk_size` queue-map entries and buffer instructions;
-/// every chunk carries the sentinel, version and the DAG's CRC32.
-pub fn chunks_of(outcome: DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
-    let size = chunk_size.clamp(1, MAX_CHUNK_NODES);
-    let count = outcome
-        .queue_map
-        .len()
-        .div_ceil(size)
-        .max(outcome.buffer_nodes.len().div_ceil(size))
-        .max(1);
-    let mut queue_map = outcome.queue_map.into_iter();
-    let mut buffer_nodes = outcome.buffer_nodes.into_iter();
-    (0..count)
-        .map(|_| DiffChunk {
-            queue_map: queue_map.by_ref().take(size).collect(),
+/// A diff's answer cut into chunks of at most `chunk_size` queue-map entries and buffer
+/// instructions; every chunk carries the sentinel, version and the DAG's CRC32. A chunk is built
+/// when it is sent (again, if it must be re-sent), so none is held twice.
+#[derive(Debug)]
+pub(crate) struct Chunks {
+    outcome: DiffOutcome,
+    size: usize,
+}
+
+impl Chunks {
+    pub(crate) fn new(outcome: DiffOutcome, chunk_size: usize) -> Chunks {
+        Chunks {
+            outcome,
+            size: chunk_size.clamp(1, MAX_CHUNK_NODES),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.outcome
+            .queue_map
+            .len()
+            .div_ceil(self.size)
+            .max(self.outcome.buffer_nodes.len().div_ceil(self.size))
+            .max(1)
+    }
+
+    /// Chunk `index` (< `len()`).
+    pub(crate) fn chunk(&self, index: usize) -> DiffChunk {
+        let part = |len: usize| (index * self.size).min(len)..((index + 1) * self.size).min(len);
+        let outcome = &self.outcome;
+        DiffChunk {
+            queue_map: outcome.queue_map[part(outcome.queue_map.len())]
+                .iter()
+                .cloned()
+                .collect(),
             sentinel_id: outcome.sentinel_id.clone(),
-            buffer_nodes: buffer_nodes.by_ref().take(size).collect(),
+            buffer_nodes: outcome.buffer_nodes[part(outcome.buffer_nodes.len())].to_vec(),
             version: outcome.version.clone(),
             crc32: Some(outcome.crc32),
-        })
-        .collect()
+        }
+    }
 }
 
 /// Sends chunks keeping at most `ack_window` unacknowledged, which is what acks are for: the
@@ -146,7 +166,7 @@ pub fn chunks_of(outcome: DiffOutcome, chunk_size: usize) -> Vec<DiffChunk> {
 /// in a row end the stream with DEADLINE_EXCEEDED. The stream ends as soon as the last chunk is
 /// sent; acks that arrive after that are answered and ignored.
 async fn send_with_acks(
-    chunks: Vec<DiffChunk>,
+    chunks: Chunks,
     sender: mpsc::Sender<Result<DiffChunk, Status>>,
     stream: Arc<StreamAcks>,
     settings: StreamSettings,
@@ -159,7 +179,7 @@ async fn send_with_acks(
     loop {
         let acked = (*acked_rx.borrow_and_update() as usize).min(total);
         while sent < total && sent - acked.min(sent) < window {
-            if sender.send(Ok(chunks[sent].clone())).await.is_err() {
+            if sender.send(Ok(chunks.chunk(sent))).await.is_err() {
                 return;
             }
             sent += 1;
@@ -187,8 +207,8 @@ async fn send_with_acks(
                         .await;
                     return;
                 }
-                for chunk in &chunks[acked..sent] {
-                    if sender.send(Ok(chunk.clone())).await.is_err() {
+                for index in acked..sent {
+                    if sender.send(Ok(chunks.chunk(index))).await.is_err() {
                         return;
                     }
                 }
@@ -255,7 +275,7 @@ impl DiffService for DiffServer {
             .await
             .map_err(|e| Status::from(&e))?;
         let sentinel_id = outcome.sentinel_id.clone();
-        let chunks = chunks_of(outcome, self.stream.chunk_size);
+        let chunks = Chunks::new(outcome, self.stream.chunk_size);
         let (sender, receiver) = mpsc::channel(self.stream.ack_window.max(1) + 1);
         let acks = self.acks.clone();
         let stream = acks.register(&sentinel_id);
@@ -499,13 +519,17 @@ mod tests {
             new_nodes: 250,
             reused_nodes: 0,
         };
-        let chunks = chunks_of(outcome, 500);
+        let chunks = Chunks::new(outcome, 500);
         assert_eq!(chunks.len(), 3);
+        let chunks: Vec<DiffChunk> = (0..chunks.len()).map(|i| chunks.chunk(i)).collect();
         assert_eq!(chunks.iter().map(|c| c.queue_map.len()).sum::<usize>(), 250);
         assert!(
             chunks
                 .iter()
                 .all(|c| c.crc32 == Some(42) && c.queue_map.len() <= 100)
         );
+        let keys: std::collections::BTreeSet<&String> =
+            chunks.iter().flat_map(|c| c.queue_map.keys()).collect();
+        assert_eq!(keys.len(), 250);
     }
 }
