@@ -33,7 +33,7 @@ pub(crate) struct Index {
     queues: HashTable<QueueEntry>,
     /// Owned queues by (node id, namespace).
     bound: HashTable<QueueEntry>,
-    sentinels: HashMap<String, SentinelRecord>,
+    sentinels: HashMap<String, Arc<SentinelRecord>>,
 }
 
 impl Index {
@@ -148,15 +148,15 @@ impl Index {
     }
 
     pub(crate) fn sentinel(&self, sentinel_id: &str) -> Option<&SentinelRecord> {
-        self.sentinels.get(sentinel_id)
+        self.sentinels.get(sentinel_id).map(Arc::as_ref)
     }
 
     pub(crate) fn sentinels(&self) -> impl Iterator<Item = &SentinelRecord> {
-        self.sentinels.values()
+        self.sentinels.values().map(Arc::as_ref)
     }
 
     /// Adds or replaces a sentinel, moving the users of its nodes from its old DAG to its new.
-    pub(crate) fn put_sentinel(&mut self, sentinel: SentinelRecord) {
+    pub(crate) fn put_sentinel(&mut self, sentinel: Arc<SentinelRecord>) {
         self.remove_sentinel(&sentinel.sentinel_id);
         self.count_users(&sentinel.node_ids, true);
         self.sentinels
@@ -221,8 +221,8 @@ mod tests {
         })
     }
 
-    fn sentinel(id: &str, node_ids: &[&str]) -> SentinelRecord {
-        SentinelRecord {
+    fn sentinel(id: &str, node_ids: &[&str]) -> Arc<SentinelRecord> {
+        Arc::new(SentinelRecord {
             sentinel_id: id.into(),
             strategy_id: id.into(),
             version: "v1".into(),
@@ -230,7 +230,7 @@ mod tests {
             node_ids: node_ids.iter().map(|n| (*n).to_owned()).collect(),
             nodes_digest: String::new(),
             updated_at: 0.0,
-        }
+        })
     }
 
     #[test]

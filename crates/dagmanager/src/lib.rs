@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+mod codec;
 pub mod diff;
 pub mod exporter;
 pub mod gc;

@@ -178,7 +178,9 @@ impl EmbeddedQueueAdmin {
             tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason, "The queue registry could not record new queues; start-up will re-create them from the graph.");
         });
         let mut queues = ByName::default();
-        for queue in db.read_all(QUEUES, |q: &BrokerQueue| q.spec.name.clone())? {
+        for queue in db.read_all_with(QUEUES, crate::codec::decode_stored, |q: &BrokerQueue| {
+            q.spec.name.clone()
+        })? {
             queues.insert(Arc::new(queue));
         }
         Ok(EmbeddedQueueAdmin {

@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::decode_stored;
 use crate::graph_index::Index;
 use foldhash::HashMap;
 use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
@@ -188,14 +189,16 @@ impl EmbeddedGraphStore {
     /// The index of what is on disk.
     fn load(db: &EmbeddedDb) -> Result<Index, StoreError> {
         let mut index = Index::default();
-        for node in db.read_all(NODES, |n: &NodeRecord| n.node_id.clone())? {
+        for node in db.read_all_with(NODES, decode_stored, |n: &NodeRecord| n.node_id.clone())? {
             index.put_node(Arc::new(node));
         }
-        for queue in db.read_all(QUEUES, |q: &QueueRecord| q.name.clone())? {
+        for queue in db.read_all_with(QUEUES, decode_stored, |q: &QueueRecord| q.name.clone())? {
             index.put_queue(Arc::new(queue));
         }
-        for sentinel in db.read_all(SENTINELS, |s: &SentinelRecord| s.sentinel_id.clone())? {
-            index.put_sentinel(sentinel);
+        for sentinel in db.read_all_with(SENTINELS, decode_stored, |s: &SentinelRecord| {
+            s.sentinel_id.clone()
+        })? {
+            index.put_sentinel(Arc::new(sentinel));
         }
         Ok(index)
     }
@@ -287,14 +290,16 @@ impl GraphStore for EmbeddedGraphStore {
         let queues: Vec<Arc<QueueRecord>> = changes.queues.into_iter().map(Arc::new).collect();
         let node_rows = embedded::shared_rows(&nodes, |n| n.node_id.clone());
         let queue_rows = embedded::shared_rows(&queues, |q| q.name.clone());
-        let sentinels = embedded::rows(changes.sentinel.as_slice(), |s| s.sentinel_id.clone())?;
+        let sentinel: Vec<Arc<SentinelRecord>> =
+            changes.sentinel.into_iter().map(Arc::new).collect();
+        let sentinel_rows = embedded::shared_rows(&sentinel, |s| s.sentinel_id.clone());
         // Queued and published under the index lock, so readers never see a write that was
         // queued after one they cannot see.
         let mut index = self.write_index();
         let batches = vec![
             (NODES, node_rows),
             (QUEUES, queue_rows),
-            (SENTINELS, sentinels),
+            (SENTINELS, sentinel_rows),
         ];
         self.db
             .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
@@ -304,7 +309,7 @@ impl GraphStore for EmbeddedGraphStore {
         for queue in queues {
             index.put_queue(queue);
         }
-        if let Some(sentinel) = changes.sentinel {
+        for sentinel in sentinel {
             index.put_sentinel(sentinel);
         }
         drop(index);
@@ -387,13 +392,15 @@ impl GraphStore for EmbeddedGraphStore {
                 removed_nodes.iter().map(String::as_str).collect();
             let sentinel_ids: Vec<String> =
                 released.iter().map(|s| s.sentinel_id.clone()).collect();
-            let orphaned: Vec<QueueRecord> = index
+            let orphaned: Vec<Arc<QueueRecord>> = index
                 .queues()
                 .filter(|q| q.node_id.as_deref().is_some_and(|n| removed.contains(n)))
-                .map(|q| QueueRecord {
-                    node_id: None,
-                    orphaned_at: Some(now),
-                    ..QueueRecord::clone(q)
+                .map(|q| {
+                    Arc::new(QueueRecord {
+                        node_id: None,
+                        orphaned_at: Some(now),
+                        ..QueueRecord::clone(q)
+                    })
                 })
                 .collect();
             (removed_nodes, orphaned, sentinel_ids)
@@ -403,7 +410,7 @@ impl GraphStore for EmbeddedGraphStore {
         }
         self.commit(vec![
             (NODES, embedded::deletions(&removed_nodes)),
-            (QUEUES, embedded::rows(&orphaned, |q| q.name.clone())?),
+            (QUEUES, embedded::shared_rows(&orphaned, |q| q.name.clone())),
             (SENTINELS, embedded::deletions(&sentinel_ids)),
         ])
         .await?;
@@ -416,7 +423,7 @@ impl GraphStore for EmbeddedGraphStore {
         }
         let names = orphaned.iter().map(|q| q.name.clone()).collect();
         for queue in orphaned {
-            index.put_queue(Arc::new(queue));
+            index.put_queue(queue);
         }
         Ok(names)
     }
@@ -440,5 +447,83 @@ impl GraphStore for EmbeddedGraphStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         Ok(self.db.probe()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            node_id: id.into(),
+            node_type: "SMA".into(),
+            code_hash: "c".into(),
+            schema_hash: "s".into(),
+            schema_compat_id: String::new(),
+            interval: 60,
+            period: 5,
+            tags: vec!["btc".into()],
+            created_at: 1.0,
+            buffering_since: None,
+        }
+    }
+
+    fn queue(name: &str, node_id: &str) -> QueueRecord {
+        QueueRecord {
+            name: name.into(),
+            node_id: Some(node_id.into()),
+            namespace: String::new(),
+            tag: "indicator".into(),
+            interval: 60,
+            tags: vec!["btc".into()],
+            created_at: 1.0,
+            compute_keys: Vec::new(),
+            orphaned_at: None,
+        }
+    }
+
+    /// Earlier versions wrote JSON records; they are read beside the binary ones written since.
+    #[tokio::test]
+    async fn a_graph_an_earlier_version_wrote_in_json_opens_and_takes_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = EmbeddedDb::open(dir.path(), "graph", &[NODES, QUEUES, SENTINELS]).unwrap();
+            db.write(vec![
+                (
+                    NODES,
+                    embedded::rows(&[node("n1")], |n| n.node_id.clone()).unwrap(),
+                ),
+                (
+                    QUEUES,
+                    embedded::rows(&[queue("q1", "n1")], |q| q.name.clone()).unwrap(),
+                ),
+            ])
+            .await
+            .unwrap();
+        }
+        {
+            let store = EmbeddedGraphStore::open(dir.path()).unwrap();
+            let found = store.nodes(&["n1"], "").await.unwrap();
+            let found = found[0].as_ref().expect("the JSON node is read");
+            assert_eq!(*found.node, node("n1"));
+            assert_eq!(found.queue.as_deref(), Some(&queue("q1", "n1")));
+            let begun = store.begin().await.unwrap();
+            let changes = GraphChanges {
+                nodes: vec![node("n2")],
+                queues: vec![queue("q2", "n2")],
+                sentinel: None,
+            };
+            let staged = store.stage(changes, None).await.unwrap();
+            store.settle(begun.covering(staged)).await.unwrap();
+        }
+        let store = EmbeddedGraphStore::open(dir.path()).unwrap();
+        assert_eq!(store.counts().await.unwrap(), (2, 2));
+        let both = store.nodes(&["n1", "n2"], "").await.unwrap();
+        assert_eq!(*both[1].as_ref().unwrap().node, node("n2"));
+        assert_eq!(
+            both[1].as_ref().unwrap().queue.as_deref(),
+            Some(&queue("q2", "n2"))
+        );
     }
 }

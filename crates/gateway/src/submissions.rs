@@ -190,7 +190,7 @@ impl Submissions {
                 DAGS,
                 vec![(
                     record.strategy_id.clone(),
-                    Some(recordstore::Value::Json(dag)),
+                    Some(recordstore::Value::Bytes(dag)),
                 )],
             ),
         ])
@@ -385,7 +385,10 @@ mod tests {
                 .db
                 .write(vec![(
                     STRATEGIES,
-                    vec![("old".to_owned(), Some(recordstore::Value::Json(legacy_row)))],
+                    vec![(
+                        "old".to_owned(),
+                        Some(recordstore::Value::Bytes(legacy_row)),
+                    )],
                 )])
                 .await
                 .unwrap();

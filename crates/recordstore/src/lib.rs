@@ -1,8 +1,9 @@
-//! Durable tables of JSON records in one append-only log file per store, crash-safe (see
-//! `log` for the format). Every record lives in the caller's memory; the log is read once, when
-//! the store opens. One writer thread per file appends writes in the order they were queued,
-//! several to a frame (see `writer`), and rewrites the file to its live records when it has
-//! grown to twice their size. A redb file left by an earlier version is imported on first open.
+//! Durable tables of records in one append-only log file per store, crash-safe (see `log` for
+//! the format). A store picks how its records are encoded (JSON unless it says otherwise). Every
+//! record lives in the caller's memory; the log is read once, when the store opens. One writer
+//! thread per file appends writes in the order they were queued, several to a frame (see
+//! `writer`), and rewrites the file to its live records when it has grown to twice their size. A
+//! redb file left by an earlier version is imported on first open.
 
 use foldhash::{HashMap, HashSet};
 use serde::de::DeserializeOwned;
@@ -37,18 +38,18 @@ pub const fn table(name: &'static str) -> Table {
 /// A record's name and its new value; `None` deletes it.
 pub type Row = (String, Option<Value>);
 
-/// A record's new value: its JSON, or the record itself, which the writer thread encodes (off
+/// A record's new value: its bytes, or the record itself, which the writer thread encodes (off
 /// the caller's path) when it writes the commit.
 #[derive(Clone)]
 pub enum Value {
-    Json(Vec<u8>),
-    Record(Arc<dyn EncodeJson>),
+    Bytes(Vec<u8>),
+    Record(Arc<dyn Encode>),
 }
 
 impl Value {
     pub(crate) fn value_ref(&self) -> log::ValueRef<'_> {
         match self {
-            Value::Json(bytes) => log::ValueRef::Bytes(bytes),
+            Value::Bytes(bytes) => log::ValueRef::Bytes(bytes),
             Value::Record(record) => log::ValueRef::Record(record.as_ref()),
         }
     }
@@ -57,21 +58,24 @@ impl Value {
 impl std::fmt::Debug for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Value::Json(bytes) => write!(f, "Json({} bytes)", bytes.len()),
+            Value::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
             Value::Record(_) => f.write_str("Record(..)"),
         }
     }
 }
 
-/// A record the writer thread can encode as JSON: anything `Serialize`.
-pub trait EncodeJson: Send + Sync {
-    fn encode_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+/// Why a record could not be encoded or decoded.
+pub type CodecError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A record the writer thread can encode. A store picks its records' encoding; JSON
+/// ([`encode_json`]) is what [`EmbeddedDb::read_all`] reads back.
+pub trait Encode: Send + Sync {
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError>;
 }
 
-impl<T: serde::Serialize + Send + Sync> EncodeJson for T {
-    fn encode_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(out, self)
-    }
+/// Appends the JSON of `record` to `out`.
+pub fn encode_json<T: serde::Serialize>(record: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    Ok(serde_json::to_writer(out, record)?)
 }
 
 /// Why embedded storage failed.
@@ -86,9 +90,15 @@ pub enum EmbeddedError {
         source: redb::Error,
     },
     #[error("a stored record could not be encoded or decoded")]
-    Codec(#[from] serde_json::Error),
+    Codec(#[source] CodecError),
     #[error("the write was not committed: {reason}")]
     Commit { reason: String },
+}
+
+impl From<serde_json::Error> for EmbeddedError {
+    fn from(error: serde_json::Error) -> EmbeddedError {
+        EmbeddedError::Codec(Box::new(error))
+    }
 }
 
 /// How a write reaches the disk.
@@ -214,7 +224,18 @@ impl EmbeddedDb {
         table: Table,
         name: impl Fn(&T) -> String,
     ) -> Result<Vec<T>, EmbeddedError> {
-        if let Some(records) = self.import(table, name)? {
+        self.read_all_with(table, |bytes| Ok(serde_json::from_slice(bytes)?), name)
+    }
+
+    /// [`EmbeddedDb::read_all`] for records in the store's own encoding, read by `decode`
+    /// (which must also read JSON, the encoding of imported records).
+    pub fn read_all_with<T>(
+        &self,
+        table: Table,
+        decode: impl Fn(&[u8]) -> Result<T, CodecError>,
+        name: impl Fn(&T) -> String,
+    ) -> Result<Vec<T>, EmbeddedError> {
+        if let Some(records) = self.import(table, &decode, name)? {
             return Ok(records);
         }
         let scanned = {
@@ -234,16 +255,17 @@ impl EmbeddedDb {
         };
         scanned
             .into_records()
-            .map(|(_, value)| Ok(serde_json::from_slice(&value)?))
+            .map(|(_, value)| decode(&value).map_err(EmbeddedError::Codec))
             .collect()
     }
 
     /// Imports `table` from the earlier version's file, if one is being imported: decodes its
     /// records, appends them durably under their names, and retires the old file once every
     /// table is in.
-    fn import<T: DeserializeOwned>(
+    fn import<T>(
         &self,
         table: Table,
+        decode: impl Fn(&[u8]) -> Result<T, CodecError>,
         name: impl Fn(&T) -> String,
     ) -> Result<Option<Vec<T>>, EmbeddedError> {
         let mut legacy = lock(&self.legacy);
@@ -256,7 +278,7 @@ impl EmbeddedDb {
         let mut records = Vec::with_capacity(values.len());
         let mut rows = Vec::with_capacity(values.len());
         for value in values {
-            let record: T = serde_json::from_slice(&value)?;
+            let record = decode(&value).map_err(EmbeddedError::Codec)?;
             rows.push((name(&record), value));
             records.push(record);
         }
@@ -467,12 +489,17 @@ pub fn rows<T: serde::Serialize>(
 ) -> Result<Vec<Row>, EmbeddedError> {
     records
         .iter()
-        .map(|record| Ok((name(record), Some(Value::Json(serde_json::to_vec(record)?)))))
+        .map(|record| {
+            Ok((
+                name(record),
+                Some(Value::Bytes(serde_json::to_vec(record)?)),
+            ))
+        })
         .collect()
 }
 
 /// Rows of shared records named by `name`, encoded by the writer thread.
-pub fn shared_rows<T: serde::Serialize + Send + Sync + 'static>(
+pub fn shared_rows<T: Encode + 'static>(
     records: &[Arc<T>],
     name: impl Fn(&T) -> String,
 ) -> Vec<Row> {
@@ -528,12 +555,40 @@ mod tests {
 
     const T: Table = table("t");
 
+    /// A record in an encoding of its own: `name=count`.
+    #[derive(Debug, PartialEq)]
+    struct Counted {
+        name: String,
+        count: u32,
+    }
+
+    impl Encode for Counted {
+        fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+            out.extend_from_slice(format!("{}={}", self.name, self.count).as_bytes());
+            Ok(())
+        }
+    }
+
+    fn decode_counted(bytes: &[u8]) -> Result<Counted, CodecError> {
+        let text = std::str::from_utf8(bytes)?;
+        let (name, count) = text.split_once('=').ok_or("no '='")?;
+        Ok(Counted {
+            name: name.to_owned(),
+            count: count.parse()?,
+        })
+    }
+
     #[tokio::test]
-    async fn shared_records_are_encoded_by_the_writer_and_read_back_as_written() {
+    async fn shared_records_are_encoded_by_the_writer_and_read_back_by_their_decoder() {
         let dir = tempfile::tempdir().unwrap();
-        let name = |v: &serde_json::Value| v["name"].as_str().unwrap().to_owned();
-        let records: Vec<Arc<serde_json::Value>> = (0..3)
-            .map(|i| Arc::new(serde_json::json!({"name": format!("s{i}"), "v": i})))
+        let name = |c: &Counted| c.name.clone();
+        let records: Vec<Arc<Counted>> = (0..3)
+            .map(|i| {
+                Arc::new(Counted {
+                    name: format!("s{i}"),
+                    count: i,
+                })
+            })
             .collect();
         {
             let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
@@ -542,9 +597,21 @@ mod tests {
                 .unwrap();
         }
         let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
-        let read: Vec<serde_json::Value> = db.read_all(T, name).unwrap();
-        let written: Vec<serde_json::Value> = records.iter().map(|r| (**r).clone()).collect();
-        assert_eq!(read, written);
+        let read = db.read_all_with(T, decode_counted, name).unwrap();
+        let written: Vec<&Counted> = records.iter().map(|r| r.as_ref()).collect();
+        assert_eq!(read.iter().collect::<Vec<_>>(), written);
+        // A record the decoder refuses is an error, not a record lost in silence.
+        drop(db);
+        {
+            let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
+            let bad = vec![("s9".to_owned(), Some(Value::Bytes(b"s9=many".to_vec())))];
+            db.write(vec![(T, bad)]).await.unwrap();
+        }
+        let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
+        assert!(matches!(
+            db.read_all_with(T, decode_counted, name),
+            Err(EmbeddedError::Codec(_))
+        ));
     }
 
     #[tokio::test]

@@ -48,7 +48,7 @@ pub enum LogError {
     #[error("a record could not be encoded")]
     Encode {
         #[source]
-        source: serde_json::Error,
+        source: crate::CodecError,
     },
     #[error("the log {path} stopped accepting writes after a failed sync: {reason}")]
     Poisoned { path: String, reason: String },
@@ -203,7 +203,7 @@ fn sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[derive(Clone, Copy)]
 pub(crate) enum ValueRef<'a> {
     Bytes(&'a [u8]),
-    Record(&'a dyn crate::EncodeJson),
+    Record(&'a dyn crate::Encode),
 }
 
 /// Appends one row to a frame payload being built; returns the bytes the row takes (0 for a
@@ -213,7 +213,7 @@ pub(crate) fn encode_row(
     table: &str,
     name: &str,
     value: Option<ValueRef<'_>>,
-) -> Result<u64, serde_json::Error> {
+) -> Result<u64, crate::CodecError> {
     let start = buf.len();
     buf.push(if value.is_some() { PUT } else { DELETE });
     buf.push(table.len() as u8);
@@ -228,7 +228,7 @@ pub(crate) fn encode_row(
     match value {
         ValueRef::Bytes(bytes) => buf.extend_from_slice(bytes),
         ValueRef::Record(record) => {
-            if let Err(e) = record.encode_json(buf) {
+            if let Err(e) = record.encode(buf) {
                 buf.truncate(start);
                 return Err(e);
             }
