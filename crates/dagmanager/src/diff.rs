@@ -1,11 +1,13 @@
 //! The diff: which nodes of a submitted DAG already exist (their queues are reused) and which
 //! need new queues; persisted so that reuse survives restarts (wire.md section 5).
 
-use foldhash::HashSet;
+use foldhash::HashMap;
 use kit::clock::Clock;
 use kit::metrics::RecentQuantile;
 use proto::BufferInstruction;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
@@ -269,7 +271,7 @@ impl DiffEngine {
         namespace: Option<&TopicNamespace>,
     ) -> Result<Vec<String>, StoreError> {
         let prefix = namespace.map(TopicNamespace::prefix).unwrap_or_default();
-        let assets: Vec<String> = unnamed
+        let assets: Vec<Cow<str>> = unnamed
             .iter()
             .map(|new| topic_asset(&dag.nodes[new.node].tags))
             .collect();
@@ -284,23 +286,36 @@ impl DiffEngine {
                 false,
             )
         };
-        let mut planned: HashSet<String> = HashSet::default();
-        let mut names: Vec<String> = Vec::with_capacity(unnamed.len());
+        // Every name planned (a replaced first choice stays: it is taken either way), found
+        // through a table of positions in `planned`, so no name is held twice.
+        let hasher = foldhash::fast::RandomState::default();
+        let hash = |name: &str| hasher.hash_one(name);
+        let mut planned: Vec<String> = Vec::with_capacity(unnamed.len());
+        let mut table: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
+        let is_planned = |table: &hashbrown::HashTable<usize>, planned: &[String], c: &str| {
+            table.find(hash(c), |&i| planned[i] == c).is_some()
+        };
+        let plan =
+            |table: &mut hashbrown::HashTable<usize>, planned: &mut Vec<String>, name: String| {
+                table.insert_unique(hash(&name), planned.len(), |&i| hash(&planned[i]));
+                planned.push(name);
+                planned.len() - 1
+            };
+        let mut chosen: Vec<usize> = Vec::with_capacity(unnamed.len());
         for position in 0..unnamed.len() {
             let name = candidates(position)
-                .find(|c| !planned.contains(c))
+                .find(|c| !is_planned(&table, &planned, c))
                 .expect("the candidates never end");
-            planned.insert(name.clone());
-            names.push(name);
+            chosen.push(plan(&mut table, &mut planned, name));
         }
-        let taken = self.store.queue_names_taken(&names).await?;
+        let taken = self.store.queue_names_taken(&planned).await?;
         for (position, _) in taken.iter().enumerate().filter(|(_, taken)| **taken) {
             // Rare: the node's queue was orphaned before, or a short hash collides.
             let mut candidates = candidates(position);
-            names[position] = loop {
+            let name = loop {
                 let batch: Vec<String> = candidates
                     .by_ref()
-                    .filter(|c| !planned.contains(c))
+                    .filter(|c| !is_planned(&table, &planned, c))
                     .take(NAME_PROBE_BATCH)
                     .collect();
                 let taken = self.store.queue_names_taken(&batch).await?;
@@ -308,9 +323,12 @@ impl DiffEngine {
                     break name;
                 }
             };
-            planned.insert(names[position].clone());
+            chosen[position] = plan(&mut table, &mut planned, name);
         }
-        Ok(names)
+        Ok(chosen
+            .into_iter()
+            .map(|i| std::mem::take(&mut planned[i]))
+            .collect())
     }
 
     async fn run(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
@@ -454,9 +472,13 @@ impl DiffEngine {
             .name_new_queues(&unnamed, dag, &version, namespace.as_ref())
             .await?;
         let mut new_specs: Vec<QueueSpec> = Vec::with_capacity(unnamed.len());
+        // A DAG's nodes share a few types: each type's GC tag is worked out once.
+        let mut tags_by_type: HashMap<&str, &'static str> = HashMap::default();
         for (new, name) in unnamed.iter().zip(names) {
             let node = &dag.nodes[new.node];
-            let tag = TopicKind::of_node_type(node.node_type()).as_str();
+            let tag = *tags_by_type
+                .entry(node.node_type())
+                .or_insert_with(|| TopicKind::of_node_type(node.node_type()).as_str());
             new_specs.push(self.settings.queue_spec(&name, tag));
             changes.queues.push(QueueRecord {
                 name: name.clone(),
@@ -499,12 +521,11 @@ impl DiffEngine {
                 strategy_id: input.strategy_id.clone(),
                 version: version.clone(),
                 weight,
-                node_ids: {
-                    let mut sorted: Vec<String> =
-                        node_ids.iter().map(|id| (*id).to_owned()).collect();
-                    sorted.sort_unstable();
-                    sorted
-                },
+                node_ids: checked
+                    .by_id
+                    .iter()
+                    .map(|&i| dag.nodes[i].node_id.clone())
+                    .collect(),
                 nodes_digest,
                 updated_at: now,
             });
@@ -613,7 +634,7 @@ mod tests {
             let short = |name: &str| name.rsplit('_').nth(1).unwrap().len();
             assert_eq!(short(new), short(old) + 2, "{old} -> {new}");
         }
-        let names: HashSet<String> = store
+        let names: foldhash::HashSet<String> = store
             .queues()
             .await
             .unwrap()

@@ -94,7 +94,26 @@ impl Index {
 
     /// Adds a queue or replaces its record, and binds it to the node that owns it (if any).
     pub(crate) fn put_queue(&mut self, queue: Arc<QueueRecord>) {
-        self.remove_queue(&queue.name);
+        let hash = self.hash_id(&queue.name);
+        let replaced = match self
+            .queues
+            .entry(hash, |q| q.record.name == queue.name, |q| q.hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut found) => Some(std::mem::replace(
+                &mut found.get_mut().record,
+                queue.clone(),
+            )),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(QueueEntry {
+                    hash,
+                    record: queue.clone(),
+                });
+                None
+            }
+        };
+        if let Some(old) = replaced {
+            self.unbind(&old);
+        }
         if let Some(node_id) = queue.node_id.as_deref() {
             let hash = self.hash_binding(node_id, &queue.namespace);
             let owner = |q: &QueueEntry| {
@@ -112,15 +131,6 @@ impl Index {
                 }
             }
         }
-        let hash = self.hash_id(&queue.name);
-        self.queues.insert_unique(
-            hash,
-            QueueEntry {
-                hash,
-                record: queue,
-            },
-            |q| q.hash,
-        );
     }
 
     /// Forgets a queue, and its binding if it is the one bound.
@@ -132,11 +142,16 @@ impl Index {
             return;
         };
         let (QueueEntry { record: old, .. }, _) = found.remove();
-        if let Some(node_id) = old.node_id.as_deref() {
-            let hash = self.hash_binding(node_id, &old.namespace);
+        self.unbind(&old);
+    }
+
+    /// Removes the binding of `queue` if it is the one bound.
+    fn unbind(&mut self, queue: &Arc<QueueRecord>) {
+        if let Some(node_id) = queue.node_id.as_deref() {
+            let hash = self.hash_binding(node_id, &queue.namespace);
             if let Ok(bound) = self
                 .bound
-                .find_entry(hash, |q| Arc::ptr_eq(&q.record, &old))
+                .find_entry(hash, |q| Arc::ptr_eq(&q.record, queue))
             {
                 bound.remove();
             }

@@ -18,6 +18,8 @@ pub struct CheckedDag {
     pub dag: Dag,
     /// Indices of `dag.nodes`, dependencies first.
     pub order: Vec<usize>,
+    /// Indices of `dag.nodes` in the order of their ids.
+    pub by_id: Vec<usize>,
     /// The digest of the sorted node ids (`SentinelRecord::nodes_digest`).
     pub nodes_digest: String,
     /// Partition keys in `order` for the last compute context diffed (`None`: no compute key).
@@ -61,12 +63,17 @@ pub fn check(text: &str, limits: DagLimits) -> Result<CheckedDag, DagError> {
     let order = topological_order(&dag)?;
     dag.verify_node_ids()?;
     dag.verify_crc32()?;
-    let mut sorted_ids: Vec<&str> = dag.nodes.iter().map(|n| n.node_id.as_str()).collect();
-    sorted_ids.sort_unstable();
+    let mut by_id: Vec<usize> = (0..dag.nodes.len()).collect();
+    by_id.sort_unstable_by(|&a, &b| dag.nodes[a].node_id.cmp(&dag.nodes[b].node_id));
+    let sorted_ids: Vec<&str> = by_id
+        .iter()
+        .map(|&i| dag.nodes[i].node_id.as_str())
+        .collect();
     let nodes_digest = SentinelRecord::digest_of(&sorted_ids);
     Ok(CheckedDag {
         dag,
         order,
+        by_id,
         nodes_digest,
         partition_keys: Mutex::new(None),
     })

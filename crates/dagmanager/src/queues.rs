@@ -150,26 +150,38 @@ pub struct EmbeddedQueueAdmin {
 impl EmbeddedQueueAdmin {
     /// Refuses specs that name a recorded queue with another configuration.
     pub fn check(&self, specs: &[QueueSpec]) -> Result<(), QueueAdminError> {
+        self.unrecorded(specs).map(drop)
+    }
+
+    /// The specs no queue is recorded under; an error for one that names a recorded queue with
+    /// another configuration.
+    fn unrecorded<'s>(
+        &self,
+        specs: &'s [QueueSpec],
+    ) -> Result<Vec<&'s QueueSpec>, QueueAdminError> {
         let queues = self.read();
+        let mut unrecorded = Vec::with_capacity(specs.len());
         for spec in specs {
-            if let Some(existing) = queues.get(&spec.name)
-                && existing.spec != *spec
-            {
-                return Err(QueueAdminError::ConfigMismatch {
-                    name: spec.name.clone(),
-                    detail: format!(
-                        "partitions {}/{}, replication {}/{}, retention_ms {}/{}",
-                        existing.spec.partitions,
-                        spec.partitions,
-                        existing.spec.replication_factor,
-                        spec.replication_factor,
-                        existing.spec.retention_ms,
-                        spec.retention_ms
-                    ),
-                });
+            match queues.get(&spec.name) {
+                None => unrecorded.push(spec),
+                Some(existing) if existing.spec == *spec => {}
+                Some(existing) => {
+                    return Err(QueueAdminError::ConfigMismatch {
+                        name: spec.name.clone(),
+                        detail: format!(
+                            "partitions {}/{}, replication {}/{}, retention_ms {}/{}",
+                            existing.spec.partitions,
+                            spec.partitions,
+                            existing.spec.replication_factor,
+                            spec.replication_factor,
+                            existing.spec.retention_ms,
+                            spec.retention_ms
+                        ),
+                    });
+                }
             }
         }
-        Ok(())
+        Ok(unrecorded)
     }
 
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
@@ -208,20 +220,16 @@ impl EmbeddedQueueAdmin {
 #[async_trait]
 impl QueueAdmin for EmbeddedQueueAdmin {
     async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError> {
-        self.check(specs)?;
-        let new: Vec<Arc<BrokerQueue>> = {
-            let queues = self.read();
-            specs
-                .iter()
-                .filter(|spec| !queues.contains(&spec.name))
-                .map(|spec| {
-                    Arc::new(BrokerQueue {
-                        spec: spec.clone(),
-                        created_at: now,
-                    })
+        let new: Vec<Arc<BrokerQueue>> = self
+            .unrecorded(specs)?
+            .into_iter()
+            .map(|spec| {
+                Arc::new(BrokerQueue {
+                    spec: spec.clone(),
+                    created_at: now,
                 })
-                .collect()
-        };
+            })
+            .collect();
         if new.is_empty() {
             return Ok(());
         }

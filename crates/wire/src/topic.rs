@@ -77,12 +77,12 @@ pub fn normalize_label(label: &str) -> String {
 }
 
 /// The asset segment of a node's topics: its first tag, lower-cased, or `asset`.
-pub fn topic_asset(tags: &[String]) -> String {
-    tags.iter()
-        .map(|t| t.trim())
-        .find(|t| !t.is_empty())
-        .map(str::to_lowercase)
-        .unwrap_or_else(|| "asset".to_owned())
+pub fn topic_asset(tags: &[String]) -> std::borrow::Cow<'_, str> {
+    match tags.iter().map(|t| t.trim()).find(|t| !t.is_empty()) {
+        Some(tag) if tag.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) => tag.into(),
+        Some(tag) => tag.to_lowercase().into(),
+        None => "asset".into(),
+    }
 }
 
 /// `{namespace.}{asset}_{node_type}_{short}_{version}{_sim}`, with `short` the first 8 hex digits
