@@ -130,7 +130,8 @@ impl Node {
 
     /// Checks a raw node's fields; `position` names it in errors when it has no id.
     pub(crate) fn from_raw(raw: &RawNode<'_>, position: usize) -> Result<Node, DagError> {
-        let label = match raw.node_id.as_str() {
+        // How errors name the node (built only for an error).
+        let label = || match raw.node_id.as_str() {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => format!("nodes[{position}]"),
         };
@@ -138,14 +139,14 @@ impl Node {
             Some(t) if !t.is_empty() => t.to_owned(),
             _ => {
                 return Err(DagError::NodeIdFields {
-                    node: label,
+                    node: label(),
                     node_type: String::new(),
                     field: "node_type",
                 });
             }
         };
         let field_error = |field: &'static str| DagError::NodeIdFields {
-            node: label.clone(),
+            node: label(),
             node_type: node_type.clone(),
             field,
         };
@@ -166,7 +167,7 @@ impl Node {
         } else {
             inputs
         };
-        let schema_compat_id = schema_compat_id(raw, &label)?;
+        let schema_compat_id = schema_compat_id(raw, label)?;
         let code_hash = raw
             .code_hash
             .or_empty()
@@ -239,13 +240,13 @@ pub fn crc32_chain<'a>(node_ids: impl IntoIterator<Item = &'a str>) -> u32 {
     hasher.finalize()
 }
 
-fn schema_compat_id(raw: &RawNode<'_>, label: &str) -> Result<String, DagError> {
+fn schema_compat_id(raw: &RawNode<'_>, label: impl FnOnce() -> String) -> Result<String, DagError> {
     let compat = raw.schema_compat_id.as_str();
     let legacy = raw.schema_id.as_str();
     match (compat, legacy) {
         (Some(compat), Some(legacy)) if !compat.is_empty() && compat.trim() != legacy.trim() => {
             Err(DagError::SchemaCompatMismatch {
-                node: label.to_owned(),
+                node: label(),
                 schema_compat_id: compat.to_owned(),
                 schema_id: legacy.to_owned(),
             })
