@@ -109,12 +109,8 @@ impl Sorted<'_> {
             Sorted::Null => out.push_str("null"),
             Sorted::Bool(true) => out.push_str("true"),
             Sorted::Bool(false) => out.push_str("false"),
-            Sorted::I64(i) => {
-                let _ = write!(out, "{i}");
-            }
-            Sorted::U64(u) => {
-                let _ = write!(out, "{u}");
-            }
+            Sorted::I64(i) => out.push_str(itoa::Buffer::new().format(*i)),
+            Sorted::U64(u) => out.push_str(itoa::Buffer::new().format(*u)),
             Sorted::F64(f) => out.push_str(&python_float_repr(*f)),
             Sorted::Str(s) => write_string(out, s),
             Sorted::Arr(items) => {
@@ -265,6 +261,12 @@ impl<'a> From<&'a Value> for Sorted<'a> {
 /// Escapes a string as Python's `json.dumps(..., ensure_ascii=False)` does.
 pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // Nothing to escape (the usual case): one copy.
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -406,5 +408,7 @@ mod tests {
     fn strings_escape_like_python_json_dumps() {
         let value = json!("a\"b\\c\n\u{1}\u{7f}é");
         assert_eq!(canonical_json(&value), "\"a\\\"b\\\\c\\n\\u0001\u{7f}é\"");
+        // A string with nothing to escape is copied as it is.
+        assert_eq!(canonical_json(&json!("plain é\u{7f}")), "\"plain é\u{7f}\"");
     }
 }
