@@ -65,6 +65,9 @@ pub async fn connect(address: &str) -> Result<Channel, ClientError> {
         })
 }
 
+/// Chunk acks on their way at once, per diff.
+const ACKS_IN_FLIGHT: usize = 3;
+
 /// Runs one diff and collects its chunks. Each chunk is acknowledged as it arrives, in the
 /// background: an ack's answer carries nothing, and a lost ack only holds the server's window,
 /// which the server's own timeout handles.
@@ -85,17 +88,31 @@ pub async fn collect_diff(
     }
     let mut stream = client.diff(call).await?.into_inner();
     let mut collected = CollectedDiff::default();
+    // One background task sends the acks as chunks arrive, a few at a time: one at a time holds
+    // a long stream to the acks' round trips once the server's window fills, and one task per
+    // ack has them all compete with the stream for the cores.
+    let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel::<ChunkAck>();
+    let ack_client = client.clone();
+    tokio::spawn(async move {
+        let mut in_flight = tokio::task::JoinSet::new();
+        while let Some(ack) = to_ack.recv().await {
+            if in_flight.len() >= ACKS_IN_FLIGHT {
+                in_flight.join_next().await;
+            }
+            let mut ack_client = ack_client.clone();
+            in_flight.spawn(async move {
+                if let Err(status) = ack_client.ack_chunk(ack).await {
+                    tracing::debug!(code = ?status.code(), "A diff chunk ack was not delivered.");
+                }
+            });
+        }
+        while in_flight.join_next().await.is_some() {}
+    });
     while let Some(chunk) = stream.message().await? {
         let chunk_id = collected.chunks;
-        let mut ack_client = client.clone();
-        let ack = ChunkAck {
+        let _ = acks.send(ChunkAck {
             sentinel_id: chunk.sentinel_id.clone(),
             chunk_id,
-        };
-        tokio::spawn(async move {
-            if let Err(status) = ack_client.ack_chunk(ack).await {
-                tracing::debug!(code = ?status.code(), "A diff chunk ack was not delivered.");
-            }
         });
         if chunk_id == 0 {
             collected.crc32 = chunk.crc32;

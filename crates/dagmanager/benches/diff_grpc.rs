@@ -1,8 +1,9 @@
-//! Diff latency over gRPC on loopback, client and server in one process as the Gateway would
-//! call them: a fresh 1000-node DAG (every queue created and persisted); a repeated 1000-node and
-//! 100-node DAG (every queue reused), both as the same text (served by the parse cache) and as a
-//! new text with the same nodes (parsed and checked again); and a known DAG under a new strategy
-//! (its sentinel written). Prints percentiles and machine facts.
+//! Diff latency over gRPC on loopback, client and server in one process as the Gateway would call
+//! them: a fresh 1000-node DAG (every queue created and persisted) and a fresh 5000-node one (50
+//! chunks, more than the server's ack window); a repeated 1000-node and 100-node DAG (every queue
+//! reused), both as the same text (served by the parse cache) and as a new text with the same nodes
+//! (parsed and checked again); and a known DAG under a new strategy (its sentinel written). Prints
+//! percentiles and machine facts.
 //!
 //! Run: `cargo bench -p dagmanager --bench diff_grpc [-- FILTER]`; with FILTER, only the cases
 //! whose name contains it run (`=NAME`: only the case named NAME).
@@ -117,6 +118,16 @@ fn main() {
                 samples.push(diff(&mut client, &format!("fresh-{i}"), &dag).await);
             }
             report("fresh 1000-node diff", samples, &metrics_url, before).await;
+        }
+
+        if wanted("fresh 5000-node diff") {
+            let before = server_time(&metrics_url).await;
+            let mut samples = Vec::new();
+            for i in 0..20 {
+                let dag = synthetic_dag(5000, &format!("fresh5k-{i}")).to_string();
+                samples.push(diff(&mut client, &format!("fresh5k-{i}"), &dag).await);
+            }
+            report("fresh 5000-node diff", samples, &metrics_url, before).await;
         }
 
         let dag_1000 = synthetic_dag(1000, "repeat-1000").to_string();
