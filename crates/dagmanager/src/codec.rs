@@ -64,7 +64,8 @@ pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, CodecError> {
                 left => Err(CodecError::Trailing(left)),
             }
         }
-        Some((b'{', _)) => Ok(serde_json::from_slice(bytes)?),
+        // JSON as earlier versions wrote it (serde_json also takes leading whitespace).
+        Some((b'{' | b' ' | b'\t' | b'\n' | b'\r', _)) => Ok(serde_json::from_slice(bytes)?),
         Some((&found, _)) => Err(CodecError::Kind {
             expected: T::NAME,
             found,
@@ -165,6 +166,10 @@ impl In<'_> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
+            // The tenth byte holds the last bit: anything more would be dropped, not read.
+            if shift == 63 && byte > 1 {
+                return Err(CodecError::Range);
+            }
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok(value);
@@ -480,6 +485,17 @@ mod tests {
         encode(&as_text, &mut longer);
         // As text: a two-byte length (71 << 1 > 127) and 71 bytes; as an id: a tag and 32 bytes.
         assert_eq!(longer.len() - bytes.len(), (2 + ID.len()) - (1 + 32));
+    }
+
+    #[test]
+    fn a_varint_past_64_bits_is_refused_and_json_after_whitespace_still_reads() {
+        let mut bytes = Vec::new();
+        Out(&mut bytes).varint(u64::MAX);
+        assert_eq!(In(&bytes).varint().unwrap(), u64::MAX);
+        *bytes.last_mut().unwrap() = 0x02;
+        assert!(matches!(In(&bytes).varint(), Err(CodecError::Range)));
+        let json = format!("\n {}", serde_json::to_string(&node()).unwrap());
+        assert_eq!(decode::<NodeRecord>(json.as_bytes()).unwrap(), node());
     }
 
     #[test]
