@@ -110,24 +110,19 @@ fn main() {
         let channel = dagclient::connect(&address).await.expect("connect");
         let mut client = DiffServiceClient::new(channel);
 
-        if wanted("fresh 1000-node diff") {
+        for (nodes, count) in [(1000, 100), (5000, 20)] {
+            let name = format!("fresh {nodes}-node diff");
+            if !wanted(&name) {
+                continue;
+            }
             let before = server_time(&metrics_url).await;
             let mut samples = Vec::new();
-            for i in 0..100 {
-                let dag = synthetic_dag(1000, &format!("fresh-{i}")).to_string();
-                samples.push(diff(&mut client, &format!("fresh-{i}"), &dag).await);
+            for i in 0..count {
+                let strategy = format!("fresh{nodes}-{i}");
+                let dag = synthetic_dag(nodes, &strategy).to_string();
+                samples.push(diff(&mut client, &strategy, &dag).await);
             }
-            report("fresh 1000-node diff", samples, &metrics_url, before).await;
-        }
-
-        if wanted("fresh 5000-node diff") {
-            let before = server_time(&metrics_url).await;
-            let mut samples = Vec::new();
-            for i in 0..20 {
-                let dag = synthetic_dag(5000, &format!("fresh5k-{i}")).to_string();
-                samples.push(diff(&mut client, &format!("fresh5k-{i}"), &dag).await);
-            }
-            report("fresh 5000-node diff", samples, &metrics_url, before).await;
+            report(&name, samples, &metrics_url, before).await;
         }
 
         let dag_1000 = synthetic_dag(1000, "repeat-1000").to_string();
