@@ -214,23 +214,68 @@ impl DiffEngine {
         Ok(orphaned)
     }
 
-    /// Runs one diff, counting and timing it.
+    /// Runs one diff, counting and timing it, and returns once its writes are durable.
     pub async fn diff(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
+        let (outcome, commit) = self.stage(input).await?.into_parts();
+        self.settle(commit).await?;
+        Ok(outcome)
+    }
+
+    /// Decides a diff and stages its writes: the answer is known and visible to later diffs,
+    /// but not durable until [`DiffEngine::settle`] returns, which must follow (it counts and
+    /// times the diff). The answer may be sent while the commit runs, as long as its end waits.
+    pub async fn stage(&self, input: DiffInput) -> Result<StagedDiff, DiffError> {
         self.metrics.diff_requests_total.increment(1);
         let started = Instant::now();
         let strategy_id = input.strategy_id.clone();
-        let result = self.run(input).await;
+        let staged = self.run(input, started).await;
+        if let Err(error) = &staged {
+            self.finish(&strategy_id, started, Err(error));
+        }
+        staged
+    }
+
+    /// Waits until what a staged diff read and wrote is durable, then counts and times it.
+    pub async fn settle(&self, commit: PendingCommit) -> Result<(), DiffError> {
+        let result = self.commit(&commit).await;
+        self.finish(
+            &commit.strategy_id,
+            commit.started,
+            result.as_ref().map(|()| &commit),
+        );
+        result
+    }
+
+    async fn commit(&self, commit: &PendingCommit) -> Result<(), DiffError> {
+        self.store.settle(commit.mark).await?;
+        if commit.sentinel_gap {
+            self.metrics.sentinel_gap_count.increment(1.0);
+        }
+        if commit.wrote {
+            let (nodes, queues) = self.store.counts().await?;
+            self.metrics.compute_nodes_total.set(nodes as f64);
+            self.metrics.queues_total.set(queues as f64);
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        strategy_id: &str,
+        started: Instant,
+        result: Result<&PendingCommit, &DiffError>,
+    ) {
         let elapsed = started.elapsed();
         self.metrics
             .diff_duration_seconds
             .record(elapsed.as_secs_f64());
         // `diff_duration_ms_p95` itself is computed at each scrape (`refresh_p95`).
         self.recent_ms.record(elapsed.as_secs_f64() * 1000.0);
-        match &result {
-            Ok(outcome) => tracing::debug!(
+        match result {
+            Ok(commit) => tracing::debug!(
                 strategy_id = %strategy_id,
-                new_nodes = outcome.new_nodes,
-                reused_nodes = outcome.reused_nodes,
+                new_nodes = commit.new_nodes,
+                reused_nodes = commit.reused_nodes,
                 elapsed_ms = elapsed.as_secs_f64() * 1000.0,
                 "Diff done."
             ),
@@ -239,7 +284,6 @@ impl DiffEngine {
                 tracing::warn!(strategy_id = %strategy_id, code = error.code(), error = %error, "Diff failed.");
             }
         }
-        result
     }
 
     fn resolve_context(
@@ -331,7 +375,7 @@ impl DiffEngine {
             .collect())
     }
 
-    async fn run(&self, input: DiffInput) -> Result<DiffOutcome, DiffError> {
+    async fn run(&self, input: DiffInput, started: Instant) -> Result<StagedDiff, DiffError> {
         if input.strategy_id.trim().is_empty() {
             return Err(DiffError::MissingStrategyId);
         }
@@ -533,28 +577,57 @@ impl DiffEngine {
         let wrote = !changes.is_empty();
         let staged = self.store.stage(changes, announced).await?;
         drop(write);
-        // Others may plan on what this diff staged while it is committed (and share the
-        // commit); the answer waits until everything it read or wrote is on disk.
-        self.store.settle(begun.covering(staged)).await?;
-
-        if dag.sentinel.is_some() && new_nodes == 0 {
-            self.metrics.sentinel_gap_count.increment(1.0);
-        }
-        if wrote {
-            let (nodes, queues) = self.store.counts().await?;
-            self.metrics.compute_nodes_total.set(nodes as f64);
-            self.metrics.queues_total.set(queues as f64);
-        }
-        Ok(DiffOutcome {
-            sentinel_id,
-            version,
-            crc32: dag.crc32(),
-            queue_map,
-            buffer_nodes,
+        let commit = PendingCommit {
+            // Others may plan on what this diff staged while it is committed (and share the
+            // commit); the diff is done when everything it read or wrote is on disk.
+            mark: begun.covering(staged),
+            wrote,
+            sentinel_gap: dag.sentinel.is_some() && new_nodes == 0,
+            started,
+            strategy_id: input.strategy_id,
             new_nodes,
             reused_nodes,
+        };
+        Ok(StagedDiff {
+            outcome: DiffOutcome {
+                sentinel_id,
+                version,
+                crc32: dag.crc32(),
+                queue_map,
+                buffer_nodes,
+                new_nodes,
+                reused_nodes,
+            },
+            commit,
         })
     }
+}
+
+/// A diff decided and staged (see [`DiffEngine::stage`]).
+#[derive(Debug)]
+#[must_use = "a staged diff is done only once its commit is settled"]
+pub struct StagedDiff {
+    pub outcome: DiffOutcome,
+    commit: PendingCommit,
+}
+
+impl StagedDiff {
+    pub fn into_parts(self) -> (DiffOutcome, PendingCommit) {
+        (self.outcome, self.commit)
+    }
+}
+
+/// What a staged diff waits for before it is done, and what it counts then.
+#[derive(Debug)]
+#[must_use = "a staged diff is done only once its commit is settled"]
+pub struct PendingCommit {
+    mark: crate::store::StoreMark,
+    wrote: bool,
+    sentinel_gap: bool,
+    started: Instant,
+    strategy_id: String,
+    new_nodes: usize,
+    reused_nodes: usize,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use proto::{
     TagQueryRequest,
 };
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,16 +161,24 @@ impl Chunks {
     }
 }
 
+/// The durable commit a diff's last chunk waits for.
+type Commit = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
 /// Sends chunks keeping at most `ack_window` unacknowledged, which is what acks are for: the
 /// stream is reliable, so they bound how far the server runs ahead of a slow client. While the
 /// window is full, an ack timeout re-sends the unacknowledged chunks, and `ack_retries` timeouts
 /// in a row end the stream with DEADLINE_EXCEEDED. The stream ends as soon as the last chunk is
 /// sent; acks that arrive after that are answered and ignored.
+///
+/// The chunks go out while the diff's writes are committed: only the last one waits for
+/// `commit` (taken from it), and if the commit fails the stream ends with that error instead, so
+/// a client never holds a complete answer the graph could lose.
 async fn send_with_acks(
     chunks: Chunks,
     sender: mpsc::Sender<Result<DiffChunk, Status>>,
     stream: Arc<StreamAcks>,
     settings: StreamSettings,
+    commit: &mut Option<Commit>,
 ) {
     let total = chunks.len();
     let window = settings.ack_window.max(1);
@@ -179,6 +188,13 @@ async fn send_with_acks(
     loop {
         let acked = (*acked_rx.borrow_and_update() as usize).min(total);
         while sent < total && sent - acked.min(sent) < window {
+            if sent + 1 == total
+                && let Some(pending) = commit.take()
+                && let Err(status) = pending.await
+            {
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
             if sender.send(Ok(chunks.chunk(sent))).await.is_err() {
                 return;
             }
@@ -268,12 +284,18 @@ impl DiffService for DiffServer {
             execution_domain = %request.execution_domain,
         );
         kit::trace::continue_from(&span, parent.as_deref(), state.as_deref());
-        let outcome = self
+        let (outcome, pending) = self
             .engine
-            .diff(input_of(request))
-            .instrument(span)
+            .stage(input_of(request))
+            .instrument(span.clone())
             .await
-            .map_err(|e| Status::from(&e))?;
+            .map_err(|e| Status::from(&e))?
+            .into_parts();
+        let engine = self.engine.clone();
+        let mut commit: Option<Commit> = Some(Box::pin(
+            async move { engine.settle(pending).await.map_err(|e| Status::from(&e)) }
+                .instrument(span),
+        ));
         let sentinel_id = outcome.sentinel_id.clone();
         let chunks = Chunks::new(outcome, self.stream.chunk_size);
         let (sender, receiver) = mpsc::channel(self.stream.ack_window.max(1) + 1);
@@ -281,7 +303,12 @@ impl DiffService for DiffServer {
         let stream = acks.register(&sentinel_id);
         let settings = self.stream;
         tokio::spawn(async move {
-            send_with_acks(chunks, sender, stream.clone(), settings).await;
+            send_with_acks(chunks, sender, stream.clone(), settings, &mut commit).await;
+            // A client gone before the last chunk: the diff is still done (and counted) once
+            // its writes are durable.
+            if let Some(pending) = commit.take() {
+                let _ = pending.await;
+            }
             acks.unregister(&sentinel_id, &stream);
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -506,20 +533,112 @@ mod tests {
         assert!(QueueFilter::parse("colour=red").is_err());
     }
 
-    #[test]
-    fn chunks_hold_at_most_one_hundred_nodes_and_all_carry_the_crc() {
-        let outcome = DiffOutcome {
+    fn outcome(nodes: usize) -> DiffOutcome {
+        DiffOutcome {
             sentinel_id: "s-sentinel".into(),
             version: "v1".into(),
             crc32: 42,
-            queue_map: (0..250)
+            queue_map: (0..nodes)
                 .map(|i| (format!("k{i}"), format!("t{i}")))
                 .collect(),
             buffer_nodes: Vec::new(),
-            new_nodes: 250,
+            new_nodes: nodes,
             reused_nodes: 0,
-        };
-        let chunks = Chunks::new(outcome, 500);
+        }
+    }
+
+    fn unacked_settings() -> StreamSettings {
+        StreamSettings {
+            chunk_size: 100,
+            ack_window: 10,
+            ack_timeout: Duration::from_secs(30),
+            ack_retries: 0,
+        }
+    }
+
+    fn stream_acks() -> Arc<StreamAcks> {
+        AckRegistry::default().register("s-sentinel")
+    }
+
+    /// Every chunk but the last goes out while the commit runs; the last waits for it.
+    #[tokio::test]
+    async fn only_the_last_chunk_waits_for_the_commit() {
+        let (committed, commit_done) = tokio::sync::oneshot::channel::<()>();
+        let mut commit: Option<Commit> = Some(Box::pin(async move {
+            commit_done.await.expect("the test commits");
+            Ok(())
+        }));
+        let (sender, mut receiver) = mpsc::channel(16);
+        let sending = tokio::spawn(async move {
+            let chunks = Chunks::new(outcome(250), 100);
+            send_with_acks(
+                chunks,
+                sender,
+                stream_acks(),
+                unacked_settings(),
+                &mut commit,
+            )
+            .await;
+            commit.is_none()
+        });
+        for _ in 0..2 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+                .await
+                .expect("chunks go out before the commit ends")
+                .expect("a chunk")
+                .expect("not an error");
+            assert_eq!(chunk.queue_map.len(), 100);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            receiver.try_recv().is_err(),
+            "the last chunk went out before the commit"
+        );
+        committed.send(()).expect("the sender waits");
+        let last = receiver
+            .recv()
+            .await
+            .expect("the last chunk")
+            .expect("not an error");
+        assert_eq!(last.queue_map.len(), 50);
+        assert!(receiver.recv().await.is_none(), "the stream ends after it");
+        assert!(sending.await.unwrap(), "the commit was awaited");
+    }
+
+    /// A commit that fails ends the stream with its error in place of the last chunk.
+    #[tokio::test]
+    async fn a_failed_commit_ends_the_stream_with_its_error_instead_of_the_last_chunk() {
+        for nodes in [1, 250] {
+            let mut commit: Option<Commit> = Some(Box::pin(async {
+                Err(Status::unavailable("E_GRAPH_STORE: disk full"))
+            }));
+            let (sender, mut receiver) = mpsc::channel(16);
+            let chunks = Chunks::new(outcome(nodes), 100);
+            let total = chunks.len();
+            send_with_acks(
+                chunks,
+                sender,
+                stream_acks(),
+                unacked_settings(),
+                &mut commit,
+            )
+            .await;
+            let mut received = Vec::new();
+            while let Some(item) = receiver.recv().await {
+                received.push(item);
+            }
+            assert_eq!(received.len(), total, "{nodes} nodes");
+            assert!(received[..total - 1].iter().all(Result::is_ok));
+            let error = received[total - 1]
+                .as_ref()
+                .expect_err("the last is the error");
+            assert_eq!(error.code(), tonic::Code::Unavailable);
+        }
+    }
+
+    #[test]
+    fn chunks_hold_at_most_one_hundred_nodes_and_all_carry_the_crc() {
+        let chunks = Chunks::new(outcome(250), 500);
         assert_eq!(chunks.len(), 3);
         let chunks: Vec<DiffChunk> = (0..chunks.len()).map(|i| chunks.chunk(i)).collect();
         assert_eq!(chunks.iter().map(|c| c.queue_map.len()).sum::<usize>(), 250);
