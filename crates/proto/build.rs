@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut prost_config = tonic_prost_build::Config::new();
     prost_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    prost_config.btree_map(["."]);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
