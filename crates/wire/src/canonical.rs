@@ -73,12 +73,27 @@ pub(crate) enum Sorted<'a> {
     Obj(Vec<(Cow<'a, str>, Sorted<'a>)>),
 }
 
-impl Sorted<'_> {
+impl<'a> Sorted<'a> {
     /// Canonical JSON of the value, execution-context keys dropped (see [`canonical_json`]).
     pub(crate) fn canonical(&self) -> String {
         let mut out = String::with_capacity(64);
         self.write_with(&mut out, true);
         out
+    }
+
+    /// An object of the entries as read, in order: sorted by key, and of repeated keys only the
+    /// last is kept, as in a `Value`.
+    pub(crate) fn object(mut entries: Vec<(Cow<'a, str>, Sorted<'a>)>) -> Sorted<'a> {
+        // Stable, so of equal keys the last one read stays last; keep that one.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Cow<'a, str>, Sorted<'a>)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        Sorted::Obj(kept)
     }
 
     /// The same value as a `serde_json::Value`.
@@ -211,16 +226,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Sorted<'a> {
                 while let Some((Text(key), value)) = map.next_entry::<Text<'de>, Sorted<'de>>()? {
                     entries.push((key, value));
                 }
-                // Stable, so of equal keys the last one read stays last; keep that one.
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                let mut kept: Vec<(Cow<'de, str>, Sorted<'de>)> = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    match kept.last_mut() {
-                        Some(last) if last.0 == entry.0 => *last = entry,
-                        _ => kept.push(entry),
-                    }
-                }
-                Ok(Sorted::Obj(kept))
+                Ok(Sorted::object(entries))
             }
         }
         deserializer.deserialize_any(SortedVisitor)

@@ -152,25 +152,52 @@ impl Dag {
     }
 }
 
-/// The document as it arrives; the fields the DAG Manager reads, the rest ignored.
+/// The document as it arrives; the fields the DAG Manager reads, the rest ignored. `N` is its
+/// nodes as read (`()` once they are taken out).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct RawDag<'a> {
-    schema_version: Option<Value>,
-    #[serde(borrow)]
-    nodes: ObjectList<ReadNodes<'a>>,
-    meta: Option<Value>,
-    compute_context: Option<Value>,
-    version: Option<Value>,
-    strategy_version: Option<Value>,
-    build_version: Option<Value>,
-    node_ids_crc32: Option<Value>,
+pub(crate) struct RawDag<N> {
+    pub(crate) schema_version: Option<Value>,
+    pub(crate) nodes: N,
+    pub(crate) meta: Option<Value>,
+    pub(crate) compute_context: Option<Value>,
+    pub(crate) version: Option<Value>,
+    pub(crate) strategy_version: Option<Value>,
+    pub(crate) build_version: Option<Value>,
+    pub(crate) node_ids_crc32: Option<Value>,
+}
+
+impl<N> RawDag<N> {
+    /// The nodes, and the rest of the document without them.
+    fn split(self) -> (N, RawDag<()>) {
+        let RawDag {
+            schema_version,
+            nodes,
+            meta,
+            compute_context,
+            version,
+            strategy_version,
+            build_version,
+            node_ids_crc32,
+        } = self;
+        let rest = RawDag {
+            schema_version,
+            nodes: (),
+            meta,
+            compute_context,
+            version,
+            strategy_version,
+            build_version,
+            node_ids_crc32,
+        };
+        (nodes, rest)
+    }
 }
 
 /// The nodes of a document, checked one by one as they are read. The first bad node is kept
 /// and the rest are only read, so that a syntax error anywhere still wins over a bad node.
 #[derive(Debug, Default)]
-struct ReadNodes<'a> {
+pub(crate) struct ReadNodes<'a> {
     nodes: Vec<Node>,
     sentinel: Option<Sentinel>,
     /// Items read, sentinels and non-objects included.
@@ -215,14 +242,52 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             limit: limits.max_bytes,
         });
     }
-    let raw: RawDag<'_> = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => DagError::SchemaInvalid {
-            reason: format!("the DAG document is not a JSON object: {e}"),
-        },
-        _ => DagError::InvalidJson {
-            reason: e.to_string(),
-        },
-    })?;
+    let (read, raw) = match crate::fast::read(text) {
+        Some(read) => read,
+        None => read_with_serde(text)?,
+    };
+    assemble(raw, read, limits, verify_ids)
+}
+
+/// [`parse_dag`] with the serde reader alone, to hold the fast reader to it in tests.
+#[cfg(test)]
+pub(crate) fn parse_dag_with_serde(
+    text: &str,
+    limits: DagLimits,
+    verify_ids: bool,
+) -> Result<Dag, DagError> {
+    let (read, raw) = read_with_serde(text)?;
+    assemble(raw, read, limits, verify_ids)
+}
+
+/// Reads a document with serde, which decides on whatever the fast reader leaves to it: the
+/// nodes (`None` when `nodes` is missing or not a list) and the rest of the document.
+fn read_with_serde(text: &str) -> Result<(Option<ReadNodes<'_>>, RawDag<()>), DagError> {
+    let raw: RawDag<ObjectList<ReadNodes<'_>>> =
+        serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => DagError::SchemaInvalid {
+                reason: format!("the DAG document is not a JSON object: {e}"),
+            },
+            _ => DagError::InvalidJson {
+                reason: e.to_string(),
+            },
+        })?;
+    let (nodes, rest) = raw.split();
+    let read = match nodes {
+        ObjectList::List(read) => Some(read),
+        ObjectList::Missing | ObjectList::Invalid => None,
+    };
+    Ok((read, rest))
+}
+
+/// Checks what was read of a document and builds the DAG: schema version, node count, ids (when
+/// `verify_ids`), the first bad node, unique ids, dependencies present.
+fn assemble(
+    raw: RawDag<()>,
+    read: Option<ReadNodes<'_>>,
+    limits: DagLimits,
+    verify_ids: bool,
+) -> Result<Dag, DagError> {
     match &raw.schema_version {
         None => {}
         Some(Value::String(v)) if matches!(v.as_str(), "v1" | "1" | "1.0") => {}
@@ -233,7 +298,7 @@ pub fn parse_dag(text: &str, limits: DagLimits, verify_ids: bool) -> Result<Dag,
             });
         }
     }
-    let ObjectList::List(read) = raw.nodes else {
+    let Some(read) = read else {
         return Err(DagError::SchemaInvalid {
             reason: "field `nodes` is missing or not a list".into(),
         });

@@ -58,6 +58,23 @@ impl Int {
     pub(crate) fn is_given(&self) -> bool {
         !matches!(self, Int::Missing | Int::Null)
     }
+
+    /// A float is an integer when it has no fraction and is exactly representable.
+    pub(crate) fn from_f64(v: f64) -> Int {
+        if v.fract() == 0.0 && v.abs() < 9.0e15 {
+            Int::Value(v as i64)
+        } else {
+            Int::Invalid
+        }
+    }
+
+    /// A numeric string, surrounding whitespace and `_` separators allowed.
+    pub(crate) fn from_text(v: &str) -> Int {
+        v.trim()
+            .replace('_', "")
+            .parse()
+            .map_or(Int::Invalid, Int::Value)
+    }
 }
 
 /// A field that should be a list of strings.
@@ -176,17 +193,10 @@ impl<'de> Visitor<'de> for IntVisitor {
         Ok(i64::try_from(v).map_or(Int::Invalid, Int::Value))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        if v.fract() == 0.0 && v.abs() < 9.0e15 {
-            Ok(Int::Value(v as i64))
-        } else {
-            Ok(Int::Invalid)
-        }
+        Ok(Int::from_f64(v))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(v.trim()
-            .replace('_', "")
-            .parse()
-            .map_or(Int::Invalid, Int::Value))
+        Ok(Int::from_text(v))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         skip_seq(seq)?;

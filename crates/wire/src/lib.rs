@@ -6,6 +6,7 @@ mod canonical;
 mod context;
 mod dag;
 mod error;
+mod fast;
 mod lenient;
 mod node;
 mod topic;
