@@ -163,7 +163,11 @@ pub struct DiffEngine {
 
 /// The compute key inside a partition key (`…#ck={compute_key}`).
 fn queue_compute_key(partition_key: &str) -> &str {
-    partition_key.split_once("#ck=").map_or("", |(_, key)| key)
+    // The last `#`: a compute key is hex.
+    partition_key
+        .rfind('#')
+        .and_then(|mark| partition_key[mark..].strip_prefix("#ck="))
+        .unwrap_or("")
 }
 
 /// Window of `diff_duration_ms_p95`.
@@ -335,7 +339,8 @@ impl DiffEngine {
         let hasher = foldhash::fast::RandomState::default();
         let hash = |name: &str| hasher.hash_one(name);
         let mut planned: Vec<String> = Vec::with_capacity(unnamed.len());
-        let mut table: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
+        let mut table: hashbrown::HashTable<usize> =
+            hashbrown::HashTable::with_capacity(unnamed.len());
         let is_planned = |table: &hashbrown::HashTable<usize>, planned: &[String], c: &str| {
             table.find(hash(c), |&i| planned[i] == c).is_some()
         };
@@ -411,8 +416,12 @@ impl DiffEngine {
         let begun = self.store.begin().await?;
         let stored = self.store.nodes(&node_ids, &namespace_key).await?;
         let now = self.clock.unix_seconds();
-        let mut changes = GraphChanges::default();
-        let mut unnamed: Vec<Unnamed> = Vec::new();
+        let mut changes = GraphChanges {
+            nodes: Vec::with_capacity(order.len()),
+            queues: Vec::with_capacity(order.len()),
+            sentinel: None,
+        };
+        let mut unnamed: Vec<Unnamed> = Vec::with_capacity(order.len());
         let mut queue_map = Vec::with_capacity(order.len());
         let mut buffer_nodes = Vec::new();
         let mut violations: Vec<(String, String, String)> = Vec::new();

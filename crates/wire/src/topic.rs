@@ -115,8 +115,14 @@ pub fn topic_name_candidates<'a>(
     let digest = node_id.strip_prefix(HASH_PREFIX).unwrap_or(node_id);
     let dot = if prefix.is_empty() { "" } else { "." };
     let suffix = if dry_run { "_sim" } else { "" };
-    let build =
-        move |short: &str| format!("{prefix}{dot}{asset}_{node_type}_{short}_{version}{suffix}");
+    let build = move |short: &str| {
+        let parts = [
+            prefix, dot, asset, "_", node_type, "_", short, "_", version, suffix,
+        ];
+        let mut name = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|part| name.push_str(part));
+        name
+    };
     let full = digest.len();
     std::iter::successors(Some(8.min(full)), move |&length| {
         (length < full).then(|| (length + 2).min(full))
