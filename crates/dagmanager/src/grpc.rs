@@ -291,11 +291,20 @@ impl DiffService for DiffServer {
             .await
             .map_err(|e| Status::from(&e))?
             .into_parts();
+        // The commit is awaited on a task of its own, so the diff ends (and is timed) as soon as
+        // it is durable, whatever the stream is doing.
         let engine = self.engine.clone();
-        let mut commit: Option<Commit> = Some(Box::pin(
+        let settled = tokio::spawn(
             async move { engine.settle(pending).await.map_err(|e| Status::from(&e)) }
                 .instrument(span),
-        ));
+        );
+        let mut commit: Option<Commit> = Some(Box::pin(async move {
+            settled.await.unwrap_or_else(|error| {
+                Err(Status::internal(format!(
+                    "E_INTERNAL: the diff's commit task failed: {error}"
+                )))
+            })
+        }));
         let sentinel_id = outcome.sentinel_id.clone();
         let chunks = Chunks::new(outcome, self.stream.chunk_size);
         let (sender, receiver) = mpsc::channel(self.stream.ack_window.max(1) + 1);
@@ -304,11 +313,6 @@ impl DiffService for DiffServer {
         let settings = self.stream;
         tokio::spawn(async move {
             send_with_acks(chunks, sender, stream.clone(), settings, &mut commit).await;
-            // A client gone before the last chunk: the diff is still done (and counted) once
-            // its writes are durable.
-            if let Some(pending) = commit.take() {
-                let _ = pending.await;
-            }
             acks.unregister(&sentinel_id, &stream);
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
