@@ -547,19 +547,20 @@ impl DiffEngine {
             queue_map[new.slot].1 = name;
         }
 
-        if !new_specs.is_empty()
+        let creating = new_specs.len();
+        if creating > 0
             && let Err(error) = self
                 .queues
-                .create_queues(&new_specs, now)
+                .create_queues(new_specs, now)
                 .instrument(tracing::info_span!(
                     "dagmanager.topic_create",
-                    queues = new_specs.len()
+                    queues = creating
                 ))
                 .await
         {
             self.metrics
                 .queue_create_error_total
-                .increment(new_specs.len() as u64);
+                .increment(creating as u64);
             return Err(DiffError::QueueCreate(error));
         }
 

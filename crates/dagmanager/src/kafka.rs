@@ -256,9 +256,9 @@ impl KafkaQueueAdmin {
 
 #[async_trait]
 impl QueueAdmin for KafkaQueueAdmin {
-    async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError> {
-        self.registry.check(specs)?;
-        self.guarded(self.create_on_broker(specs)).await?;
+    async fn create_queues(&self, specs: Vec<QueueSpec>, now: f64) -> Result<(), QueueAdminError> {
+        self.registry.check(&specs)?;
+        self.guarded(self.create_on_broker(&specs)).await?;
         self.registry.create_queues(specs, now).await
     }
 

@@ -65,7 +65,7 @@ pub enum QueueAdminError {
 #[async_trait]
 pub trait QueueAdmin: Send + Sync + std::fmt::Debug {
     /// Creates the queues that do not exist; an existing one with the same config is fine.
-    async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError>;
+    async fn create_queues(&self, specs: Vec<QueueSpec>, now: f64) -> Result<(), QueueAdminError>;
     /// Makes every creation so far durable (a broker's creations already are).
     async fn sync(&self) -> Result<(), QueueAdminError>;
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError>;
@@ -153,18 +153,15 @@ impl EmbeddedQueueAdmin {
         self.unrecorded(specs).map(drop)
     }
 
-    /// The specs no queue is recorded under; an error for one that names a recorded queue with
-    /// another configuration.
-    fn unrecorded<'s>(
-        &self,
-        specs: &'s [QueueSpec],
-    ) -> Result<Vec<&'s QueueSpec>, QueueAdminError> {
+    /// For each spec, whether no queue is recorded under it; an error for one that names a
+    /// recorded queue with another configuration.
+    fn unrecorded(&self, specs: &[QueueSpec]) -> Result<Vec<bool>, QueueAdminError> {
         let queues = self.read();
         let mut unrecorded = Vec::with_capacity(specs.len());
         for spec in specs {
             match queues.get(&spec.name) {
-                None => unrecorded.push(spec),
-                Some(existing) if existing.spec == *spec => {}
+                None => unrecorded.push(true),
+                Some(existing) if existing.spec == *spec => unrecorded.push(false),
                 Some(existing) => {
                     return Err(QueueAdminError::ConfigMismatch {
                         name: spec.name.clone(),
@@ -219,13 +216,15 @@ impl EmbeddedQueueAdmin {
 
 #[async_trait]
 impl QueueAdmin for EmbeddedQueueAdmin {
-    async fn create_queues(&self, specs: &[QueueSpec], now: f64) -> Result<(), QueueAdminError> {
-        let new: Vec<Arc<BrokerQueue>> = self
-            .unrecorded(specs)?
+    async fn create_queues(&self, specs: Vec<QueueSpec>, now: f64) -> Result<(), QueueAdminError> {
+        let unrecorded = self.unrecorded(&specs)?;
+        let new: Vec<Arc<BrokerQueue>> = specs
             .into_iter()
-            .map(|spec| {
+            .zip(unrecorded)
+            .filter(|(_, unrecorded)| *unrecorded)
+            .map(|(spec, _)| {
                 Arc::new(BrokerQueue {
-                    spec: spec.clone(),
+                    spec,
                     created_at: now,
                 })
             })
