@@ -291,22 +291,32 @@ impl DiffService for DiffServer {
             .await
             .map_err(|e| Status::from(&e))?
             .into_parts();
-        // The commit is awaited on a task of its own, so the diff ends (and is timed) as soon as
-        // it is durable, whatever the stream is doing.
-        let engine = self.engine.clone();
-        let settled = tokio::spawn(
-            async move { engine.settle(pending).await.map_err(|e| Status::from(&e)) }
-                .instrument(span),
-        );
-        let mut commit: Option<Commit> = Some(Box::pin(async move {
-            settled.await.unwrap_or_else(|error| {
-                Err(Status::internal(format!(
-                    "E_INTERNAL: the diff's commit task failed: {error}"
-                )))
-            })
-        }));
         let sentinel_id = outcome.sentinel_id.clone();
         let chunks = Chunks::new(outcome, self.stream.chunk_size);
+        let mut commit: Option<Commit> = if chunks.len() == 1 {
+            // Nothing to send while the commit runs: wait for it here, without another task.
+            self.engine
+                .settle(pending)
+                .instrument(span)
+                .await
+                .map_err(|e| Status::from(&e))?;
+            None
+        } else {
+            // The commit is awaited on a task of its own, so the diff ends (and is timed) as
+            // soon as it is durable, whatever the stream is doing.
+            let engine = self.engine.clone();
+            let settled = tokio::spawn(
+                async move { engine.settle(pending).await.map_err(|e| Status::from(&e)) }
+                    .instrument(span),
+            );
+            Some(Box::pin(async move {
+                settled.await.unwrap_or_else(|error| {
+                    Err(Status::internal(format!(
+                        "E_INTERNAL: the diff's commit task failed: {error}"
+                    )))
+                })
+            }))
+        };
         let (sender, receiver) = mpsc::channel(self.stream.ack_window.max(1) + 1);
         let acks = self.acks.clone();
         let stream = acks.register(&sentinel_id);
