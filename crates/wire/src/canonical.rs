@@ -25,7 +25,7 @@ const CONTEXT_KEYS: &[&str] = &[
     "env",
 ];
 
-fn is_context_key(key: &str) -> bool {
+pub(crate) fn is_context_key(key: &str) -> bool {
     if key.is_ascii() {
         let prefixed = key.len() >= 4 && key[..4].eq_ignore_ascii_case("env_");
         return prefixed || CONTEXT_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key));
@@ -71,11 +71,29 @@ pub(crate) enum Sorted<'a> {
     Arr(Vec<Sorted<'a>>),
     /// Sorted by key; of repeated keys only the last is kept, as in a `Value`.
     Obj(Vec<(Cow<'a, str>, Sorted<'a>)>),
+    /// A value already written as canonical JSON that holds no execution-context key, so that it
+    /// is also its sorted JSON (the fast reader writes one straight from the text).
+    Written(String),
 }
 
 impl<'a> Sorted<'a> {
     /// Canonical JSON of the value, execution-context keys dropped (see [`canonical_json`]).
     pub(crate) fn canonical(&self) -> String {
+        if let Sorted::Written(text) = self {
+            return text.clone();
+        }
+        self.canonical_written()
+    }
+
+    /// [`Sorted::canonical`], taking a written value's text instead of copying it.
+    pub(crate) fn into_canonical(self) -> String {
+        match self {
+            Sorted::Written(text) => text,
+            other => other.canonical_written(),
+        }
+    }
+
+    fn canonical_written(&self) -> String {
         let mut out = String::with_capacity(64);
         self.write_with(&mut out, true);
         out
@@ -105,6 +123,8 @@ impl<'a> Sorted<'a> {
             Sorted::U64(u) => Value::from(*u),
             Sorted::F64(f) => Value::from(*f),
             Sorted::Str(s) => Value::String(s.to_string()),
+            // Written by this module from a value it read, so it always reads back.
+            Sorted::Written(text) => serde_json::from_str(text).unwrap_or(Value::Null),
             Sorted::Arr(items) => Value::Array(items.iter().map(Sorted::to_value).collect()),
             Sorted::Obj(entries) => Value::Object(
                 entries
@@ -128,6 +148,7 @@ impl<'a> Sorted<'a> {
             Sorted::U64(u) => out.push_str(itoa::Buffer::new().format(*u)),
             Sorted::F64(f) => out.push_str(&python_float_repr(*f)),
             Sorted::Str(s) => write_string(out, s),
+            Sorted::Written(text) => out.push_str(text),
             Sorted::Arr(items) => {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {

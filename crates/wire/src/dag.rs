@@ -206,6 +206,13 @@ pub(crate) struct ReadNodes<'a> {
     _document: std::marker::PhantomData<&'a str>,
 }
 
+#[cfg(test)]
+impl ReadNodes<'_> {
+    pub(crate) fn into_nodes(self) -> Vec<Node> {
+        self.nodes
+    }
+}
+
 impl<'de: 'a, 'a> ObjectFold<'de> for ReadNodes<'a> {
     type Item = RawNode<'a>;
 
@@ -225,7 +232,7 @@ impl<'de: 'a, 'a> ObjectFold<'de> for ReadNodes<'a> {
             self.sentinel = Some(parse_sentinel(&raw, position));
             return;
         }
-        match Node::from_raw(&raw, position) {
+        match Node::from_raw(raw, position) {
             Ok(node) => self.nodes.push(node),
             Err(error) => self.first_error = Some(error),
         }
@@ -262,7 +269,7 @@ pub(crate) fn parse_dag_with_serde(
 
 /// Reads a document with serde, which decides on whatever the fast reader leaves to it: the
 /// nodes (`None` when `nodes` is missing or not a list) and the rest of the document.
-fn read_with_serde(text: &str) -> Result<(Option<ReadNodes<'_>>, RawDag<()>), DagError> {
+pub(crate) fn read_with_serde(text: &str) -> Result<(Option<ReadNodes<'_>>, RawDag<()>), DagError> {
     let raw: RawDag<ObjectList<ReadNodes<'_>>> =
         serde_json::from_str(text).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => DagError::SchemaInvalid {

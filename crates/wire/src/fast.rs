@@ -8,7 +8,7 @@
 //! Strings without escapes are borrowed. Strings with escapes, and every number but a plain
 //! non-negative integer, are decoded by serde_json itself, so their values are serde_json's.
 
-use crate::canonical::Sorted;
+use crate::canonical::{Sorted, is_context_key, write_string};
 use crate::dag::{RawDag, ReadNodes};
 use crate::lenient::{Int, ObjectFold, Text, TextList};
 use crate::node::RawNode;
@@ -251,12 +251,79 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// `Option<Sorted>`: `null` is `None`.
-    fn optional_sorted(&mut self) -> Option<Option<Sorted<'a>>> {
+    /// Node params as `Option<Sorted>`: `null` is `None`. Params already in canonical order
+    /// (keys sorted and unique, no execution-context key, no float) are written out as they are
+    /// read, with no tree; others are read into a tree.
+    fn optional_params(&mut self) -> Option<Option<Sorted<'a>>> {
         if self.null()? {
             return Some(None);
         }
+        let start = self.pos;
+        let mut written = String::with_capacity(64);
+        if self.write_canonical(&mut written, 0).is_some() {
+            return Some(Some(Sorted::Written(written)));
+        }
+        self.pos = start;
         self.sorted(0).map(Some)
+    }
+
+    /// Writes the value at the reader as canonical JSON, as [`Sorted::canonical`] would, when
+    /// that needs no reordering, dropping or float formatting; `None` otherwise, the reader
+    /// left somewhere inside the value.
+    fn write_canonical(&mut self, out: &mut String, depth: usize) -> Option<()> {
+        self.ws();
+        match self.peek()? {
+            b'"' => write_string(out, &self.string()?),
+            b'-' | b'0'..=b'9' => {
+                let number = self.number()?;
+                let mut digits = itoa::Buffer::new();
+                if let Some(u) = number.as_u64() {
+                    out.push_str(digits.format(u));
+                } else {
+                    out.push_str(digits.format(number.as_i64()?));
+                }
+            }
+            b't' => self.literal(b"true").map(|()| out.push_str("true"))?,
+            b'f' => self.literal(b"false").map(|()| out.push_str("false"))?,
+            b'n' => self.literal(b"null").map(|()| out.push_str("null"))?,
+            b'[' if depth < MAX_DEPTH => {
+                out.push('[');
+                if self.open(b'[', b']')? {
+                    loop {
+                        self.write_canonical(out, depth + 1)?;
+                        if !self.more(b']')? {
+                            break;
+                        }
+                        out.push(',');
+                    }
+                }
+                out.push(']');
+            }
+            b'{' if depth < MAX_DEPTH => {
+                out.push('{');
+                if self.open(b'{', b'}')? {
+                    let mut last: Option<Cow<'a, str>> = None;
+                    loop {
+                        let key = self.string()?;
+                        if is_context_key(&key) || last.as_ref().is_some_and(|last| *last >= key) {
+                            return None;
+                        }
+                        write_string(out, &key);
+                        out.push(':');
+                        last = Some(key);
+                        self.eat(b':')?;
+                        self.write_canonical(out, depth + 1)?;
+                        if !self.more(b'}')? {
+                            break;
+                        }
+                        out.push(',');
+                    }
+                }
+                out.push('}');
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     /// A lenient string field: a string, `null`, or anything else as `Invalid`.
@@ -347,11 +414,11 @@ impl<'a> Reader<'a> {
                 }
                 "params" => {
                     seen.first(4)?;
-                    raw.params = self.optional_sorted()?;
+                    raw.params = self.optional_params()?;
                 }
                 "config" => {
                     seen.first(5)?;
-                    raw.config = self.optional_sorted()?;
+                    raw.config = self.optional_params()?;
                 }
                 "inputs" => {
                     seen.first(6)?;
@@ -540,6 +607,7 @@ fn special_byte(bytes: &[u8], mut from: usize) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::dag::{DagLimits, parse_dag, parse_dag_with_serde};
+    use crate::error::DagError;
 
     /// xorshift64*: a deterministic stream of pseudo-random numbers for generated documents,
     /// and whether the document being generated is clean (valid JSON, no field twice).
@@ -721,6 +789,35 @@ mod tests {
         ws(rng, out);
     }
 
+    /// An object whose keys come in increasing order (sometimes one repeated, or a context key
+    /// among them), with values that are sometimes floats.
+    fn sorted_object(rng: &mut Rng, out: &mut String, depth: usize) {
+        const SORTED: &[&str] = &[
+            "a", "alpha", "as_of", "b", "n", "seed", "step", "window", "z",
+        ];
+        out.push('{');
+        let mut first = true;
+        for key in SORTED {
+            if !rng.chance(40) {
+                continue;
+            }
+            for _ in 0..if rng.chance(15) { 2 } else { 1 } {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                ws(rng, out);
+                out.push_str(&format!("\"{key}\":"));
+                match rng.below(4) {
+                    0 => out.push_str(rng.pick(&["1.5", "1e-7", "2.50", "-0", "1e3", "0.1"])),
+                    1 if depth < 3 => sorted_object(rng, out, depth + 1),
+                    _ => value(rng, out, 3),
+                }
+            }
+        }
+        out.push('}');
+    }
+
     fn object(rng: &mut Rng, out: &mut String, depth: usize, keys: &[&str]) {
         out.push('{');
         let entries = rng.below(6);
@@ -775,16 +872,27 @@ mod tests {
                 first = false;
                 ws(rng, out);
                 out.push_str(&format!("\"{key}\":"));
-                let typed = rng.chance(85);
+                // A clean node mostly converts, so that its later fields are compared too.
+                let typed = rng.chance(if rng.1 { 97 } else { 85 });
                 match *key {
+                    "node_type" if typed && rng.1 && rng.chance(90) => {
+                        out.push_str(rng.pick(&[r#""SMA""#, r#""Price\u0046eed""#]));
+                    }
                     "node_type" if typed => out.push_str(rng.pick(&[
                         r#""SMA""#,
                         r#""TagQueryNode""#,
                         r#""VersionSentinel""#,
                         r#""Price\u0046eed""#,
                     ])),
+                    "node_id" if typed && rng.1 => {
+                        out.push_str(rng.pick(&[r#""n1""#, r#""blake3:ab""#, r#""caf\u00e9""#]));
+                    }
+                    "schema_id" if rng.1 && rng.chance(80) => out.push_str("null"),
                     "interval" | "period" if typed => {
-                        if rng.chance(80) {
+                        if rng.1 && rng.chance(80) {
+                            // A clean node mostly converts, so its later fields are compared.
+                            out.push_str(rng.pick(&["0", "7", "60", "-3", "9223372036854775807"]));
+                        } else if rng.chance(80) {
                             out.push_str(rng.token(NUMBERS, BAD_NUMBERS));
                         } else {
                             out.push_str(rng.pick(&[r#"" 42 ""#, r#""1_000""#, r#""x""#, "null"]));
@@ -793,7 +901,14 @@ mod tests {
                     "inputs" | "dependencies" | "tags" | "query_tags" if typed => {
                         string_list(rng, out);
                     }
-                    "params" | "config" if typed => object(rng, out, 2, KEYS),
+                    "params" | "config" if typed => {
+                        if rng.chance(50) {
+                            // Often in canonical order, so that both ways of reading params run.
+                            sorted_object(rng, out, 0);
+                        } else {
+                            object(rng, out, 2, KEYS);
+                        }
+                    }
                     "node_id" | "schema_compat_id" | "schema_id" | "code_hash" | "schema_hash"
                     | "config_hash" | "name" | "match_mode"
                         if typed =>
@@ -866,7 +981,16 @@ mod tests {
         for i in 0..20_000 {
             rng.1 = i % 2 == 0;
             let text = document(&mut rng);
-            let verify = rng.chance(50);
+            let verify = rng.chance(20);
+            // What the readers read, before any check of the whole DAG can mask a difference.
+            if let Some(fast) = read(&text) {
+                let serde = crate::dag::read_with_serde(&text);
+                assert_eq!(
+                    format!("{:?}", Ok::<_, DagError>(fast)),
+                    format!("{serde:?}"),
+                    "document: {text}"
+                );
+            }
             let expected = format!("{:?}", parse_dag_with_serde(&text, limits, verify));
             let found = format!("{:?}", parse_dag(&text, limits, verify));
             assert_eq!(found, expected, "document: {text}");
@@ -887,6 +1011,44 @@ mod tests {
             include_str!("../../../examples/ma-trend.json"),
         ] {
             assert!(read(text).is_some(), "{text}");
+        }
+    }
+
+    /// Params are written as the serde reader's tree writes them, whichever way they are read.
+    #[test]
+    fn params_read_either_way_give_the_canonical_blob() {
+        for (params, blob) in [
+            (r#"{}"#, r#"{}"#),
+            (
+                r#"{"a":1,"b":[true,null,"x"]}"#,
+                r#"{"a":1,"b":[true,null,"x"]}"#,
+            ),
+            (r#"{ "a" : [1, {"b": -2}] }"#, r#"{"a":[1,{"b":-2}]}"#),
+            (r#"{"a":1,"a":2}"#, r#"{"a":2}"#),
+            (r#"{"b":1,"a":2}"#, r#"{"a":2,"b":1}"#),
+            (r#"{"a":1,"world":"w","env_x":2}"#, r#"{"a":1}"#),
+            (
+                r#"{"x":1e-7,"y":2.50,"z":-0}"#,
+                r#"{"x":1e-07,"y":2.5,"z":-0.0}"#,
+            ),
+            (
+                r#"{"s":"caf\u00e9","t":"tab\t"}"#,
+                r#"{"s":"café","t":"tab\t"}"#,
+            ),
+            (r#"[3,2,1]"#, r#"[3,2,1]"#),
+            (r#""text""#, r#""text""#),
+            (r#"18446744073709551616"#, r#"1.8446744073709552e+19"#),
+        ] {
+            let text =
+                format!(r#"{{"nodes":[{{"node_type":"SMA","node_id":"n","params":{params}}}]}}"#);
+            let blob_of = |read: Option<ReadNodes<'_>>| {
+                read.and_then(|read| read.into_nodes().into_iter().next())
+                    .map(|node| node.fields.params_blob)
+            };
+            let (fast, _) = read(&text).expect("read fast");
+            let (serde, _) = crate::dag::read_with_serde(&text).expect("read by serde");
+            assert_eq!(blob_of(fast).as_deref(), Some(blob), "{params}");
+            assert_eq!(blob_of(serde).as_deref(), Some(blob), "{params}");
         }
     }
 

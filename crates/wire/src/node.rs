@@ -129,7 +129,9 @@ impl Node {
     }
 
     /// Checks a raw node's fields; `position` names it in errors when it has no id.
-    pub(crate) fn from_raw(raw: &RawNode<'_>, position: usize) -> Result<Node, DagError> {
+    pub(crate) fn from_raw(mut raw: RawNode<'_>, position: usize) -> Result<Node, DagError> {
+        let (params, config) = (raw.params.take(), raw.config.take());
+        let raw = &raw;
         // How errors name the node (built only for an error).
         let label = || match raw.node_id.as_str() {
             Some(id) if !id.is_empty() => id.to_owned(),
@@ -173,11 +175,11 @@ impl Node {
             .or_empty()
             .ok_or_else(|| field_error("code_hash"))?;
         let params_blob = if node_type == "TagQueryNode" {
-            tag_query_blob(raw).map_err(field_error)?
+            tag_query_blob(raw, params.as_ref()).map_err(field_error)?
         } else {
-            match (&raw.params, &raw.config) {
-                (Some(params), _) => params.canonical(),
-                (None, Some(config)) => config.canonical(),
+            match (params, config) {
+                (Some(params), _) => params.into_canonical(),
+                (None, Some(config)) => config.into_canonical(),
                 (None, None) => "null".to_owned(),
             }
         };
@@ -228,7 +230,7 @@ pub fn node_id_of(value: &Value) -> Result<String, DagError> {
     let raw: RawNode<'_> = serde_json::from_str(&text).map_err(|e| DagError::SchemaInvalid {
         reason: format!("the node is not an object: {e}"),
     })?;
-    Ok(Node::from_raw(&raw, 0)?.fields.node_id())
+    Ok(Node::from_raw(raw, 0)?.fields.node_id())
 }
 
 /// CRC-32 (zlib) chained over the UTF-8 of each id, in the order given, starting at 0.
@@ -272,8 +274,8 @@ fn int_value(value: &Value) -> Option<i64> {
 
 /// `{"interval":…,"match_mode":…,"query_tags":[sorted, unique]}` from params or the top level.
 /// The interval stays `null` when none is given (the Python reference hashes it so).
-fn tag_query_blob(raw: &RawNode<'_>) -> Result<String, &'static str> {
-    let params = raw.params.as_ref().map(Sorted::to_value);
+fn tag_query_blob(raw: &RawNode<'_>, params: Option<&Sorted<'_>>) -> Result<String, &'static str> {
+    let params = params.map(Sorted::to_value);
     let params = params.as_ref().and_then(Value::as_object);
     let from_params = |key: &str| params.and_then(|p| p.get(key)).filter(|v| !v.is_null());
     let query_tags = from_params("query_tags").or(raw.query_tags.as_ref().filter(|v| !v.is_null()));
