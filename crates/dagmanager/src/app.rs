@@ -283,7 +283,7 @@ async fn reconcile_queues(
         if !known.contains(&queue.name) {
             queues
                 .create_queues(
-                    vec![settings.queue_spec(&queue.name, &queue.tag)],
+                    vec![settings.queue_spec(&queue.name, queue.tag.clone())],
                     queue.created_at,
                 )
                 .await?;

@@ -321,7 +321,7 @@ impl Record for QueueRecord {
             name: input.text()?,
             node_id: input.option(In::text)?,
             namespace: input.text()?,
-            tag: input.text()?,
+            tag: crate::queues::gc_tag(input.text()?),
             interval: input.int()?,
             tags: input.texts()?,
             created_at: input.float()?,
@@ -375,7 +375,7 @@ impl Record for BrokerQueue {
         Ok(BrokerQueue {
             spec: QueueSpec {
                 name: input.text()?,
-                tag: input.text()?,
+                tag: crate::queues::gc_tag(input.text()?),
                 partitions: input.small()?,
                 replication_factor: input.small()?,
                 retention_ms: input.int()?,

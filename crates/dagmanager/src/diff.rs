@@ -18,7 +18,7 @@ use wire::{
 
 use crate::metrics::DagManagerMetrics;
 use crate::parse_cache::ParseCache;
-use crate::queues::{QueueAdmin, QueueAdminError, QueueSpec};
+use crate::queues::{GcTag, QueueAdmin, QueueAdminError, QueueSpec};
 use crate::settings::{DagManagerSettings, TopicSettings};
 use crate::store::{GraphChanges, GraphStore, NodeRecord, QueueRecord, SentinelRecord, StoreError};
 
@@ -120,11 +120,11 @@ impl DiffSettings {
     }
 
     /// The spec a queue of the graph is created with.
-    pub fn queue_spec(&self, name: &str, tag: &str) -> QueueSpec {
-        let topic = self.topic(tag);
+    pub fn queue_spec(&self, name: &str, tag: GcTag) -> QueueSpec {
+        let topic = self.topic(&tag);
         QueueSpec {
             name: name.to_owned(),
-            tag: tag.to_owned(),
+            tag,
             partitions: topic.partitions,
             replication_factor: topic.replication_factor,
             retention_ms: topic.retention_ms,
@@ -532,12 +532,12 @@ impl DiffEngine {
             let tag = *tags_by_type
                 .entry(node.node_type())
                 .or_insert_with(|| TopicKind::of_node_type(node.node_type()).as_str());
-            new_specs.push(self.settings.queue_spec(&name, tag));
+            new_specs.push(self.settings.queue_spec(&name, GcTag::Borrowed(tag)));
             changes.queues.push(QueueRecord {
                 name: name.clone(),
                 node_id: Some(node.node_id.clone()),
                 namespace: namespace_key.clone(),
-                tag: tag.to_owned(),
+                tag: GcTag::Borrowed(tag),
                 interval: node.fields.interval,
                 tags: node.tags.clone(),
                 created_at: now,

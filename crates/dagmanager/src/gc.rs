@@ -36,7 +36,7 @@ pub enum GcError {
 #[derive(Debug)]
 struct Orphan {
     name: String,
-    tag: String,
+    tag: crate::queues::GcTag,
     created_at: f64,
     in_store: bool,
 }
@@ -119,7 +119,7 @@ impl GarbageCollector {
         let eligible: Vec<(&Orphan, GcAction)> = orphans
             .iter()
             .filter_map(|orphan| {
-                let policy = self.settings.policies.get(&orphan.tag)?;
+                let policy = self.settings.policies.get(orphan.tag.as_ref())?;
                 let age = now - orphan.created_at;
                 (age >= (policy.ttl_secs + policy.grace_secs) as f64)
                     .then_some((orphan, policy.action))

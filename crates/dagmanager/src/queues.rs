@@ -12,12 +12,24 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+/// A queue's GC tag: one of a few names, borrowed (not allocated) when it is one of ours.
+pub type GcTag = std::borrow::Cow<'static, str>;
+
+/// A GC tag read back from storage, borrowed when it names a known kind.
+pub fn gc_tag(tag: String) -> GcTag {
+    match wire::TopicKind::parse(&tag) {
+        Some(kind) => GcTag::Borrowed(kind.as_str()),
+        None if tag == "sentinel" => GcTag::Borrowed("sentinel"),
+        None => GcTag::Owned(tag),
+    }
+}
+
 /// A queue to create.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueSpec {
     pub name: String,
     /// The GC tag (`raw`, `indicator`, `trade_exec`).
-    pub tag: String,
+    pub tag: GcTag,
     pub partitions: u32,
     pub replication_factor: u16,
     pub retention_ms: i64,
@@ -300,5 +312,22 @@ impl QueueAdmin for EmbeddedQueueAdmin {
 
     async fn health(&self) -> Result<(), QueueAdminError> {
         Ok(self.db.probe()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_gc_tags_read_back_borrowed_and_others_as_they_were() {
+        for known in ["raw", "indicator", "trade_exec", "sentinel"] {
+            let tag = gc_tag(known.to_owned());
+            assert!(matches!(tag, GcTag::Borrowed(_)), "{known}");
+            assert_eq!(tag, known);
+        }
+        let other = gc_tag("custom".to_owned());
+        assert!(matches!(other, GcTag::Owned(_)));
+        assert_eq!(other, "custom");
     }
 }

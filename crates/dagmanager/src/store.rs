@@ -38,7 +38,7 @@ pub struct QueueRecord {
     /// The topic namespace (`w1.backtest`), empty for a queue shared by every world.
     pub namespace: String,
     /// The GC tag: `raw`, `indicator`, `trade_exec` or `sentinel`.
-    pub tag: String,
+    pub tag: crate::queues::GcTag,
     pub interval: i64,
     pub tags: Vec<String>,
     pub created_at: f64,
