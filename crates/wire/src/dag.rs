@@ -279,6 +279,12 @@ pub(crate) fn read_with_serde(text: &str) -> Result<(Option<ReadNodes<'_>>, RawD
                 reason: e.to_string(),
             },
         })?;
+    // serde would read a list into the document's fields by position.
+    if text.trim_start().starts_with('[') {
+        return Err(DagError::SchemaInvalid {
+            reason: "the DAG document is not a JSON object: it is a list".into(),
+        });
+    }
     let (nodes, rest) = raw.split();
     let read = match nodes {
         ObjectList::List(read) => Some(read),
@@ -459,5 +465,32 @@ fn find_cycle(dag: &Dag, indegree: &[usize]) -> Vec<String> {
         seen_at.insert(next, path.len());
         path.push(next);
         current = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A list is not a DAG document, though serde would read one into the fields by position.
+    #[test]
+    fn a_top_level_list_is_refused_as_not_an_object() {
+        for text in [
+            r#"["v1",[{"node_type":"SMA","node_id":"n"}]]"#,
+            "[]",
+            " [\"v1\"]",
+        ] {
+            match parse_dag(text, DagLimits::default(), false) {
+                Err(DagError::SchemaInvalid { reason }) => {
+                    assert!(reason.contains("not a JSON object"), "{text}: {reason}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // A list that is not even JSON is still a JSON error.
+        assert!(matches!(
+            parse_dag("[1,", DagLimits::default(), false),
+            Err(DagError::InvalidJson { .. })
+        ));
     }
 }

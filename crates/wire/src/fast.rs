@@ -15,8 +15,13 @@ use crate::node::RawNode;
 use serde_json::{Number, Value};
 use std::borrow::Cow;
 
-/// Nesting followed; deeper documents are left to serde, whose own limit is 128 levels.
+/// Nesting followed within one field's value (so a document's is at most a few levels more);
+/// deeper documents are left to serde, whose own limit is 128 levels.
 const MAX_DEPTH: usize = 64;
+
+// Params written as they are read are read back by serde_json (`Sorted::to_value`), which must
+// be able to: their nesting has to stay under its limit.
+const _: () = assert!(MAX_DEPTH + 8 < 128);
 
 /// Reads a whole document: its nodes (`None` when `nodes` is missing or not a list) and the rest.
 pub(crate) fn read(text: &str) -> Option<(Option<ReadNodes<'_>>, RawDag<()>)> {
