@@ -79,24 +79,17 @@ pub(crate) enum Sorted<'a> {
 impl<'a> Sorted<'a> {
     /// Canonical JSON of the value, execution-context keys dropped (see [`canonical_json`]).
     pub(crate) fn canonical(&self) -> String {
-        if let Sorted::Written(text) = self {
-            return text.clone();
-        }
-        self.canonical_written()
+        let mut out = String::with_capacity(64);
+        self.write_with(&mut out, true);
+        out
     }
 
     /// [`Sorted::canonical`], taking a written value's text instead of copying it.
     pub(crate) fn into_canonical(self) -> String {
         match self {
             Sorted::Written(text) => text,
-            other => other.canonical_written(),
+            other => other.canonical(),
         }
-    }
-
-    fn canonical_written(&self) -> String {
-        let mut out = String::with_capacity(64);
-        self.write_with(&mut out, true);
-        out
     }
 
     /// An object of the entries as read, in order: sorted by key, and of repeated keys only the
