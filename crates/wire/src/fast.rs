@@ -94,6 +94,42 @@ impl<'a> Reader<'a> {
         Some(true)
     }
 
+    /// Reads a list at the reader, each item with `item` (given the item's index).
+    fn list(&mut self, mut item: impl FnMut(&mut Self, usize) -> Option<()>) -> Option<()> {
+        if self.open(b'[', b']')? {
+            let mut index = 0;
+            loop {
+                item(self, index)?;
+                if !self.more(b']')? {
+                    return Some(());
+                }
+                index += 1;
+            }
+        }
+        Some(())
+    }
+
+    /// Reads an object at the reader, each entry with `entry` (given its key and index), which
+    /// reads the value.
+    fn object(
+        &mut self,
+        mut entry: impl FnMut(&mut Self, Cow<'a, str>, usize) -> Option<()>,
+    ) -> Option<()> {
+        if self.open(b'{', b'}')? {
+            let mut index = 0;
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                entry(self, key, index)?;
+                if !self.more(b'}')? {
+                    return Some(());
+                }
+                index += 1;
+            }
+        }
+        Some(())
+    }
+
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         let end = self.pos + word.len();
         (self.bytes.get(self.pos..end)? == word).then(|| self.pos = end)
@@ -168,30 +204,8 @@ impl<'a> Reader<'a> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'[' if depth < MAX_DEPTH => {
-                if self.open(b'[', b']')? {
-                    loop {
-                        self.skip(depth + 1)?;
-                        if !self.more(b']')? {
-                            break;
-                        }
-                    }
-                }
-                Some(())
-            }
-            b'{' if depth < MAX_DEPTH => {
-                if self.open(b'{', b'}')? {
-                    loop {
-                        self.string()?;
-                        self.eat(b':')?;
-                        self.skip(depth + 1)?;
-                        if !self.more(b'}')? {
-                            break;
-                        }
-                    }
-                }
-                Some(())
-            }
+            b'[' if depth < MAX_DEPTH => self.list(|reader, _| reader.skip(depth + 1)),
+            b'{' if depth < MAX_DEPTH => self.object(|reader, _, _| reader.skip(depth + 1)),
             _ => None,
         }
     }
@@ -228,28 +242,18 @@ impl<'a> Reader<'a> {
             b'n' => self.literal(b"null").map(|()| Sorted::Null)?,
             b'[' if depth < MAX_DEPTH => {
                 let mut items = Vec::new();
-                if self.open(b'[', b']')? {
-                    loop {
-                        items.push(self.sorted(depth + 1)?);
-                        if !self.more(b']')? {
-                            break;
-                        }
-                    }
-                }
+                self.list(|reader, _| {
+                    items.push(reader.sorted(depth + 1)?);
+                    Some(())
+                })?;
                 Sorted::Arr(items)
             }
             b'{' if depth < MAX_DEPTH => {
                 let mut entries = Vec::new();
-                if self.open(b'{', b'}')? {
-                    loop {
-                        let key = self.string()?;
-                        self.eat(b':')?;
-                        entries.push((key, self.sorted(depth + 1)?));
-                        if !self.more(b'}')? {
-                            break;
-                        }
-                    }
-                }
+                self.object(|reader, key, _| {
+                    entries.push((key, reader.sorted(depth + 1)?));
+                    Some(())
+                })?;
                 Sorted::object(entries)
             }
             _ => return None,
@@ -293,37 +297,29 @@ impl<'a> Reader<'a> {
             b'n' => self.literal(b"null").map(|()| out.push_str("null"))?,
             b'[' if depth < MAX_DEPTH => {
                 out.push('[');
-                if self.open(b'[', b']')? {
-                    loop {
-                        self.write_canonical(out, depth + 1)?;
-                        if !self.more(b']')? {
-                            break;
-                        }
+                self.list(|reader, index| {
+                    if index > 0 {
                         out.push(',');
                     }
-                }
+                    reader.write_canonical(out, depth + 1)
+                })?;
                 out.push(']');
             }
             b'{' if depth < MAX_DEPTH => {
                 out.push('{');
-                if self.open(b'{', b'}')? {
-                    let mut last: Option<Cow<'a, str>> = None;
-                    loop {
-                        let key = self.string()?;
-                        if is_context_key(&key) || last.as_ref().is_some_and(|last| *last >= key) {
-                            return None;
-                        }
-                        write_string(out, &key);
-                        out.push(':');
-                        last = Some(key);
-                        self.eat(b':')?;
-                        self.write_canonical(out, depth + 1)?;
-                        if !self.more(b'}')? {
-                            break;
-                        }
+                let mut last: Option<Cow<'a, str>> = None;
+                self.object(|reader, key, index| {
+                    if is_context_key(&key) || last.as_ref().is_some_and(|last| *last >= key) {
+                        return None;
+                    }
+                    if index > 0 {
                         out.push(',');
                     }
-                }
+                    write_string(out, &key);
+                    out.push(':');
+                    last = Some(key);
+                    reader.write_canonical(out, depth + 1)
+                })?;
                 out.push('}');
             }
             _ => return None,
@@ -368,17 +364,13 @@ impl<'a> Reader<'a> {
             b'[' => {
                 let mut items = Vec::with_capacity(2);
                 let mut valid = true;
-                if self.open(b'[', b']')? {
-                    loop {
-                        match self.text()? {
-                            Text::Str(item) if valid => items.push(item),
-                            _ => valid = false,
-                        }
-                        if !self.more(b']')? {
-                            break;
-                        }
+                self.list(|reader, _| {
+                    match reader.text()? {
+                        Text::Str(item) if valid => items.push(item),
+                        _ => valid = false,
                     }
-                }
+                    Some(())
+                })?;
                 if valid {
                     TextList::List(items)
                 } else {
@@ -394,111 +386,105 @@ impl<'a> Reader<'a> {
     fn node(&mut self) -> Option<RawNode<'a>> {
         let mut raw = RawNode::default();
         let mut seen = Seen::default();
-        if !self.open(b'{', b'}')? {
-            return Some(raw);
-        }
-        loop {
-            let key = self.string()?;
-            self.eat(b':')?;
+        self.object(|reader, key, _| {
             match key.as_ref() {
                 "node_type" => {
                     seen.first(0)?;
-                    raw.node_type = self.text()?;
+                    raw.node_type = reader.text()?;
                 }
                 "node_id" => {
                     seen.first(1)?;
-                    raw.node_id = self.text()?;
+                    raw.node_id = reader.text()?;
                 }
                 "interval" => {
                     seen.first(2)?;
-                    raw.interval = self.int()?;
+                    raw.interval = reader.int()?;
                 }
                 "period" => {
                     seen.first(3)?;
-                    raw.period = self.int()?;
+                    raw.period = reader.int()?;
                 }
                 "params" => {
                     seen.first(4)?;
-                    raw.params = self.optional_params()?;
+                    raw.params = reader.optional_params()?;
                 }
                 "config" => {
                     seen.first(5)?;
-                    raw.config = self.optional_params()?;
+                    raw.config = reader.optional_params()?;
                 }
                 "inputs" => {
                     seen.first(6)?;
-                    raw.inputs = self.text_list()?;
+                    raw.inputs = reader.text_list()?;
                 }
                 "dependencies" => {
                     seen.first(7)?;
-                    raw.dependencies = self.text_list()?;
+                    raw.dependencies = reader.text_list()?;
                 }
                 "schema_compat_id" => {
                     seen.first(8)?;
-                    raw.schema_compat_id = self.text()?;
+                    raw.schema_compat_id = reader.text()?;
                 }
                 "schema_id" => {
                     seen.first(9)?;
-                    raw.schema_id = self.text()?;
+                    raw.schema_id = reader.text()?;
                 }
                 "code_hash" => {
                     seen.first(10)?;
-                    raw.code_hash = self.text()?;
+                    raw.code_hash = reader.text()?;
                 }
                 "schema_hash" => {
                     seen.first(11)?;
-                    raw.schema_hash = self.text()?;
+                    raw.schema_hash = reader.text()?;
                 }
                 "config_hash" => {
                     seen.first(12)?;
-                    raw.config_hash = self.text()?;
+                    raw.config_hash = reader.text()?;
                 }
                 "name" => {
                     seen.first(13)?;
-                    raw.name = self.text()?;
+                    raw.name = reader.text()?;
                 }
                 "tags" => {
                     seen.first(14)?;
-                    raw.tags = self.text_list()?;
+                    raw.tags = reader.text_list()?;
                 }
                 "query_tags" => {
                     seen.first(15)?;
-                    raw.query_tags = self.optional_value()?;
+                    raw.query_tags = reader.optional_value()?;
                 }
                 "match_mode" => {
                     seen.first(16)?;
-                    raw.match_mode = self.optional_value()?;
+                    raw.match_mode = reader.optional_value()?;
                 }
                 "version" => {
                     seen.first(17)?;
-                    raw.version = self.optional_value()?;
+                    raw.version = reader.optional_value()?;
                 }
                 "strategy_version" => {
                     seen.first(18)?;
-                    raw.strategy_version = self.optional_value()?;
+                    raw.strategy_version = reader.optional_value()?;
                 }
                 "build_version" => {
                     seen.first(19)?;
-                    raw.build_version = self.optional_value()?;
+                    raw.build_version = reader.optional_value()?;
                 }
                 "traffic_weight" => {
                     seen.first(20)?;
-                    raw.traffic_weight = self.optional_value()?;
+                    raw.traffic_weight = reader.optional_value()?;
                 }
                 "sentinel_weight" => {
                     seen.first(21)?;
-                    raw.sentinel_weight = self.optional_value()?;
+                    raw.sentinel_weight = reader.optional_value()?;
                 }
                 "weight" => {
                     seen.first(22)?;
-                    raw.weight = self.optional_value()?;
+                    raw.weight = reader.optional_value()?;
                 }
-                _ => self.skip(1)?,
+                _ => reader.skip(1)?,
             }
-            if !self.more(b'}')? {
-                return Some(raw);
-            }
-        }
+            Some(())
+        })?;
+        Some(raw)
     }
 
     /// The `nodes` list, each item checked as it is read; `None` inside when it is not a list.
@@ -509,20 +495,16 @@ impl<'a> Reader<'a> {
             return Some(None);
         }
         let mut read = ReadNodes::default();
-        if self.open(b'[', b']')? {
-            loop {
-                self.ws();
-                if self.peek()? == b'{' {
-                    read.take(Some(self.node()?));
-                } else {
-                    self.skip(1)?;
-                    read.take(None);
-                }
-                if !self.more(b']')? {
-                    break;
-                }
+        self.list(|reader, _| {
+            reader.ws();
+            if reader.peek()? == b'{' {
+                read.take(Some(reader.node()?));
+            } else {
+                reader.skip(1)?;
+                read.take(None);
             }
-        }
+            Some(())
+        })?;
         Some(Some(read))
     }
 
@@ -534,50 +516,44 @@ impl<'a> Reader<'a> {
         if self.peek()? != b'{' {
             return None;
         }
-        if self.open(b'{', b'}')? {
-            loop {
-                let key = self.string()?;
-                self.eat(b':')?;
-                match key.as_ref() {
-                    "schema_version" => {
-                        seen.first(0)?;
-                        raw.schema_version = self.optional_value()?;
-                    }
-                    "nodes" => {
-                        seen.first(1)?;
-                        nodes = self.nodes()?;
-                    }
-                    "meta" => {
-                        seen.first(2)?;
-                        raw.meta = self.optional_value()?;
-                    }
-                    "compute_context" => {
-                        seen.first(3)?;
-                        raw.compute_context = self.optional_value()?;
-                    }
-                    "version" => {
-                        seen.first(4)?;
-                        raw.version = self.optional_value()?;
-                    }
-                    "strategy_version" => {
-                        seen.first(5)?;
-                        raw.strategy_version = self.optional_value()?;
-                    }
-                    "build_version" => {
-                        seen.first(6)?;
-                        raw.build_version = self.optional_value()?;
-                    }
-                    "node_ids_crc32" => {
-                        seen.first(7)?;
-                        raw.node_ids_crc32 = self.optional_value()?;
-                    }
-                    _ => self.skip(1)?,
+        self.object(|reader, key, _| {
+            match key.as_ref() {
+                "schema_version" => {
+                    seen.first(0)?;
+                    raw.schema_version = reader.optional_value()?;
                 }
-                if !self.more(b'}')? {
-                    break;
+                "nodes" => {
+                    seen.first(1)?;
+                    nodes = reader.nodes()?;
                 }
+                "meta" => {
+                    seen.first(2)?;
+                    raw.meta = reader.optional_value()?;
+                }
+                "compute_context" => {
+                    seen.first(3)?;
+                    raw.compute_context = reader.optional_value()?;
+                }
+                "version" => {
+                    seen.first(4)?;
+                    raw.version = reader.optional_value()?;
+                }
+                "strategy_version" => {
+                    seen.first(5)?;
+                    raw.strategy_version = reader.optional_value()?;
+                }
+                "build_version" => {
+                    seen.first(6)?;
+                    raw.build_version = reader.optional_value()?;
+                }
+                "node_ids_crc32" => {
+                    seen.first(7)?;
+                    raw.node_ids_crc32 = reader.optional_value()?;
+                }
+                _ => reader.skip(1)?,
             }
-        }
+            Some(())
+        })?;
         Some((nodes, raw))
     }
 }
