@@ -1,27 +1,30 @@
 //! Fixtures shared by the integration tests and benches: HTTP calls, a Prometheus exposition
 //! parser, `assert_eventually!`, the spec vectors and synthetic DAGs with real node ids.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-/// Status and body of an HTTP request.
+/// How long a test's HTTP request may take, connect included.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Status and body of an HTTP request, through the workspace's one HTTP client.
 pub async fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(url)
+    // A client per call: tests run on many runtimes, and a pooled connection belongs to one.
+    let client = kit::http::client(HTTP_TIMEOUT)?;
+    let method = kit::http::Method::from_bytes(method.as_bytes())?;
+    let response = client
+        .request(method, url)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))?;
-    let response = client.request(request).await?;
+        .body(body.to_owned())
+        .send()
+        .await?;
     let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    let text = response.text().await?;
+    Ok((status, text))
 }
 
+/// Status and body of a GET.
 pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     http("GET", url, "").await
 }
@@ -72,15 +75,16 @@ impl Exposition {
         Ok(exposition)
     }
 
-    /// The value of the series `name` whose labels include all of `labels`.
+    /// The value of the series `name` whose labels include all of `labels` (an empty value
+    /// asks for the label's absence, as in Prometheus).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
             .find(|s| {
                 s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+                    && labels.iter().all(|(k, v)| {
+                        s.labels.get(*k).map(String::as_str).unwrap_or_default() == *v
+                    })
             })
             .map(|s| s.value)
     }
@@ -124,7 +128,10 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
             }
         }
         let end = end.ok_or_else(|| anyhow::anyhow!("unterminated label value: {text}"))?;
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        // An empty value is no label at all, as Prometheus reads it.
+        if !value.is_empty() {
+            labels.insert(key.trim_start_matches(',').to_owned(), value);
+        }
         rest = after[end + 1..].trim_start_matches(',');
     }
     Ok(labels)
@@ -381,19 +388,8 @@ pub struct KafkaBroker {
     pub port: u16,
     pub bootstrap: String,
     dir: std::path::PathBuf,
-    _temp: Option<tempfile_dir::TempDir>,
-}
-
-mod tempfile_dir {
-    /// A directory removed when dropped.
-    #[derive(Debug)]
-    pub struct TempDir(pub std::path::PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    // Removed once the broker is stopped (fields drop after `Drop::drop`).
+    _temp: tempfile::TempDir,
 }
 
 fn kafka_script() -> String {
@@ -410,13 +406,15 @@ impl KafkaBroker {
         let mut attempts = 0;
         loop {
             let port = free_port();
-            let dir =
-                std::env::temp_dir().join(format!("qmtl-kafka-{port}-{}", std::process::id()));
+            let temp = tempfile::Builder::new()
+                .prefix(&format!("qmtl-kafka-{port}-"))
+                .tempdir()
+                .unwrap_or_else(|e| panic!("no temporary directory for the broker: {e}"));
             let broker = KafkaBroker {
                 port,
                 bootstrap: format!("127.0.0.1:{port}"),
-                dir: dir.clone(),
-                _temp: Some(tempfile_dir::TempDir(dir)),
+                dir: temp.path().to_path_buf(),
+                _temp: temp,
             };
             attempts += 1;
             match broker.try_resume() {
