@@ -244,7 +244,7 @@ mod tests {
         let shutdown = Shutdown::new();
         let task = tokio::spawn(
             HealthProbe::every(Duration::from_millis(5))
-                .run(shutdown.clone(), || std::future::pending::<bool>()),
+                .run(shutdown.clone(), std::future::pending::<bool>),
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
         shutdown.trigger();
