@@ -17,6 +17,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# The tidy test (crates/tidy) asks cargo-machete for dependencies that no code uses.
+if ! cargo machete --version >/dev/null 2>&1; then
+  echo "test.sh: installing cargo-machete (once)"
+  cargo install cargo-machete --locked
+fi
+
 # promtool checks every service's exposition (Debian's prometheus package); the Kafka tests
 # start a real broker, built once from the crate registry (about 5 min the first time).
 ./scripts/tools/promtool.sh >/dev/null
