@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Compares bench binaries on a machine whose speed drifts: runs them in turn, RUNS times each,
-# and prints the median of each figure. Built for the Gateway's submit_http bench, whose last
-# line carries "N completed/s" and "cpu X ms/submission".
+# and prints, for every line of figures a bench prints, the median of each figure per binary.
+# Works for every bench of the workspace: a "figure line" is any output line holding numbers
+# (the machine-facts line aside); lines are matched across runs by their text with the numbers
+# taken out.
 #
-#   scripts/bench/ab.sh RUNS BINARY... [-- BENCH ARGS]     (bench args default: 10 32 3000)
+#   scripts/bench/ab.sh RUNS BINARY... [-- BENCH ARGS]
 #
 # Build a binary per variant first, e.g.:
 #   cargo bench -p gateway --bench submit_http --no-run   # prints the executable's path
 #   cp target/release/deps/submit_http-<hash> /tmp/bench-a
+# then: scripts/bench/ab.sh 3 /tmp/bench-a /tmp/bench-b -- 10 32 3000
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,10p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 fi
 runs=$1
@@ -22,28 +25,52 @@ while [[ $# -gt 0 && $1 != "--" ]]; do
 done
 [[ ${1:-} == "--" ]] && shift
 args=("$@")
-[[ ${#args[@]} -eq 0 ]] && args=(10 32 3000)
 
-results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+outputs=$(mktemp -d)
+trap 'rm -rf "$outputs"' EXIT
 for ((run = 0; run < runs; run++)); do
-  for binary in "${binaries[@]}"; do
-    last=$("$binary" "${args[@]}" | tail -n 1)
-    rate=$(grep -o '[0-9]* completed/s' <<<"$last" | grep -o '^[0-9]*')
-    cpu=$(grep -o 'cpu [0-9.]*' <<<"$last" | grep -o '[0-9.]*$')
-    echo "$binary $rate $cpu" >>"$results"
+  for index in "${!binaries[@]}"; do
+    echo "ab.sh: run $((run + 1))/$runs of ${binaries[$index]}" >&2
+    "${binaries[$index]}" "${args[@]}" >"$outputs/$index.$run"
   done
 done
-python3 - "$results" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    binary, rate, cpu = line.split()
-    rows.setdefault(binary, []).append((float(rate), float(cpu)))
-for binary, samples in rows.items():
-    rates = sorted(r for r, _ in samples)
-    cpus = [c for _, c in samples]
-    print(f"{binary}: median {statistics.median(rates):.0f} completed/s, "
-          f"cpu {statistics.median(cpus):.3f} ms/submission "
-          f"(runs: {', '.join(f'{r:.0f}' for r in rates)})")
+python3 - "$outputs" "$runs" "${binaries[@]}" <<'PY'
+import re, statistics, sys
+folder, runs, binaries = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+number = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+def figure_lines(path):
+    """(template, [numbers]) per line that holds figures, in output order."""
+    lines = []
+    for line in open(path):
+        line = line.rstrip("\n")
+        if line.startswith("machine:") or not number.search(line):
+            continue
+        lines.append((number.sub("#", line), [float(n) for n in number.findall(line)]))
+    return lines
+
+def fill(template, values):
+    parts = template.split("#")
+    out = parts[0]
+    for value, part in zip(values, parts[1:]):
+        out += (f"{value:.0f}" if value >= 100 or value == int(value) else f"{value:.3f}") + part
+    return out
+
+order, samples = [], {}
+for index, binary in enumerate(binaries):
+    for run in range(runs):
+        for template, values in figure_lines(f"{folder}/{index}.{run}"):
+            if template not in order:
+                order.append(template)
+            samples.setdefault((template, binary), []).append(values)
+
+for template in order:
+    print(f"== {template}")
+    for binary in binaries:
+        runs_of_line = samples.get((template, binary), [])
+        if not runs_of_line:
+            print(f"  {binary}: (not printed)")
+            continue
+        medians = [statistics.median(column) for column in zip(*runs_of_line)]
+        print(f"  {binary}: {fill(template, medians)}   (median of {len(runs_of_line)})")
 PY
