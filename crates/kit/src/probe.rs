@@ -132,14 +132,6 @@ mod tests {
         breaker
     }
 
-    async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !condition() {
-            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     #[tokio::test]
     async fn a_healthy_check_closes_the_open_breaker_and_calls_the_hook() {
         let breaker = open_breaker();
@@ -160,7 +152,11 @@ mod tests {
                 async move { n >= 2 }
             }
         }));
-        wait_until("the breaker closes", || !breaker.is_open()).await;
+        test_support::assert_eventually!(
+            !breaker.is_open(),
+            Duration::from_secs(5),
+            "timed out: the breaker closes"
+        );
         assert!(checks.load(Ordering::SeqCst) >= 3);
         assert!(hooked.load(Ordering::SeqCst));
         shutdown.trigger();
@@ -186,7 +182,11 @@ mod tests {
                     }
                 }),
         );
-        wait_until("five checks", || checks.load(Ordering::SeqCst) >= 5).await;
+        test_support::assert_eventually!(
+            checks.load(Ordering::SeqCst) >= 5,
+            Duration::from_secs(5),
+            "timed out: five checks"
+        );
         assert!(breaker.is_open());
         assert_eq!(breaker.snapshot().consecutive_failures, 3);
         shutdown.trigger();
@@ -223,7 +223,11 @@ mod tests {
                 }
             },
         ));
-        wait_until("ten ticks", || ticks_seen.load(Ordering::SeqCst) >= 10).await;
+        test_support::assert_eventually!(
+            ticks_seen.load(Ordering::SeqCst) >= 10,
+            Duration::from_secs(5),
+            "timed out: ten ticks"
+        );
         assert_eq!(
             checks.load(Ordering::SeqCst),
             0,
@@ -232,7 +236,11 @@ mod tests {
         for _ in 0..3 {
             breaker.record_failure();
         }
-        wait_until("the breaker closes", || !breaker.is_open()).await;
+        test_support::assert_eventually!(
+            !breaker.is_open(),
+            Duration::from_secs(5),
+            "timed out: the breaker closes"
+        );
         assert!(checks.load(Ordering::SeqCst) >= 1);
         shutdown.trigger();
         task.await.unwrap();
