@@ -5,6 +5,8 @@ use base64::Engine as _;
 use kit::breaker::{BreakerError, CircuitBreaker};
 use kit::clock::SystemClock;
 use kit::http::{BaseUrl, Client, Method};
+use kit::probe::{HealthProbe, ProbeWhen};
+use kit::shutdown::Shutdown;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -114,12 +116,13 @@ pub struct GatewayClient {
     /// The Gateway's address as errors name it.
     url: String,
     breaker: CircuitBreaker,
-    probe: tokio::task::JoinHandle<()>,
+    /// Stops the health probe when the client is dropped.
+    probe: Shutdown,
 }
 
 impl Drop for GatewayClient {
     fn drop(&mut self) {
-        self.probe.abort();
+        self.probe.trigger();
     }
 }
 
@@ -137,11 +140,16 @@ impl GatewayClient {
             metrics.registry(),
             Arc::new(SystemClock),
         );
-        let probe = tokio::spawn(probe(
-            breaker.clone(),
-            endpoint.clone().ok(),
-            settings.probe_interval,
-        ));
+        let probe = Shutdown::new();
+        tokio::spawn(
+            HealthProbe::every(settings.probe_interval)
+                .closing(breaker.clone())
+                .when(ProbeWhen::BreakerOpen)
+                .run(probe.clone(), {
+                    let endpoint = endpoint.clone().ok();
+                    move || is_healthy(endpoint.clone())
+                }),
+        );
         GatewayClient {
             settings,
             endpoint,
@@ -372,20 +380,6 @@ fn endpoint(settings: &GatewayClientSettings) -> Result<Endpoint, String> {
     let base = BaseUrl::parse(&settings.url).map_err(|e| error_chain(&e))?;
     let http = kit::http::client(settings.request_timeout).map_err(|e| error_chain(&e))?;
     Ok(Endpoint { base, http })
-}
-
-async fn probe(breaker: CircuitBreaker, endpoint: Option<Endpoint>, every: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if !breaker.is_open() {
-            continue;
-        }
-        if is_healthy(endpoint.clone()).await {
-            breaker.reset();
-        }
-    }
 }
 
 /// The probe's check: `GET /health` answers 2xx in time. Without a usable endpoint, never.
