@@ -413,3 +413,52 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn the_probe_closes_an_open_breaker_once_the_gateway_answers_its_health_check() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let checks = Arc::new(AtomicU32::new(0));
+        let router = axum::Router::new().route(
+            "/health",
+            axum::routing::get({
+                let checks = checks.clone();
+                move || async move {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    "ok"
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let metrics = SdkMetrics::new().unwrap();
+        let client = GatewayClient::new(
+            GatewayClientSettings {
+                // A bare `host:port`, as operators may write it.
+                url: address.to_string(),
+                submit_timeout: Duration::from_secs(5),
+                poll_interval: Duration::from_millis(10),
+                probe_interval: Duration::from_millis(10),
+                request_timeout: Duration::from_secs(5),
+            },
+            &metrics,
+        );
+        for _ in 0..3 {
+            client.breaker().record_failure();
+        }
+        assert!(client.breaker().is_open());
+        test_support::assert_eventually!(
+            !client.breaker().is_open(),
+            Duration::from_secs(5),
+            "the probe did not close the breaker"
+        );
+        assert!(
+            checks.load(Ordering::SeqCst) >= 1,
+            "closed by a health check"
+        );
+    }
+}
