@@ -29,7 +29,7 @@ pub use plan::{NodePlan, Plan};
 pub enum RunError {
     #[error(transparent)]
     Submit(#[from] SubmitError),
-    #[error("queue `{topic}`: {source}")]
+    #[error("could not claim or subscribe to queue `{topic}`")]
     Transport {
         topic: String,
         #[source]
@@ -43,7 +43,7 @@ pub enum RunError {
         "a strategy submitted through the Gateway keeps its context; stop it and start it again in the new one (its queues are namespaced by context)"
     )]
     ContextFixedOnline,
-    #[error("the metrics server could not listen on {address}: {source}")]
+    #[error("the metrics server could not listen on {address}")]
     MetricsServer {
         address: String,
         #[source]
@@ -248,5 +248,22 @@ impl Runner {
             need.push(own.max(1));
         }
         need.into_iter().max().unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_error_names_its_cause_once_in_the_chain() {
+        let error = RunError::Transport {
+            topic: "q".into(),
+            source: TransportError::Unavailable("the broker is away".into()),
+        };
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(error)),
+            "could not claim or subscribe to queue `q`: the transport is unavailable: the broker is away"
+        );
     }
 }

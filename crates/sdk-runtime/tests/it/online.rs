@@ -36,7 +36,7 @@ pub(crate) fn with_sma(
         .interval(60)
         .live(feed)
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
     let mean = sma(&mut s, price, window);
     (s, price, mean)
 }
