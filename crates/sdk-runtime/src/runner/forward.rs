@@ -1,5 +1,4 @@
-//! The forwarders: one task per live feed and per queue read, carrying bars and records into
-//! the engine's channel until they end or the strategy stops.
+//! The forwarders: one task per live feed and per queue read, carrying events to the engine.
 
 use kit::shutdown::Shutdown;
 use std::time::{Duration, Instant};

@@ -1,5 +1,4 @@
-//! A running strategy's handle: its plan, switching an offline strategy's context, stopping it,
-//! and waiting for its run's report.
+//! A running strategy's handle: its plan, an offline context switch, stop, and the run's report.
 
 use kit::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};

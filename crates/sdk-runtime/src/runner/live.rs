@@ -1,6 +1,6 @@
-//! The live run on the strategy's own thread: replays the backfilled history, then takes events,
-//! publishes the outputs, and acknowledges inputs once the outputs they caused are delivered.
+//! The live run on the strategy's thread: compute each event, publish, acknowledge once delivered.
 
+use kit::shutdown::Shutdown;
 use metrics::Counter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,8 @@ use crate::value::Value;
 
 use super::RunError;
 use super::forward::{Incoming, Inputs, Target};
+use super::handle::StrategyHandle;
+use super::plan::Plan;
 
 /// Events taken from the channel at once: fewer wake-ups under load, no wait when idle.
 const EVENT_BATCH: usize = 256;
@@ -32,16 +34,37 @@ pub(super) struct LiveRun {
     /// Backfilled rows, replayed before the first live event.
     pub(super) history: Vec<(i64, usize, Value)>,
     pub(super) inputs: Inputs,
-    pub(super) commands: mpsc::Receiver<Command>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) metrics: Arc<SdkMetrics>,
     pub(super) leases: Vec<Box<dyn ProducerLease>>,
 }
 
+/// Runs the strategy live on a thread of its own until `stop` (or until its feeds and queues
+/// end); its handle holds the plan and hears the run's end.
+pub(super) fn run_live(
+    run: LiveRun,
+    plan: Plan,
+    online: bool,
+    stop: Shutdown,
+) -> Result<StrategyHandle, RunError> {
+    let (commands, command_rx) = mpsc::channel(4);
+    let (finished, done) = oneshot::channel();
+    let thread = spawn_live_thread(run, command_rx, plan.strategy_id.as_deref(), finished)?;
+    Ok(StrategyHandle {
+        plan,
+        online,
+        stop,
+        commands,
+        done,
+        thread,
+    })
+}
+
 /// Starts the strategy's thread, named after it; it sends how many events it took on
 /// `finished` once every feed and queue has ended.
-pub(super) fn spawn_live_thread(
+fn spawn_live_thread(
     run: LiveRun,
+    commands: mpsc::Receiver<Command>,
     strategy_id: Option<&str>,
     finished: oneshot::Sender<u64>,
 ) -> Result<std::thread::JoinHandle<()>, RunError> {
@@ -60,7 +83,7 @@ pub(super) fn spawn_live_thread(
                     return;
                 }
             };
-            let taken = runtime.block_on(Live::new(run).run());
+            let taken = runtime.block_on(Live::new(run, commands).run());
             let _ = finished.send(taken);
         })
         .map_err(|e| RunError::Crashed(format!("could not start the strategy's thread: {e}")))
@@ -69,6 +92,7 @@ pub(super) fn spawn_live_thread(
 /// The live loop's state.
 struct Live {
     run: LiveRun,
+    commands: mpsc::Receiver<Command>,
     feed_events: Counter,
     queue_events: Counter,
     published: Counter,
@@ -86,12 +110,13 @@ struct Live {
 }
 
 impl Live {
-    fn new(run: LiveRun) -> Live {
+    fn new(run: LiveRun, commands: mpsc::Receiver<Command>) -> Live {
         let feed_events = run.metrics.events(EventSource::Feed);
         let queue_events = run.metrics.events(EventSource::Queue);
         let (published, publish_failures) = run.metrics.published();
         Live {
             run,
+            commands,
             feed_events,
             queue_events,
             published,
@@ -114,7 +139,7 @@ impl Live {
         loop {
             let received = tokio::select! {
                 biased;
-                command = self.run.commands.recv(), if commands_open => {
+                command = self.commands.recv(), if commands_open => {
                     match command {
                         Some(Command::SwitchContext(context, reply)) => {
                             let _ = reply.send(self.run.engine.set_context(&context));

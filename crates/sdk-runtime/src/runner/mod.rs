@@ -1,5 +1,4 @@
-//! Running strategies: submit through the Gateway (or run offline), apply the queue map, backfill,
-//! then feed live events through the engine until the feeds end or the runner is stopped.
+//! `Runner`: submit (or run offline), plan the queue map, claim leases, backfill, then run live.
 
 mod forward;
 mod handle;
@@ -9,7 +8,6 @@ mod plan;
 use kit::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
 
 use crate::backfill::run_jobs;
@@ -136,20 +134,10 @@ impl Runner {
         // This strategy's own view of the transport: its flushes cover its outputs only.
         let transport = self.transport.clone().for_strategy();
         let submitted = self.submit(&strategy, &context).await?;
-        let warmup = self.warmup_bars(&strategy);
-        let history_end = self.history_end.unwrap_or_else(unix_now);
-        let (setups, layout) = plan::Layout::of(strategy.nodes, warmup, history_end);
-        let mut engine = Engine::new(setups, self.metrics.clone(), &context);
-        let queues = match &submitted {
-            Some(submitted) => {
-                plan::claim_producer_leases(&mut engine, submitted, &layout, transport.as_ref())
-                    .await?
-            }
-            None => {
-                plan::match_tags_offline(&mut engine, &layout.queries, &layout.tags);
-                plan::QueuePlan::default()
-            }
-        };
+        let (mut engine, layout) = self.lay_out(strategy, &context);
+        let queues =
+            plan::plan_queue_map(&mut engine, submitted.as_ref(), &layout, transport.as_ref())
+                .await?;
         // Subscribe before backfill, so records published meanwhile wait in the subscription.
         let group = self.consumer_group(submitted.as_ref());
         let subscriptions = forward::subscribe(transport.as_ref(), queues.reads, &group).await?;
@@ -167,26 +155,28 @@ impl Runner {
             self.settings.queue_depth.max(1),
             &self.metrics,
         );
-        let (commands, command_rx) = mpsc::channel(4);
-        let (finished, done) = oneshot::channel();
         let run = live::LiveRun {
             engine,
             history,
             inputs,
-            commands: command_rx,
             transport,
             metrics: self.metrics.clone(),
             leases: queues.leases,
         };
-        let thread = live::spawn_live_thread(run, plan.strategy_id.as_deref(), finished)?;
-        Ok(StrategyHandle {
-            plan,
-            online: submitted.is_some(),
-            stop,
-            commands,
-            done,
-            thread,
-        })
+        live::run_live(run, plan, submitted.is_some(), stop)
+    }
+
+    /// The engine of the strategy's nodes, and what else its nodes bring (feeds, backfill
+    /// jobs, tag queries).
+    fn lay_out(
+        &self,
+        strategy: Strategy,
+        context: &wire::ComputeContext,
+    ) -> (Engine, plan::Layout) {
+        let warmup = self.warmup_bars(&strategy);
+        let history_end = self.history_end.unwrap_or_else(unix_now);
+        let (setups, layout) = plan::Layout::of(strategy.nodes, warmup, history_end);
+        (Engine::new(setups, self.metrics.clone(), context), layout)
     }
 
     /// Submits the strategy's DAG when connected to a Gateway; offline, nothing.

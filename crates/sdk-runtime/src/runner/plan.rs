@@ -1,5 +1,4 @@
-//! Applying the queue map: which node is computed here (holding its queue's producer lease) and
-//! which is read from a queue, offline tag queries, and the `Plan` that reports the outcome.
+//! The queue map applied: which node is computed here and which is read from a queue; `Plan`.
 
 use std::collections::HashSet;
 
@@ -136,9 +135,26 @@ fn own_queue(submitted: &Submitted, node_id: &str) -> Option<String> {
         .map(|q| q.queue.clone())
 }
 
+/// Plans the queue map. Submitted, each node claims its queue's producer lease or is read
+/// from its queue; offline, every node is computed here and tag queries match earlier nodes.
+pub(super) async fn plan_queue_map(
+    engine: &mut Engine,
+    submitted: Option<&Submitted>,
+    layout: &Layout,
+    transport: &dyn Transport,
+) -> Result<QueuePlan, RunError> {
+    match submitted {
+        Some(submitted) => claim_producer_leases(engine, submitted, layout, transport).await,
+        None => {
+            match_tags_offline(engine, &layout.queries, &layout.tags);
+            Ok(QueuePlan::default())
+        }
+    }
+}
+
 /// Claims each queue this runner could produce, reads the others: a node whose lease another
 /// runner holds, or a stream without a feed here, is read from its queue.
-pub(super) async fn claim_producer_leases(
+async fn claim_producer_leases(
     engine: &mut Engine,
     submitted: &Submitted,
     layout: &Layout,
@@ -202,7 +218,7 @@ fn read_matched_queues(
 }
 
 /// Offline, a tag query reads the earlier nodes of the strategy whose tags match.
-pub(super) fn match_tags_offline(engine: &mut Engine, queries: &[TagQuery], tags: &[Vec<String>]) {
+fn match_tags_offline(engine: &mut Engine, queries: &[TagQuery], tags: &[Vec<String>]) {
     for (index, wanted, mode) in queries {
         let before = engine.nodes()[*index].name.clone();
         let mut matched = 0;
@@ -224,7 +240,7 @@ pub(super) fn match_tags_offline(engine: &mut Engine, queries: &[TagQuery], tags
     }
 }
 
-pub(super) fn query_nodes(queries: &[TagQuery]) -> HashSet<usize> {
+fn query_nodes(queries: &[TagQuery]) -> HashSet<usize> {
     queries.iter().map(|(i, _, _)| *i).collect()
 }
 
