@@ -110,8 +110,8 @@ struct Endpoint {
 #[derive(Debug)]
 pub struct GatewayClient {
     settings: GatewayClientSettings,
-    /// `Err`: why the configured address (or the HTTP client) is unusable; every request then
-    /// fails with it, as an unavailable Gateway, as a request to a bad address always did.
+    /// `Err`: why the configured address (or the HTTP client) is unusable. Every request then
+    /// fails with that reason, as a Gateway that is unavailable.
     endpoint: Result<Endpoint, String>,
     /// The Gateway's address as errors name it.
     url: String,
