@@ -110,30 +110,95 @@ impl sdk_runtime::LiveFeed for GatedFeed {
     }
 }
 
+/// A DAG Manager with its queues on the broker and a Gateway, on free ports, until `stop`.
+struct Services {
+    gateway: std::net::SocketAddr,
+    stop: Shutdown,
+    /// The Gateway's task, then the DAG Manager's: awaited in that order.
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Services {
+    async fn start(bootstrap: &str, dir: &std::path::Path) -> anyhow::Result<Services> {
+        let mut dm = dagmanager::DagManagerSettings {
+            grpc_port: 0,
+            admin_port: 0,
+            data_dir: dir.join("dagmanager"),
+            kafka_dsn: bootstrap.to_owned(),
+            ..dagmanager::DagManagerSettings::default()
+        };
+        dm.gc.interval_secs = 3600;
+        let dm = dagmanager::App::build(dm).await?;
+        let dm_addr = dm.grpc_addr();
+        let stop = Shutdown::new();
+        let dm_task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = dm.run_until_stopped(stop).await;
+            }
+        });
+        let gw = gateway::App::build(gateway::GatewaySettings {
+            port: 0,
+            dagmanager_url: dm_addr.to_string(),
+            data_dir: dir.join("gateway"),
+            ..gateway::GatewaySettings::default()
+        })
+        .await?;
+        let gateway = gw.addr();
+        let gw_task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = gw.run_until_stopped(stop).await;
+            }
+        });
+        Ok(Services {
+            gateway,
+            stop,
+            tasks: [gw_task, dm_task],
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.trigger();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The producer (the price stream, fed by `feed`) or the reader (the price and an SMA over it,
+/// counting the price bars it sees).
+fn define(feed: Option<GatedFeed>, with_sma: bool) -> anyhow::Result<(Strategy, Arc<AtomicUsize>)> {
+    let mut s = Strategy::new(if with_sma { "reader" } else { "producer" });
+    let mut price = s
+        .stream_input("price")
+        .tags(["bench", "price"])
+        .interval(60);
+    if let Some(feed) = feed {
+        price = price.live(feed);
+    }
+    let price = price.build()?;
+    let seen = Arc::new(AtomicUsize::new(0));
+    if with_sma {
+        let sma = s
+            .node("SMA")
+            .input(price)
+            .period(5)
+            .params(json!({"window": 5}))
+            .code("sma", "1")
+            .compute(move |v| v.window(price).mean())?;
+        let counter = seen.clone();
+        s.observe(price, move |_, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let _ = sma;
+    }
+    Ok((s, seen))
+}
+
 async fn runtime(bootstrap: &str, events: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let mut dm = dagmanager::DagManagerSettings {
-        grpc_port: 0,
-        admin_port: 0,
-        data_dir: dir.path().join("dagmanager"),
-        kafka_dsn: bootstrap.to_owned(),
-        ..dagmanager::DagManagerSettings::default()
-    };
-    dm.gc.interval_secs = 3600;
-    let dm = dagmanager::App::build(dm).await?;
-    let dm_addr = dm.grpc_addr();
-    let stop = Shutdown::new();
-    let dm_task = tokio::spawn(dm.run_until_stopped(stop.clone()));
-    let gw = gateway::App::build(gateway::GatewaySettings {
-        port: 0,
-        dagmanager_url: dm_addr.to_string(),
-        data_dir: dir.path().join("gateway"),
-        ..gateway::GatewaySettings::default()
-    })
-    .await?;
-    let gw_addr = gw.addr();
-    let gw_task = tokio::spawn(gw.run_until_stopped(stop.clone()));
-
+    let services = Services::start(bootstrap, dir.path()).await?;
     let metrics = SdkMetrics::new()?;
     let transport: Arc<dyn Transport> = Arc::new(KafkaTransport::new(
         bootstrap,
@@ -141,41 +206,13 @@ async fn runtime(bootstrap: &str, events: usize) -> anyhow::Result<f64> {
         &metrics,
     )?);
     let settings = SdkSettings {
-        gateway_url: format!("http://{gw_addr}"),
+        gateway_url: format!("http://{}", services.gateway),
         world_id: "bench".into(),
         as_of: "2025-01-01".into(),
         poll_interval_ms: 10,
         ..SdkSettings::default()
     };
     let runner = Runner::new(settings, metrics, transport);
-    let define =
-        |feed: Option<GatedFeed>, with_sma: bool| -> anyhow::Result<(Strategy, Arc<AtomicUsize>)> {
-            let mut s = Strategy::new(if with_sma { "reader" } else { "producer" });
-            let mut price = s
-                .stream_input("price")
-                .tags(["bench", "price"])
-                .interval(60);
-            if let Some(feed) = feed {
-                price = price.live(feed);
-            }
-            let price = price.build()?;
-            let seen = Arc::new(AtomicUsize::new(0));
-            if with_sma {
-                let sma = s
-                    .node("SMA")
-                    .input(price)
-                    .period(5)
-                    .params(json!({"window": 5}))
-                    .code("sma", "1")
-                    .compute(move |v| v.window(price).mean())?;
-                let counter = seen.clone();
-                s.observe(price, move |_, _| {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                })?;
-                let _ = sma;
-            }
-            Ok((s, seen))
-        };
     let (bars, gate) = tokio::sync::mpsc::unbounded_channel();
     let (producer, _) = define(Some(GatedFeed(gate)), false)?;
     let (reader, seen) = define(None, true)?;
@@ -214,9 +251,7 @@ async fn runtime(bootstrap: &str, events: usize) -> anyhow::Result<f64> {
     a.join().await?;
     b.stop();
     b.join().await?;
-    stop.trigger();
-    let _ = gw_task.await;
-    let _ = dm_task.await;
+    services.stop().await;
     Ok(rate)
 }
 

@@ -2,17 +2,17 @@
 //! breaker, and waiting for its queue map.
 
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use kit::breaker::{BreakerError, CircuitBreaker};
 use kit::clock::SystemClock;
-use serde_json::{Value as Json, json};
+use kit::http::{BaseUrl, Client, Method};
+use kit::probe::{HealthProbe, ProbeWhen};
+use kit::shutdown::Shutdown;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wire::api::QueueMap;
+use wire::api::{QueueMap, StrategyAck};
 
 use crate::metrics::{GATEWAYCLIENT_BREAKER, SdkMetrics};
 
@@ -74,52 +74,86 @@ enum CallError {
     Answer { status: u16, body: String },
 }
 
+/// `GET /strategies/{id}`: the part of the answer the client reads (the Gateway writes it
+/// without a shared type; `wire::api` has none for it).
+#[derive(Debug, Deserialize)]
+struct StrategyState {
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    queue_map: Option<QueueMap>,
+}
+
+/// A refusal's body (the Gateway's `ApiError`; `wire::api` has no type for it). Any field may
+/// be missing: the client falls back on the status and the raw body.
+#[derive(Debug, Default, Deserialize)]
+struct Refusal {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    /// The strategy the refusal names (a duplicate's original).
+    #[serde(default)]
+    strategy_id: Option<String>,
+}
+
+/// Where requests go and what sends them.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    base: BaseUrl,
+    http: Client,
+}
+
 /// The Gateway's client: requests go through the `gatewayclient` breaker; a probe of
 /// `GET /health`, outside the breaker, closes it again.
 #[derive(Debug)]
 pub struct GatewayClient {
     settings: GatewayClientSettings,
-    base: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    /// `Err`: why the configured address (or the HTTP client) is unusable. Every request then
+    /// fails with that reason, as a Gateway that is unavailable.
+    endpoint: Result<Endpoint, String>,
+    /// The Gateway's address as errors name it.
+    url: String,
     breaker: CircuitBreaker,
-    probe: tokio::task::JoinHandle<()>,
+    /// Stops the health probe when the client is dropped.
+    probe: Shutdown,
 }
 
 impl Drop for GatewayClient {
     fn drop(&mut self) {
-        self.probe.abort();
+        self.probe.trigger();
     }
 }
 
 impl GatewayClient {
     /// Needs a Tokio runtime: the health probe runs on it until the client is dropped.
     pub fn new(settings: GatewayClientSettings, metrics: &SdkMetrics) -> GatewayClient {
-        let base = if settings.url.contains("://") {
-            settings.url.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{}", settings.url.trim_end_matches('/'))
+        let endpoint = endpoint(&settings);
+        let url = match &endpoint {
+            Ok(endpoint) => endpoint.base.to_string(),
+            Err(_) => settings.url.clone(),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.request_timeout));
-        let http = Client::builder(TokioExecutor::new()).build(connector);
         let breaker = CircuitBreaker::new(
             "gateway",
             GATEWAYCLIENT_BREAKER,
             metrics.registry(),
             Arc::new(SystemClock),
         );
-        let probe = tokio::spawn(probe(
-            breaker.clone(),
-            http.clone(),
-            format!("{base}/health"),
-            settings.probe_interval,
-            settings.request_timeout,
-        ));
+        let probe = Shutdown::new();
+        tokio::spawn(
+            HealthProbe::every(settings.probe_interval)
+                .closing(breaker.clone())
+                .when(ProbeWhen::BreakerOpen)
+                .run(probe.clone(), {
+                    let endpoint = endpoint.clone().ok();
+                    move || is_healthy(endpoint.clone())
+                }),
+        );
         GatewayClient {
             settings,
-            base,
-            http,
+            endpoint,
+            url,
             breaker,
             probe,
         }
@@ -152,27 +186,28 @@ impl GatewayClient {
         })
         .to_string();
         let (strategy_id, duplicate, downgrade) = loop {
-            match self.call(hyper::Method::POST, "/strategies", &body).await {
-                Ok((_, answer)) => {
-                    let id = text(&answer, "strategy_id")?;
-                    let downgrade = (answer["downgraded"] == true).then(|| {
-                        answer["downgrade_reason"]
-                            .as_str()
-                            .unwrap_or("unspecified")
-                            .to_owned()
+            match self
+                .call::<StrategyAck>(Method::POST, "/strategies", &body)
+                .await
+            {
+                Ok(ack) => {
+                    let downgrade = ack.downgraded.then(|| {
+                        ack.downgrade_reason
+                            .clone()
+                            .unwrap_or_else(|| "unspecified".to_owned())
                     });
                     if let Some(reason) = &downgrade {
-                        tracing::warn!(strategy_id = %id, %reason, safe_mode = %answer["safe_mode"], "The Gateway downgraded the strategy's context.");
+                        tracing::warn!(strategy_id = %ack.strategy_id, %reason, safe_mode = %ack.safe_mode, "The Gateway downgraded the strategy's context.");
                     }
-                    if answer["status"] == "completed" {
+                    if ack.status == "completed" {
                         return Ok(Submitted {
-                            strategy_id: id,
-                            queue_map: queue_map(&answer)?,
+                            strategy_id: ack.strategy_id,
+                            queue_map: ack.queue_map,
                             duplicate: false,
                             downgrade_reason: downgrade,
                         });
                     }
-                    break (id, false, downgrade);
+                    break (ack.strategy_id, false, downgrade);
                 }
                 Err(Retry::No(SubmitError::Rejected {
                     status: 409,
@@ -198,20 +233,23 @@ impl GatewayClient {
     ) -> Result<Submitted, SubmitError> {
         let path = format!("/strategies/{strategy_id}");
         loop {
-            match self.call(hyper::Method::GET, &path, "").await {
-                Ok((_, answer)) => match answer["status"].as_str() {
-                    Some("completed") => {
+            match self.call::<StrategyState>(Method::GET, &path, "").await {
+                Ok(state) => match state.status.as_str() {
+                    "completed" => {
+                        let queue_map = state.queue_map.ok_or_else(|| {
+                            SubmitError::Protocol("bad queue_map: there is none".into())
+                        })?;
                         return Ok(Submitted {
                             strategy_id: strategy_id.to_owned(),
-                            queue_map: queue_map(&answer)?,
+                            queue_map,
                             duplicate,
                             downgrade_reason: None,
                         });
                     }
-                    Some("failed") => {
+                    "failed" => {
                         return Err(SubmitError::Failed {
                             strategy_id: strategy_id.to_owned(),
-                            reason: answer["reason"].as_str().unwrap_or("unknown").to_owned(),
+                            reason: state.reason.unwrap_or_else(|| "unknown".to_owned()),
                         });
                     }
                     _ => {
@@ -241,25 +279,25 @@ impl GatewayClient {
 
     fn unavailable(&self, reason: String) -> SubmitError {
         SubmitError::Unavailable {
-            url: self.base.clone(),
+            url: self.url.clone(),
             reason,
         }
     }
 
-    /// One request through the breaker: a 2xx gives its JSON; a 4xx is refused for good; a
-    /// 5xx, a transport error or an open breaker may be retried.
-    async fn call(
+    /// One request through the breaker: a 2xx gives its JSON as `T`; a 4xx is refused for
+    /// good; a 5xx, a transport error or an open breaker may be retried.
+    async fn call<T: DeserializeOwned>(
         &self,
-        method: hyper::Method,
+        method: Method,
         path: &str,
         body: &str,
-    ) -> Result<(u16, Json), Retry> {
+    ) -> Result<T, Retry> {
         let result = self
             .breaker
             .call_classified(
                 async {
                     match self.request(method, path, body).await {
-                        Ok((status, text)) if (200..300).contains(&status) => Ok((status, text)),
+                        Ok((status, text)) if (200..300).contains(&status) => Ok(text),
                         Ok((status, text)) => Err(CallError::Answer { status, body: text }),
                         Err(e) => Err(e),
                     }
@@ -271,8 +309,7 @@ impl GatewayClient {
             )
             .await;
         match result {
-            Ok((status, text)) => serde_json::from_str(&text)
-                .map(|json| (status, json))
+            Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| Retry::No(SubmitError::Protocol(format!("{e}: {text}")))),
             Err(BreakerError::Open { .. }) => Err(Retry::After(
                 self.unavailable("its circuit breaker is open".into()),
@@ -281,9 +318,9 @@ impl GatewayClient {
                 Err(Retry::After(self.unavailable(reason)))
             }
             Err(BreakerError::Call(CallError::Answer { status, body })) => {
-                let answer: Json = serde_json::from_str(&body).unwrap_or(Json::Null);
-                let code = answer["code"].as_str().unwrap_or("").to_owned();
-                let message = answer["message"].as_str().unwrap_or(&body).to_owned();
+                let refusal: Refusal = serde_json::from_str(&body).unwrap_or_default();
+                let code = refusal.code.unwrap_or_default();
+                let message = refusal.message.unwrap_or(body);
                 if status >= 500 {
                     Err(Retry::After(
                         self.unavailable(format!("{status} {code}: {message}")),
@@ -293,7 +330,7 @@ impl GatewayClient {
                         status,
                         code,
                         message,
-                        strategy_id: answer["strategy_id"].as_str().map(str::to_owned),
+                        strategy_id: refusal.strategy_id,
                     }))
                 }
             }
@@ -302,13 +339,17 @@ impl GatewayClient {
 
     async fn request(
         &self,
-        method: hyper::Method,
+        method: Method,
         path: &str,
         body: &str,
     ) -> Result<(u16, String), CallError> {
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_err(|reason| CallError::Dependency(reason.clone()))?;
+        let mut request = endpoint
+            .http
+            .request(method, endpoint.base.join(path))
             .header("content-type", "application/json");
         // The caller's span continues in the Gateway (W3C trace context headers).
         if let Some((parent, state)) = kit::trace::context_of(&tracing::Span::current()) {
@@ -317,27 +358,14 @@ impl GatewayClient {
                 request = request.header(kit::trace::TRACESTATE, state);
             }
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .map_err(|e| CallError::Dependency(e.to_string()))?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| CallError::Dependency(format!("{e}")))?;
-            let status = response.status().as_u16();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| CallError::Dependency(e.to_string()))?
-                .to_bytes();
-            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        tokio::time::timeout(self.settings.request_timeout, exchange)
+        let response = request
+            .body(body.to_owned())
+            .send()
             .await
-            .unwrap_or_else(|_| Err(CallError::Dependency("the request timed out".into())))
+            .map_err(dependency)?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(dependency)?;
+        Ok((status, text))
     }
 }
 
@@ -346,41 +374,91 @@ enum Retry {
     After(SubmitError),
 }
 
-fn text(answer: &Json, field: &str) -> Result<String, SubmitError> {
-    answer[field]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| SubmitError::Protocol(format!("no `{field}` in {answer}")))
+/// The Gateway's base URL and the client to reach it; the client's timeout bounds one request,
+/// connection and answer included.
+fn endpoint(settings: &GatewayClientSettings) -> Result<Endpoint, String> {
+    let base = BaseUrl::parse(&settings.url).map_err(|e| error_chain(&e))?;
+    let http = kit::http::client(settings.request_timeout).map_err(|e| error_chain(&e))?;
+    Ok(Endpoint { base, http })
 }
 
-fn queue_map(answer: &Json) -> Result<QueueMap, SubmitError> {
-    serde_json::from_value(answer["queue_map"].clone())
-        .map_err(|e| SubmitError::Protocol(format!("bad queue_map: {e}")))
+/// The probe's check: `GET /health` answers 2xx in time. Without a usable endpoint, never.
+async fn is_healthy(endpoint: Option<Endpoint>) -> bool {
+    let Some(endpoint) = endpoint else {
+        return false;
+    };
+    matches!(
+        endpoint.http.get(endpoint.base.join("/health")).send().await,
+        Ok(response) if response.status().is_success()
+    )
 }
 
-async fn probe(
-    breaker: CircuitBreaker,
-    http: Client<HttpConnector, Full<Bytes>>,
-    url: String,
-    every: Duration,
-    timeout: Duration,
-) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if !breaker.is_open() {
-            continue;
-        }
-        let Ok(request) = hyper::Request::get(&url).body(Full::new(Bytes::new())) else {
-            continue;
-        };
-        let healthy = matches!(
-            tokio::time::timeout(timeout, http.request(request)).await,
-            Ok(Ok(response)) if response.status().is_success()
+/// An exchange that failed on the way: the Gateway is unavailable.
+fn dependency(error: reqwest::Error) -> CallError {
+    if error.is_timeout() {
+        CallError::Dependency("the request timed out".into())
+    } else {
+        CallError::Dependency(error_chain(&error))
+    }
+}
+
+/// An error and its causes, `: `-separated (a transport error's top alone says little).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn the_probe_closes_an_open_breaker_once_the_gateway_answers_its_health_check() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let checks = Arc::new(AtomicU32::new(0));
+        let router = axum::Router::new().route(
+            "/health",
+            axum::routing::get({
+                let checks = checks.clone();
+                move || async move {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    "ok"
+                }
+            }),
         );
-        if healthy {
-            breaker.reset();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let metrics = SdkMetrics::new().unwrap();
+        let client = GatewayClient::new(
+            GatewayClientSettings {
+                // A bare `host:port`, as operators may write it.
+                url: address.to_string(),
+                submit_timeout: Duration::from_secs(5),
+                poll_interval: Duration::from_millis(10),
+                probe_interval: Duration::from_millis(10),
+                request_timeout: Duration::from_secs(5),
+            },
+            &metrics,
+        );
+        for _ in 0..3 {
+            client.breaker().record_failure();
         }
+        assert!(client.breaker().is_open());
+        test_support::assert_eventually!(
+            !client.breaker().is_open(),
+            Duration::from_secs(5),
+            "the probe did not close the breaker"
+        );
+        assert!(
+            checks.load(Ordering::SeqCst) >= 1,
+            "closed by a health check"
+        );
     }
 }

@@ -146,13 +146,7 @@ impl KafkaTransport {
             .create_with_context(PerStrategy)
             .map_err(unavailable)?;
         let leases: FutureProducer = config.create().map_err(unavailable)?;
-        metrics.registry().describe_counter(
-            RUNTIME_BAD_RECORDS_TOTAL,
-            Some(metrics::Unit::Count),
-            "Records read from a queue that were not a valid envelope: logged, skipped, committed.",
-        );
-        let bad_records = metrics.registry().counter(RUNTIME_BAD_RECORDS_TOTAL, &[]);
-        bad_records.increment(0);
+        let bad_records = metrics.bad_records();
         Ok(KafkaTransport {
             bootstrap,
             producer: Arc::new(std::sync::RwLock::new(Arc::new(producer))),
@@ -317,9 +311,6 @@ impl KafkaTransport {
         Ok(())
     }
 }
-
-/// Records read that were not a valid envelope.
-pub const RUNTIME_BAD_RECORDS_TOTAL: &str = "runtime_bad_records_total";
 
 /// A held lease: renewed in the background, released when dropped.
 struct KafkaLease {

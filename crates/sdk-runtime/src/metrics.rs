@@ -31,6 +31,8 @@ pub const RUNTIME_EVENTS_TOTAL: &str = "runtime_events_total";
 pub const RUNTIME_PUBLISHED_TOTAL: &str = "runtime_published_total";
 pub const RUNTIME_PUBLISH_FAILURE_TOTAL: &str = "runtime_publish_failure_total";
 pub const RUNTIME_QUEUE_READ_ERRORS_TOTAL: &str = "runtime_queue_read_errors_total";
+/// Records read from a Kafka queue that were not a valid envelope.
+pub const RUNTIME_BAD_RECORDS_TOTAL: &str = "runtime_bad_records_total";
 
 /// The runtime's breaker around the Gateway.
 pub const GATEWAYCLIENT_BREAKER: BreakerMetricNames = BreakerMetricNames {
@@ -47,6 +49,45 @@ pub const NODE_DURATION_BUCKETS_MS: &[f64] = &[
 
 /// The value written for an empty label.
 pub const UNSET_LABEL: &str = "__unset__";
+/// The `node_id` of `nodecache_resident_bytes{scope="total"}`: every node of the process.
+pub const ALL_NODES_LABEL: &str = "all";
+
+/// What a `nodecache_resident_bytes` series sums, for its `scope` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResidentScope {
+    /// One node's caches, over every strategy of the process that holds it.
+    Node,
+    /// Every node cache of the process (`node_id="all"`).
+    Total,
+}
+
+impl ResidentScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResidentScope::Node => "node",
+            ResidentScope::Total => "total",
+        }
+    }
+}
+
+/// Why a value was passed over, for the `reason` of `nodecache_dropped_total` and
+/// `backfill_rows_skipped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Older than the last bar already taken.
+    OutOfOrder,
+    /// Repeating the timestamp of the last bar taken.
+    Duplicate,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::OutOfOrder => "out_of_order",
+            SkipReason::Duplicate => "duplicate",
+        }
+    }
+}
 
 /// Where an event came from, for `runtime_events_total{source}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +143,10 @@ impl SdkMetrics {
             resident_total: AtomicI64::new(0),
             resident_total_gauge: registry.gauge(
                 NODECACHE_RESIDENT_BYTES,
-                &[("node_id", "all"), ("scope", "total")],
+                &[
+                    ("node_id", ALL_NODES_LABEL),
+                    ("scope", ResidentScope::Total.as_str()),
+                ],
             ),
             backfill_jobs_in_progress: registry.gauge(BACKFILL_JOBS_IN_PROGRESS, &[]),
             event_recorder_errors_total: registry.counter(EVENT_RECORDER_ERRORS_TOTAL, &[]),
@@ -139,12 +183,18 @@ impl SdkMetrics {
             resident_sum,
             resident: self.registry.gauge(
                 NODECACHE_RESIDENT_BYTES,
-                &[("node_id", node_id), ("scope", "node")],
+                &[
+                    ("node_id", node_id),
+                    ("scope", ResidentScope::Node.as_str()),
+                ],
             ),
             gaps: self.registry.counter(NODECACHE_GAPS_TOTAL, &labels),
             out_of_order: self.registry.counter(
                 NODECACHE_DROPPED_TOTAL,
-                &[("node_id", node_id), ("reason", "out_of_order")],
+                &[
+                    ("node_id", node_id),
+                    ("reason", SkipReason::OutOfOrder.as_str()),
+                ],
             ),
         };
         metrics.processed.increment(0);
@@ -201,13 +251,13 @@ impl SdkMetrics {
     pub(crate) fn backfill(&self, node_id: &str, interval: i64) -> BackfillMetrics {
         let interval = interval.to_string();
         let labels = [("node_id", node_id), ("interval", interval.as_str())];
-        let skipped = |reason: &'static str| {
+        let skipped = |reason: SkipReason| {
             self.registry.counter(
                 BACKFILL_ROWS_SKIPPED_TOTAL,
                 &[
                     ("node_id", node_id),
                     ("interval", interval.as_str()),
-                    ("reason", reason),
+                    ("reason", reason.as_str()),
                 ],
             )
         };
@@ -216,8 +266,8 @@ impl SdkMetrics {
             retries: self.registry.counter(BACKFILL_RETRY_TOTAL, &labels),
             failures: self.registry.counter(BACKFILL_FAILURE_TOTAL, &labels),
             completed: self.registry.counter(BACKFILL_COMPLETED_TOTAL, &labels),
-            out_of_order: skipped("out_of_order"),
-            duplicate: skipped("duplicate"),
+            out_of_order: skipped(SkipReason::OutOfOrder),
+            duplicate: skipped(SkipReason::Duplicate),
         };
         metrics.retries.increment(0);
         metrics.failures.increment(0);
@@ -232,6 +282,19 @@ impl SdkMetrics {
 
     pub(crate) fn queue_read_errors(&self) -> Counter {
         let counter = self.registry.counter(RUNTIME_QUEUE_READ_ERRORS_TOTAL, &[]);
+        counter.increment(0);
+        counter
+    }
+
+    /// `runtime_bad_records_total`, described and registered by the Kafka transport that counts
+    /// it (a runtime without one exposes no such series).
+    pub(crate) fn bad_records(&self) -> Counter {
+        self.registry.describe_counter(
+            RUNTIME_BAD_RECORDS_TOTAL,
+            Some(Unit::Count),
+            "Records read from a queue that were not a valid envelope: logged, skipped, committed.",
+        );
+        let counter = self.registry.counter(RUNTIME_BAD_RECORDS_TOTAL, &[]);
         counter.increment(0);
         counter
     }

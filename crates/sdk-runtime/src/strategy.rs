@@ -59,7 +59,7 @@ pub enum DefineError {
         existing: String,
         node_id: String,
     },
-    #[error("node `{node}`: {source}")]
+    #[error("node `{node}`: its node id could not be computed")]
     Identity {
         node: String,
         #[source]
@@ -602,18 +602,18 @@ mod tests {
             .params(json!({"window": window}))
             .code("sma", version)
             .compute(move |v| v.window(input).mean())
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)))
     }
 
     #[test]
     fn the_dag_parses_and_verifies_with_the_services_functions() {
         let mut s = Strategy::new("t");
         let price = s.stream_input("price").tags(["btc"]).period(3).build();
-        let price = price.unwrap_or_else(|e| panic!("{e}"));
+        let price = price.unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
         let fast = sma(&mut s, price, 3, "1");
         let doc = s.dag_json(&wire::ComputeContext::default());
         let dag = wire::parse_dag(&doc, wire::DagLimits::default(), true);
-        let dag = dag.unwrap_or_else(|e| panic!("{e}"));
+        let dag = dag.unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
         assert_eq!(dag.nodes.len(), 2);
         assert_eq!(dag.crc32(), s.node_ids_crc32());
         assert_eq!(
@@ -629,7 +629,7 @@ mod tests {
         let pa = a
             .stream_input("price")
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
         let one = sma(&mut a, pa, 5, "1");
         let two = sma(&mut a, pa, 5, "2");
         assert_ne!(a.node_id(one), a.node_id(two));
@@ -637,7 +637,7 @@ mod tests {
         let pb = b
             .stream_input("price")
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
         let again = sma(&mut b, pb, 5, "1");
         assert_eq!(a.node_id(one), b.node_id(again));
         assert_eq!(a.node_id(pa), b.node_id(pb));
@@ -649,7 +649,7 @@ mod tests {
         let price = a
             .stream_input("price")
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
         let mut b = Strategy::new("b");
         let foreign = b.node("SMA").input(price).code("sma", "1").compute(|_| 1.0);
         assert!(matches!(foreign, Err(DefineError::ForeignInput { .. })));

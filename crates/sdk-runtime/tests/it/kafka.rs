@@ -144,9 +144,14 @@ async fn records_keep_their_envelope_and_trace_and_a_restarted_reader_resumes() 
     for t in 2..=3 {
         assert_eq!(next(&mut first).await.timestamp, 60 * t);
     }
-    // Stopped after three acknowledged records; its group resumes at the fourth.
+    // Stopped after three acknowledged records; its group resumes at the fourth, once the
+    // three are committed (dropping the subscription commits them).
     drop(first);
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eventually!(
+        committed(&broker.bootstrap, "g-resume", "q-resume") == Some(3),
+        Duration::from_secs(10),
+        "the first reader's three acknowledged records are committed"
+    );
     let mut again = transport.subscribe("q-resume", "g-resume").await?;
     let mut rest = Vec::new();
     for _ in 0..3 {
@@ -284,7 +289,19 @@ async fn a_reader_stopped_and_restarted_resumes_where_it_left_off() -> anyhow::R
         Duration::from_secs(20),
         "the rest read after the restart"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the restarted reader has committed the queue's last record, it has processed every
+    // record it was going to read (one partition, in order): a record read twice would be in
+    // the list by now.
+    let group = format!(
+        "qmtl-sdk.{}",
+        again.plan().strategy_id.clone().unwrap_or_default()
+    );
+    let topic = again.plan().nodes[0].topic.clone().unwrap_or_default();
+    assert_eventually!(
+        committed(&broker.bootstrap, &group, &topic) == Some(10),
+        Duration::from_secs(10),
+        "the restarted reader commits the queue's last record"
+    );
     let timestamps: Vec<i64> = taken(&seen_again).into_iter().map(|(t, _)| t).collect();
     assert_eq!(
         timestamps,

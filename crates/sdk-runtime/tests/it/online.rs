@@ -36,7 +36,7 @@ pub(crate) fn with_sma(
         .interval(60)
         .live(feed)
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)));
     let mean = sma(&mut s, price, window);
     (s, price, mean)
 }
@@ -118,13 +118,31 @@ async fn a_shared_stream_is_produced_once_and_read_from_its_queue_by_the_second_
     assert_eq!(scraped.value("runtime_published_total", &[]), Some(12.0));
     assert_eq!(scraped.value("gatewayclient_breaker_state", &[]), Some(0.0));
 
+    the_same_dag_is_the_same_strategy_and_another_world_another(
+        &runner,
+        stack.gateway,
+        &metrics,
+        &first.plan.strategy_id,
+    )
+    .await?;
+    stack.stop().await;
+    Ok(())
+}
+
+/// The rest of the test above, once `runner` has submitted the strategy `first_id`.
+async fn the_same_dag_is_the_same_strategy_and_another_world_another(
+    runner: &Runner,
+    gateway: std::net::SocketAddr,
+    metrics: &Arc<SdkMetrics>,
+    first_id: &Option<String>,
+) -> anyhow::Result<()> {
     // The same DAG again is the same strategy (409 at the Gateway), with its queue map, and
     // its context cannot be switched under it.
     let (_, feed_c) = channel_feed();
     let (again, _, _) = with_sma("fast", 2, feed_c);
     let handle = runner.start(again).await?;
     assert!(handle.plan().duplicate);
-    assert_eq!(handle.plan().strategy_id, first.plan.strategy_id);
+    assert_eq!(handle.plan().strategy_id, *first_id);
     let switched = handle.switch_context(wire::ComputeContext::default()).await;
     assert!(
         matches!(switched, Err(RunError::ContextFixedOnline)),
@@ -137,7 +155,7 @@ async fn a_shared_stream_is_produced_once_and_read_from_its_queue_by_the_second_
     let elsewhere = Runner::new(
         SdkSettings {
             world_id: "w2".into(),
-            ..settings(stack.gateway)
+            ..settings(gateway)
         },
         metrics.clone(),
         Arc::new(InProcessTransport::default()),
@@ -146,7 +164,7 @@ async fn a_shared_stream_is_produced_once_and_read_from_its_queue_by_the_second_
     let (moved, _, _) = with_sma("fast", 2, feed_d);
     let handle = elsewhere.start(moved).await?;
     assert!(!handle.plan().duplicate);
-    assert_ne!(handle.plan().strategy_id, first.plan.strategy_id);
+    assert_ne!(handle.plan().strategy_id, *first_id);
     assert!(handle.plan().nodes.iter().all(|n| {
         n.topic
             .as_deref()
@@ -154,7 +172,6 @@ async fn a_shared_stream_is_produced_once_and_read_from_its_queue_by_the_second_
     }));
     handle.stop();
     handle.join().await?;
-    stack.stop().await;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ pub fn sma(s: &mut Strategy, input: NodeRef, window: usize) -> NodeRef {
         .params(serde_json::json!({"window": window}))
         .code("sma", "1")
         .compute(move |v| v.window(input).mean())
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{:#}", anyhow::Error::from(e)))
 }
 
 /// A live feed the test pushes bars into; dropping the sender ends it.
