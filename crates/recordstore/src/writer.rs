@@ -2,20 +2,23 @@
 //! queued, grouped into shared commits.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log::LogFile;
-use crate::{Commit, EmbeddedError, Row, Table, Value, WriteMark};
+use crate::{Durability, EmbeddedError, Row, Table, Value, WriteMark};
 
 /// One caller's write, handed to the writer thread.
 pub(crate) struct WriteRequest {
     /// Its place in the order writes were queued (the first is 1).
     pub(crate) seq: u64,
     pub(crate) batches: Vec<(Table, Vec<Row>)>,
-    pub(crate) commit: Commit,
-    /// `None` for a write nobody waits for (see `unwaited_failure`).
-    pub(crate) reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    pub(crate) durability: Durability,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    /// Whether nobody waits for the write (see `unwaited_failure`); read once its answer is
+    /// closed.
+    pub(crate) detached: Arc<AtomicBool>,
 }
 
 /// Most writes one frame takes.
@@ -61,12 +64,11 @@ impl Progress {
     }
 
     pub(crate) fn announced(&self) -> usize {
-        self.announced.load(std::sync::atomic::Ordering::SeqCst)
+        self.announced.load(Ordering::SeqCst)
     }
 
     /// Whether this commit is to fail on purpose.
     fn take_fault(&self) -> bool {
-        use std::sync::atomic::Ordering;
         self.faults
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
@@ -152,7 +154,11 @@ pub(crate) fn writer_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let durable = closing || writer.group.iter().any(|r| r.commit == Commit::Durable);
+        let durable = closing
+            || writer
+                .group
+                .iter()
+                .any(|r| r.durability == Durability::Durable);
         if durable && !closing {
             writer.gather_announced(&requests, Instant::now() + COMMIT_DELAY);
         }
@@ -237,11 +243,11 @@ impl Writer {
             .record(self.group.iter().map(|r| r.seq), result.is_ok());
         let mut unwaited = 0;
         for request in self.group.drain(..) {
-            match request.reply {
-                Some(reply) => {
-                    let _ = reply.send(result.clone());
-                }
-                None => unwaited += 1,
+            // A detached write's answer is closed (see `PendingWrite::detach`).
+            if request.reply.send(result.clone()).is_err()
+                && request.detached.load(Ordering::SeqCst)
+            {
+                unwaited += 1;
             }
         }
         if let (Err(reason), Some(hook)) = (&result, self.progress.unwaited_failure.get())
@@ -275,7 +281,7 @@ impl Writer {
 impl std::fmt::Debug for WriteRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteRequest")
-            .field("commit", &self.commit)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }
