@@ -195,8 +195,8 @@ impl EmbeddedQueueAdmin {
 
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
         let db = EmbeddedDb::open(dir, "queues", &[QUEUES])?;
-        db.on_unwaited_failure(|writes, reason| {
-            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason, "The queue registry could not record new queues; start-up will re-create them from the graph.");
+        db.on_unwaited_failure(|writes, error| {
+            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason = %embedded::error_chain(error), "The queue registry could not record new queues; start-up will re-create them from the graph.");
         });
         let mut queues = ByName::default();
         for queue in db.read_all_with(QUEUES, crate::codec::decode_stored, |q: &BrokerQueue| {

@@ -140,11 +140,11 @@ pub struct Submissions {
 impl Submissions {
     pub fn open(dir: &Path) -> Result<Submissions, SubmissionError> {
         let db = EmbeddedDb::open(dir, "submissions", &[STRATEGIES, DAGS])?;
-        db.on_unwaited_failure(|writes, reason| {
+        db.on_unwaited_failure(|writes, error| {
             tracing::warn!(
                 code = "E_STORE",
                 writes,
-                reason,
+                reason = %recordstore::error_chain(error),
                 "End states of submissions were not stored; a restart carries them again."
             );
         });

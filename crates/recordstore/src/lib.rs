@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 mod legacy;
 mod log;
 mod writer;
-pub use log::LogError;
+pub use log::{LogError, Poison, error_chain};
 use log::{LogFile, TableScan};
 use writer::{Progress, WriteRequest, writer_loop};
 
@@ -92,8 +92,28 @@ pub enum EmbeddedError {
     },
     #[error("a stored record could not be encoded or decoded")]
     Codec(#[source] CodecError),
-    #[error("the write was not committed: {reason}")]
-    Commit { reason: String },
+    #[error("the write was not committed")]
+    Commit(#[from] CommitError),
+}
+
+/// Why a write was not committed (or a write state depends on may not have been).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("an earlier version's file is still being imported: read every table first")]
+    Importing,
+    #[error("the writer has stopped")]
+    WriterStopped,
+    #[error("the writer stopped before answering")]
+    Unanswered,
+    #[error("the writer stopped before write {write} settled")]
+    Unsettled { write: u64 },
+    #[error("write {write}, which this depends on, was not committed")]
+    DependencyFailed { write: u64 },
+    #[error("injected fault: the commit failed")]
+    InjectedFault,
+    /// The log refused the commit's frame; shared by every write of the commit.
+    #[error(transparent)]
+    Log(Arc<LogError>),
 }
 
 impl From<serde_json::Error> for EmbeddedError {
@@ -366,24 +386,21 @@ impl EmbeddedDb {
         self.write(write)?.wait().await
     }
 
-    /// Called with the number of writes lost and the reason, when a commit holding writes
+    /// Called with the number of writes lost and why, when a commit holding writes
     /// nobody waits for ([`PendingWrite::detach`]) fails: from the writer thread, or from
     /// `detach` itself when the commit had failed already. Set once; later calls are ignored.
-    pub fn on_unwaited_failure(&self, hook: impl Fn(usize, &str) + Send + Sync + 'static) {
+    pub fn on_unwaited_failure(&self, hook: impl Fn(usize, &CommitError) + Send + Sync + 'static) {
         let _ = self.progress.unwaited_failure.set(Box::new(hook));
     }
 
     fn queue(
         &self,
         write: Write,
-        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+        reply: tokio::sync::oneshot::Sender<Result<(), CommitError>>,
         detached: Arc<AtomicBool>,
     ) -> Result<(), EmbeddedError> {
         if lock(&self.legacy).is_some() {
-            return Err(EmbeddedError::Commit {
-                reason: "an earlier version's file is still being imported: read every table first"
-                    .into(),
-            });
+            return Err(CommitError::Importing.into());
         }
         let Write {
             batches,
@@ -409,9 +426,7 @@ impl EmbeddedDb {
                 .is_ok()
         });
         if !sent {
-            return Err(EmbeddedError::Commit {
-                reason: "the writer has stopped".into(),
-            });
+            return Err(CommitError::WriterStopped.into());
         }
         *queued = seq;
         Ok(())
@@ -481,7 +496,7 @@ impl Drop for Announced {
 /// Dropping it leaves the write to commit, its outcome unheard.
 #[derive(Debug)]
 pub struct PendingWrite {
-    answer: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    answer: tokio::sync::oneshot::Receiver<Result<(), CommitError>>,
     /// Set by `detach`, read by the writer when the receiver is gone.
     detached: Arc<AtomicBool>,
     progress: Arc<Progress>,
@@ -503,10 +518,8 @@ impl PendingWrite {
     pub async fn wait(self) -> Result<(), EmbeddedError> {
         match self.answer.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(EmbeddedError::Commit { reason }),
-            Err(_) => Err(EmbeddedError::Commit {
-                reason: "the writer stopped before answering".into(),
-            }),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(CommitError::Unanswered.into()),
         }
     }
 
@@ -518,10 +531,10 @@ impl PendingWrite {
         // the flag set (and tells the hook), or has answered already (and this tells it).
         self.detached.store(true, Ordering::SeqCst);
         self.answer.close();
-        if let (Ok(Err(reason)), Some(hook)) =
+        if let (Ok(Err(error)), Some(hook)) =
             (self.answer.try_recv(), self.progress.unwaited_failure.get())
         {
-            hook(1, &reason);
+            hook(1, &error);
         }
     }
 }
@@ -767,7 +780,7 @@ mod tests {
         let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         db.on_unwaited_failure({
             let lost = lost.clone();
-            move |writes, _reason| {
+            move |writes, _error| {
                 lost.fetch_add(writes, Ordering::SeqCst);
             }
         });

@@ -12,6 +12,7 @@ use foldhash::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use compact::Compaction;
 use frame::{FRAME_HEADER, MAGIC, encode_row};
@@ -33,8 +34,27 @@ pub enum LogError {
         #[source]
         source: crate::CodecError,
     },
-    #[error("the log {path} stopped accepting writes after a failed sync: {reason}")]
-    Poisoned { path: String, reason: String },
+    #[error("the log {path} stopped accepting writes")]
+    Poisoned {
+        path: String,
+        #[source]
+        cause: Arc<Poison>,
+    },
+}
+
+/// Why a log stopped accepting writes: what reached the disk is unknown until it is reopened.
+#[derive(Debug, thiserror::Error)]
+pub enum Poison {
+    #[error("a sync failed")]
+    Sync(#[source] std::io::Error),
+    #[error("a failed write could not be cut off")]
+    CutOff(#[source] std::io::Error),
+}
+
+/// An I/O error like `error` (same kind and message), for a poisoned log to keep while `error`
+/// itself goes to the caller.
+fn copy(error: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(error.kind(), error.to_string())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
@@ -59,7 +79,7 @@ pub(crate) struct LogFile {
     live_bytes: u64,
     hasher: foldhash::fast::FixedState,
     /// Set when a sync failed: what reached the disk is then unknown until the log is reopened.
-    poisoned: Option<String>,
+    poisoned: Option<Arc<Poison>>,
     /// Frame under construction (kept to reuse its allocation).
     frame: Vec<u8>,
     /// A compaction running beside the writer.
@@ -142,10 +162,10 @@ impl LogFile {
 
     /// Fails if the log stopped accepting writes, or its file is gone.
     pub(crate) fn check(&self) -> Result<(), LogError> {
-        if let Some(reason) = &self.poisoned {
+        if let Some(cause) = &self.poisoned {
             return Err(LogError::Poisoned {
                 path: self.path.display().to_string(),
-                reason: reason.clone(),
+                cause: cause.clone(),
             });
         }
         std::fs::metadata(&self.path).map_err(io(&self.path))?;
@@ -159,10 +179,10 @@ impl LogFile {
         rows: impl Iterator<Item = (&'a str, &'a str, Option<ValueRef<'a>>)>,
         durable: bool,
     ) -> Result<(), LogError> {
-        if let Some(reason) = &self.poisoned {
+        if let Some(cause) = &self.poisoned {
             return Err(LogError::Poisoned {
                 path: self.path.display().to_string(),
-                reason: reason.clone(),
+                cause: cause.clone(),
             });
         }
         let mut frame = std::mem::take(&mut self.frame);
@@ -189,7 +209,7 @@ impl LogFile {
         };
         let result = match written {
             Ok(()) if durable => self.file.sync_data().inspect_err(|e| {
-                self.poisoned = Some(e.to_string());
+                self.poisoned = Some(Arc::new(Poison::Sync(copy(e))));
             }),
             other => other,
         };
@@ -198,7 +218,7 @@ impl LogFile {
         if let Err(e) = result {
             // A write that failed part-way (a full disk) leaves bytes no frame owns.
             if self.file.set_len(self.len).is_err() && self.poisoned.is_none() {
-                self.poisoned = Some(format!("could not cut off a failed write: {e}"));
+                self.poisoned = Some(Arc::new(Poison::CutOff(copy(&e))));
             }
             return Err(io(&self.path)(e));
         }
@@ -225,7 +245,7 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 /// An error and its sources, as one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

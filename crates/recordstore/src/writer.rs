@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log::LogFile;
-use crate::{Durability, EmbeddedError, Row, Table, Value, WriteMark};
+use crate::{CommitError, Durability, EmbeddedError, Row, Table, Value, WriteMark};
 
 /// One caller's write, handed to the writer thread.
 pub(crate) struct WriteRequest {
@@ -15,7 +15,7 @@ pub(crate) struct WriteRequest {
     pub(crate) seq: u64,
     pub(crate) batches: Vec<(Table, Vec<Row>)>,
     pub(crate) durability: Durability,
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<(), CommitError>>,
     /// Whether nobody waits for the write (see `unwaited_failure`); read once its answer is
     /// closed.
     pub(crate) detached: Arc<AtomicBool>,
@@ -47,7 +47,7 @@ impl std::fmt::Debug for Progress {
 }
 
 /// A hook for failed writes nobody waits for: how many, and why.
-pub(crate) type UnwaitedFailure = Box<dyn Fn(usize, &str) + Send + Sync>;
+pub(crate) type UnwaitedFailure = Box<dyn Fn(usize, &CommitError) + Send + Sync>;
 
 /// Failed writes remembered for [`EmbeddedDb::settle`].
 const FAILURES_KEPT: usize = 4096;
@@ -77,20 +77,17 @@ impl Progress {
     pub(crate) async fn settle(&self, mark: WriteMark) -> Result<(), EmbeddedError> {
         let mut settled = self.settled.subscribe();
         if settled.wait_for(|s| *s >= mark.queued).await.is_err() {
-            return Err(EmbeddedError::Commit {
-                reason: "the writer stopped before settling".into(),
-            });
+            return Err(CommitError::Unsettled { write: mark.queued }.into());
         }
         let failed = self
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|seq| *seq > mark.settled && *seq <= mark.queued);
-        if failed {
-            return Err(EmbeddedError::Commit {
-                reason: "a write this depends on was not committed".into(),
-            });
+            .find(|seq| **seq > mark.settled && **seq <= mark.queued)
+            .copied();
+        if let Some(write) = failed {
+            return Err(CommitError::DependencyFailed { write }.into());
         }
         Ok(())
     }
@@ -232,7 +229,7 @@ impl Writer {
             return;
         }
         let result = if self.progress.take_fault() {
-            Err("injected fault: the commit failed".to_owned())
+            Err(CommitError::InjectedFault)
         } else {
             self.append_group(durable)
         };
@@ -250,15 +247,15 @@ impl Writer {
                 unwaited += 1;
             }
         }
-        if let (Err(reason), Some(hook)) = (&result, self.progress.unwaited_failure.get())
+        if let (Err(error), Some(hook)) = (&result, self.progress.unwaited_failure.get())
             && unwaited > 0
         {
-            hook(unwaited, reason);
+            hook(unwaited, error);
         }
     }
 
     /// Appends the group's rows as one frame, then compacts the log if it is due.
-    fn append_group(&self, durable: bool) -> Result<(), String> {
+    fn append_group(&self, durable: bool) -> Result<(), CommitError> {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let rows = self.group.iter().flat_map(|request| {
             request.batches.iter().flat_map(|(table, rows)| {
@@ -272,7 +269,7 @@ impl Writer {
             })
         });
         log.append(rows, durable)
-            .map_err(|e| crate::log::error_chain(&e))?;
+            .map_err(|e| CommitError::Log(Arc::new(e)))?;
         log.maintain();
         Ok(())
     }
