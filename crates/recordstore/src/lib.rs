@@ -1,9 +1,13 @@
-//! Durable tables of records in one append-only log file per store, crash-safe (see `log` for
-//! the format). A store picks how its records are encoded (JSON unless it says otherwise). Every
-//! record lives in the caller's memory; the log is read once, when the store opens. One writer
-//! thread per file appends writes in the order they were queued, several to a frame (see
-//! `writer`), and rewrites the file to its live records when it has grown to twice their size. A
-//! redb file left by an earlier version is imported on first open.
+//! Durable tables of records, kept in one append-only log of checksummed binary frames per store.
+//!
+//! A record is a name and bytes; each store picks how its records become bytes ([`Encode`], read
+//! back by the decoder it gives [`EmbeddedDb::read_all_with`]; [`encode_json`], [`rows`] and
+//! [`EmbeddedDb::read_all`] are there for stores that keep JSON). Every record lives in the
+//! caller's memory; the log is read once, when the store opens. One writer thread per file
+//! appends writes in the order they were queued, several to a frame (see `writer`), and the log
+//! is rewritten to its live records when it has grown to twice their size (see `log`). There is
+//! one way to write: [`EmbeddedDb::write`] queues a [`Write`], [`EmbeddedDb::commit`] also waits
+//! for it. A redb file left by an earlier version is imported on first open (see `legacy`).
 
 use foldhash::{HashMap, HashSet};
 use serde::de::DeserializeOwned;
@@ -18,7 +22,7 @@ pub use log::{LogError, Poison, error_chain};
 use log::{LogFile, TableScan};
 use writer::{Progress, WriteRequest, writer_loop};
 
-/// A table of JSON records, named.
+/// A table of records, named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Table {
     name: &'static str,
@@ -205,8 +209,8 @@ struct Loaded {
     taken: HashSet<&'static str>,
 }
 
-/// A log file of JSON-record tables, written by one thread that groups concurrent writes into
-/// shared frames.
+/// A log file of record tables, written by one thread that groups concurrent writes into shared
+/// frames.
 #[derive(Debug)]
 pub struct EmbeddedDb {
     path: PathBuf,

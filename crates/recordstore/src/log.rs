@@ -1,5 +1,6 @@
-//! The log file: opening it (cutting off a torn last frame), appending one frame per commit, and
-//! the failures that stop it. The format is `frame`'s; compaction is `compact`'s.
+//! The log file: opening it (a torn last frame cut off), one frame appended per commit, poisoning.
+//!
+//! The format is `frame`'s; compaction is `compact`'s.
 //!
 //! One commit is one frame, written with one `pwrite` (and an `fdatasync` when durable), so a
 //! crash leaves at most a torn last frame, which the checksum exposes and opening cuts off. A

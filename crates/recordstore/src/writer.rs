@@ -1,5 +1,7 @@
-//! The writer thread: every write of one database file goes through it, in the order writes were
-//! queued, grouped into shared commits.
+//! The writer thread: every write of one log goes through it, in queue order, in shared commits.
+//!
+//! Concurrent writes are grouped into one frame (group commit); see [`writer_loop`] for when a
+//! group commits and how durably.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
