@@ -18,6 +18,12 @@ pub(crate) trait Field: Sized + Copy + 'static {
     fn of(key: &str) -> Option<Self>;
 }
 
+/// What to do with a field named by a key (see `on_key`).
+pub(crate) trait OnField<F> {
+    type Out;
+    fn on(&mut self, field: F) -> Self::Out;
+}
+
 /// Declares the fields of a struct both readers read: an enum of them, in the struct's order
 /// (serde reads a list into the fields by position), with their keys.
 macro_rules! fields {
@@ -41,6 +47,17 @@ macro_rules! fields {
         }
 
         impl $name {
+            /// Calls `on` with the field `key` names, a constant in each arm of one match, so
+            /// that `on` (inlined) folds to that field's code: the fast reader's dispatch costs
+            /// no more than a hand-written match. `None` for a key that names no field.
+            #[inline(always)]
+            pub(crate) fn on_key<O: OnField<$name>>(key: &str, on: &mut O) -> Option<O::Out> {
+                match key {
+                    $($key => Some(on.on($name::$field)),)*
+                    _ => None,
+                }
+            }
+
             pub(crate) const fn key(self) -> &'static str {
                 match self {
                     $($name::$field => $key,)*
@@ -129,8 +146,9 @@ pub(crate) trait FieldSource<'a> {
 }
 
 impl<'a> RawNode<'a> {
-    /// Reads `field` from `source`, refusing it the second time (see `seen`).
-    #[inline]
+    /// Reads `field` from `source`, refusing it the second time (see `seen`). Always inlined,
+    /// so that a constant `field` folds to its own code (see `on_key`).
+    #[inline(always)]
     pub(crate) fn read_field<S: FieldSource<'a>>(
         &mut self,
         field: NodeField,
@@ -170,8 +188,9 @@ impl<'a> RawNode<'a> {
 }
 
 impl<N> RawDag<N> {
-    /// Reads `field` from `source`, refusing it the second time (see `seen`).
-    #[inline]
+    /// Reads `field` from `source`, refusing it the second time (see `seen`). Always inlined,
+    /// so that a constant `field` folds to its own code (see `on_key`).
+    #[inline(always)]
     pub(crate) fn read_field<'a, S: FieldSource<'a, Nodes = N>>(
         &mut self,
         field: DocField,
@@ -208,26 +227,32 @@ impl<'a> FieldSource<'a> for Reader<'a> {
     type Error = ();
     type Nodes = Option<ReadNodes<'a>>;
 
+    #[inline]
     fn text(&mut self) -> Result<Text<'a>, ()> {
         self.lenient_text().ok_or(())
     }
 
+    #[inline]
     fn int(&mut self) -> Result<Int, ()> {
         self.lenient_int().ok_or(())
     }
 
+    #[inline]
     fn text_list(&mut self) -> Result<TextList<'a>, ()> {
         self.lenient_text_list().ok_or(())
     }
 
+    #[inline]
     fn params(&mut self) -> Result<Option<Sorted<'a>>, ()> {
         self.optional_params().ok_or(())
     }
 
+    #[inline]
     fn value(&mut self) -> Result<Option<Value>, ()> {
         self.optional_value().ok_or(())
     }
 
+    #[inline]
     fn nodes(&mut self) -> Result<Option<ReadNodes<'a>>, ()> {
         self.node_list().ok_or(())
     }
@@ -295,9 +320,16 @@ impl<'a> Reader<'a> {
     fn node(&mut self) -> Option<RawNode<'a>> {
         let mut raw = RawNode::default();
         let mut seen = Seen::default();
-        self.object(|reader, key, _| match NodeField::of(&key) {
-            Some(field) => raw.read_field(field, &mut seen, reader).ok(),
-            None => reader.skip(1),
+        self.object(|reader, key, _| {
+            let mut read = FieldRead {
+                into: &mut raw,
+                seen: &mut seen,
+                reader,
+            };
+            match NodeField::on_key(&key, &mut read) {
+                Some(read) => read,
+                None => reader.skip(1),
+            }
         })?;
         Some(raw)
     }
@@ -330,10 +362,40 @@ impl<'a> Reader<'a> {
         }
         let mut raw = RawDag::<Option<ReadNodes<'a>>>::default();
         let mut seen = Seen::default();
-        self.object(|reader, key, _| match DocField::of(&key) {
-            Some(field) => raw.read_field(field, &mut seen, reader).ok(),
-            None => reader.skip(1),
+        self.object(|reader, key, _| {
+            let mut read = FieldRead {
+                into: &mut raw,
+                seen: &mut seen,
+                reader,
+            };
+            match DocField::on_key(&key, &mut read) {
+                Some(read) => read,
+                None => reader.skip(1),
+            }
         })?;
         Some(raw.split())
+    }
+}
+
+/// The fast reader's action on a field: read it into `into`.
+struct FieldRead<'r, 'a, T> {
+    into: &'r mut T,
+    seen: &'r mut Seen,
+    reader: &'r mut Reader<'a>,
+}
+
+impl<'a> OnField<NodeField> for FieldRead<'_, 'a, RawNode<'a>> {
+    type Out = Option<()>;
+    #[inline(always)]
+    fn on(&mut self, field: NodeField) -> Option<()> {
+        self.into.read_field(field, self.seen, self.reader).ok()
+    }
+}
+
+impl<'a> OnField<DocField> for FieldRead<'_, 'a, RawDag<Option<ReadNodes<'a>>>> {
+    type Out = Option<()>;
+    #[inline(always)]
+    fn on(&mut self, field: DocField) -> Option<()> {
+        self.into.read_field(field, self.seen, self.reader).ok()
     }
 }
