@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
+use recordstore::{self as embedded, Durability, EmbeddedDb, EmbeddedError, Table, Write};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -195,8 +195,8 @@ impl EmbeddedQueueAdmin {
 
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
         let db = EmbeddedDb::open(dir, "queues", &[QUEUES])?;
-        db.on_unwaited_failure(|writes, reason| {
-            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason, "The queue registry could not record new queues; start-up will re-create them from the graph.");
+        db.on_unwaited_failure(|writes, error| {
+            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason = %embedded::error_chain(error), "The queue registry could not record new queues; start-up will re-create them from the graph.");
         });
         let mut queues = ByName::default();
         for queue in db.read_all_with(QUEUES, crate::codec::decode_stored, |q: &BrokerQueue| {
@@ -215,14 +215,16 @@ impl EmbeddedQueueAdmin {
     }
 
     async fn write_rows(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        Ok(self.db.write(vec![(QUEUES, rows)]).await?)
+        Ok(self.db.commit(Write::new(vec![(QUEUES, rows)])).await?)
     }
 
     /// Queues a lazy write without waiting for it (diffs create queues under their lock). A
     /// failure is logged (see `open`); start-up re-creates from the graph any queue the registry
     /// lost.
     fn write_rows_lazily(&self, rows: Vec<embedded::Row>) -> Result<(), QueueAdminError> {
-        Ok(self.db.enqueue_lazy(vec![(QUEUES, rows)])?)
+        let write = Write::new(vec![(QUEUES, rows)]).durability(Durability::Lazy);
+        self.db.write(write)?.detach();
+        Ok(())
     }
 }
 
@@ -253,7 +255,7 @@ impl QueueAdmin for EmbeddedQueueAdmin {
     }
 
     async fn sync(&self) -> Result<(), QueueAdminError> {
-        Ok(self.db.sync().await?)
+        Ok(self.db.commit(Write::sync()).await?)
     }
 
     async fn list_queues(&self) -> Result<Vec<BrokerQueue>, QueueAdminError> {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::decode_stored;
 use crate::graph_index::Index;
 use foldhash::HashMap;
-use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table};
+use recordstore::{self as embedded, EmbeddedDb, EmbeddedError, Table, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -219,7 +219,7 @@ impl EmbeddedGraphStore {
     }
 
     async fn commit(&self, batches: Vec<(Table, Vec<embedded::Row>)>) -> Result<(), StoreError> {
-        Ok(self.db.write(batches).await?)
+        Ok(self.db.commit(Write::new(batches)).await?)
     }
 }
 
@@ -302,8 +302,11 @@ impl GraphStore for EmbeddedGraphStore {
             (QUEUES, queue_rows),
             (SENTINELS, sentinel_rows),
         ];
-        self.db
-            .enqueue_announced(batches, embedded::Commit::Durable, announced)?;
+        let write = match announced {
+            Some(announced) => Write::new(batches).announced(announced),
+            None => Write::new(batches),
+        };
+        self.db.write(write)?;
         for node in nodes {
             index.put_node(node);
         }
@@ -499,7 +502,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = EmbeddedDb::open(dir.path(), "graph", &[NODES, QUEUES, SENTINELS]).unwrap();
-            db.write(vec![
+            db.commit(Write::new(vec![
                 (
                     NODES,
                     embedded::rows(&[node("n1")], |n| n.node_id.clone()).unwrap(),
@@ -508,7 +511,7 @@ mod tests {
                     QUEUES,
                     embedded::rows(&[queue("q1", "n1")], |q| q.name.clone()).unwrap(),
                 ),
-            ])
+            ]))
             .await
             .unwrap();
         }

@@ -2,7 +2,7 @@
 //! `queued → processing → completed | failed`. A restart finds every unfinished one again.
 
 use foldhash::HashMap;
-use recordstore::{Commit, EmbeddedDb, EmbeddedError, Table};
+use recordstore::{Durability, EmbeddedDb, EmbeddedError, Table, Write};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -140,11 +140,11 @@ pub struct Submissions {
 impl Submissions {
     pub fn open(dir: &Path) -> Result<Submissions, SubmissionError> {
         let db = EmbeddedDb::open(dir, "submissions", &[STRATEGIES, DAGS])?;
-        db.on_unwaited_failure(|writes, reason| {
+        db.on_unwaited_failure(|writes, error| {
             tracing::warn!(
                 code = "E_STORE",
                 writes,
-                reason,
+                reason = %recordstore::error_chain(error),
                 "End states of submissions were not stored; a restart carries them again."
             );
         });
@@ -225,12 +225,8 @@ impl Submissions {
                 .insert(record.dag_hash.clone(), record.strategy_id.clone());
         }
         let written = async {
-            let pending = self.db.enqueue_announced(
-                Self::acceptance_rows(&record)?,
-                Commit::Durable,
-                Some(announced),
-            )?;
-            Ok::<(), SubmissionError>(pending.wait().await?)
+            let write = Write::new(Self::acceptance_rows(&record)?).announced(announced);
+            Ok::<(), SubmissionError>(self.db.commit(write).await?)
         }
         .await;
         if let Err(error) = written {
@@ -295,8 +291,9 @@ impl Submissions {
     /// which is logged) leaves the submission `queued` on disk, and carrying it again after a
     /// restart gives the same answer.
     pub fn finish(&self, mut record: StrategyRecord) -> Result<(), SubmissionError> {
-        self.db
-            .enqueue_lazy(vec![(STRATEGIES, Self::rows(&record)?)])?;
+        let write =
+            Write::new(vec![(STRATEGIES, Self::rows(&record)?)]).durability(Durability::Lazy);
+        self.db.write(write)?.detach();
         let status = record.status;
         let strategy_id = record.strategy_id.clone();
         if let Some(stored) = self.write().records.get_mut(&strategy_id) {
@@ -383,13 +380,13 @@ mod tests {
             let legacy_row = serde_json::to_vec(&legacy).unwrap();
             submissions
                 .db
-                .write(vec![(
+                .commit(Write::new(vec![(
                     STRATEGIES,
                     vec![(
                         "old".to_owned(),
                         Some(recordstore::Value::Bytes(legacy_row)),
                     )],
-                )])
+                )]))
                 .await
                 .unwrap();
         }

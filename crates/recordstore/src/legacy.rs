@@ -1,8 +1,9 @@
-//! Import of the redb file an earlier version kept (JSON records under `u64` keys). Opening
-//! reads its tables; [`crate::EmbeddedDb::read_all`] names and appends each table's records to
-//! the log; once every table is in, the old file is renamed `*.redb.imported`. A crash during
-//! the import leaves the old file in place, and the next open starts the import again on an
-//! empty log.
+//! Import of the redb file an earlier version kept: JSON records under `u64` keys.
+//!
+//! Opening reads its tables; [`crate::EmbeddedDb::read_all`] names and appends each table's
+//! records to the log; once every table is in, the old file is renamed `*.redb.imported`. A
+//! crash during the import leaves the old file in place, and the next open starts the import
+//! again on an empty log.
 
 use crate::{EmbeddedError, Table, log::LogError};
 use foldhash::HashMap;

@@ -1,23 +1,28 @@
-//! Durable tables of records in one append-only log file per store, crash-safe (see `log` for
-//! the format). A store picks how its records are encoded (JSON unless it says otherwise). Every
-//! record lives in the caller's memory; the log is read once, when the store opens. One writer
-//! thread per file appends writes in the order they were queued, several to a frame (see
-//! `writer`), and rewrites the file to its live records when it has grown to twice their size. A
-//! redb file left by an earlier version is imported on first open.
+//! Durable tables of records, kept in one append-only log of checksummed binary frames per store.
+//!
+//! A record is a name and bytes; each store picks how its records become bytes ([`Encode`], read
+//! back by the decoder it gives [`EmbeddedDb::read_all_with`]; [`encode_json`], [`rows`] and
+//! [`EmbeddedDb::read_all`] are there for stores that keep JSON). Every record lives in the
+//! caller's memory; the log is read once, when the store opens. One writer thread per file
+//! appends writes in the order they were queued, several to a frame (see `writer`), and the log
+//! is rewritten to its live records when it has grown to twice their size (see `log`). There is
+//! one way to write: [`EmbeddedDb::write`] queues a [`Write`], [`EmbeddedDb::commit`] also waits
+//! for it. A redb file left by an earlier version is imported on first open (see `legacy`).
 
 use foldhash::{HashMap, HashSet};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod legacy;
 mod log;
 mod writer;
-pub use log::LogError;
+pub use log::{LogError, Poison, error_chain};
 use log::{LogFile, TableScan};
 use writer::{Progress, WriteRequest, writer_loop};
 
-/// A table of JSON records, named.
+/// A table of records, named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Table {
     name: &'static str,
@@ -91,8 +96,28 @@ pub enum EmbeddedError {
     },
     #[error("a stored record could not be encoded or decoded")]
     Codec(#[source] CodecError),
-    #[error("the write was not committed: {reason}")]
-    Commit { reason: String },
+    #[error("the write was not committed")]
+    Commit(#[from] CommitError),
+}
+
+/// Why a write was not committed (or a write state depends on may not have been).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("an earlier version's file is still being imported: read every table first")]
+    Importing,
+    #[error("the writer has stopped")]
+    WriterStopped,
+    #[error("the writer stopped before answering")]
+    Unanswered,
+    #[error("the writer stopped before write {write} settled")]
+    Unsettled { write: u64 },
+    #[error("write {write}, which this depends on, was not committed")]
+    DependencyFailed { write: u64 },
+    #[error("injected fault: the commit failed")]
+    InjectedFault,
+    /// The log refused the commit's frame; shared by every write of the commit.
+    #[error(transparent)]
+    Log(Arc<LogError>),
 }
 
 impl From<serde_json::Error> for EmbeddedError {
@@ -103,13 +128,59 @@ impl From<serde_json::Error> for EmbeddedError {
 
 /// How a write reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Commit {
-    /// On disk when `write` returns.
+pub enum Durability {
+    /// On disk when the write's commit is answered.
     Durable,
     /// Written with the next durable write (or within a few milliseconds without a sync), and
     /// on disk with the next durable write or a clean close; lost in a machine crash before
     /// that. For records that can be derived again.
     Lazy,
+}
+
+/// One write: batches of rows committed atomically, how durably, and the announcement (see
+/// [`EmbeddedDb::announce`]) it fulfils. Queue it with [`EmbeddedDb::write`].
+#[derive(Debug)]
+#[must_use = "a write does nothing until it is queued"]
+pub struct Write {
+    batches: Vec<(Table, Vec<Row>)>,
+    durability: Durability,
+    announced: Option<Announced>,
+    /// Queued even without rows.
+    sync: bool,
+}
+
+impl Write {
+    /// A durable write of every batch.
+    pub fn new(batches: Vec<(Table, Vec<Row>)>) -> Write {
+        Write {
+            batches,
+            durability: Durability::Durable,
+            announced: None,
+            sync: false,
+        }
+    }
+
+    /// A durable write of nothing, queued all the same: once it commits, every write queued
+    /// before it is on disk (it shares its commit with whatever other writes are waiting).
+    pub fn sync() -> Write {
+        Write {
+            sync: true,
+            ..Write::new(Vec::new())
+        }
+    }
+
+    pub fn durability(self, durability: Durability) -> Write {
+        Write { durability, ..self }
+    }
+
+    /// The write `announced` announced: the announcement ends as the write reaches the writer,
+    /// so the writer never waits for a write it holds.
+    pub fn announced(self, announced: Announced) -> Write {
+        Write {
+            announced: Some(announced),
+            ..self
+        }
+    }
 }
 
 /// Where the write queue stood at a moment: writes up to `settled` had settled, writes up to
@@ -138,8 +209,8 @@ struct Loaded {
     taken: HashSet<&'static str>,
 }
 
-/// A log file of JSON-record tables, written by one thread that groups concurrent writes into
-/// shared frames.
+/// A log file of record tables, written by one thread that groups concurrent writes into shared
+/// frames.
 #[derive(Debug)]
 pub struct EmbeddedDb {
     path: PathBuf,
@@ -295,86 +366,52 @@ impl EmbeddedDb {
         Ok(Some(records))
     }
 
-    /// Writes every batch in one durable commit (shared with concurrent writers).
-    pub async fn write(&self, batches: Vec<(Table, Vec<Row>)>) -> Result<(), EmbeddedError> {
-        self.write_with(batches, Commit::Durable).await
-    }
-    /// Makes every write before it durable (an empty durable commit, shared with whatever other
-    /// writes are waiting).
-    pub async fn sync(&self) -> Result<(), EmbeddedError> {
-        self.submit(Vec::new(), Commit::Durable).await
-    }
-
-    /// Writes every batch atomically, durable or not as asked.
-    pub async fn write_with(
-        &self,
-        batches: Vec<(Table, Vec<Row>)>,
-        commit: Commit,
-    ) -> Result<(), EmbeddedError> {
-        if batches.iter().all(|(_, rows)| rows.is_empty()) {
-            return Ok(());
+    /// Queues `write`: writes commit in the order they are queued, so a caller can publish what
+    /// it wrote before the commit and wait for it later (several callers then share one
+    /// commit). A write without rows is answered at once and queues nothing, except
+    /// [`Write::sync`]. Fails at once, queuing nothing, while an earlier version's file is
+    /// being imported or after the writer stopped.
+    pub fn write(&self, write: Write) -> Result<PendingWrite, EmbeddedError> {
+        if !write.sync && write.batches.iter().all(|(_, rows)| rows.is_empty()) {
+            return Ok(PendingWrite::done(self.progress.clone()));
         }
-        self.submit(batches, commit).await
-    }
-
-    async fn submit(
-        &self,
-        batches: Vec<(Table, Vec<Row>)>,
-        commit: Commit,
-    ) -> Result<(), EmbeddedError> {
-        self.enqueue(batches, commit)?.wait().await
-    }
-
-    /// Queues a write without waiting for it: writes are committed in the order they are
-    /// queued, so a caller can publish what it wrote before the commit and wait for it later
-    /// (several callers then share one commit).
-    pub fn enqueue(
-        &self,
-        batches: Vec<(Table, Vec<Row>)>,
-        commit: Commit,
-    ) -> Result<PendingWrite, EmbeddedError> {
-        self.enqueue_announced(batches, commit, None)
-    }
-
-    /// [`EmbeddedDb::enqueue`] for the write `announced` (if any) announced: the announcement
-    /// ends as the write reaches the writer, so the writer never waits for a write it holds.
-    pub fn enqueue_announced(
-        &self,
-        batches: Vec<(Table, Vec<Row>)>,
-        commit: Commit,
-        announced: Option<Announced>,
-    ) -> Result<PendingWrite, EmbeddedError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue(batches, commit, Some(reply), announced)?;
-        Ok(PendingWrite(answer))
+        let detached = Arc::new(AtomicBool::new(false));
+        self.queue(write, reply, detached.clone())?;
+        Ok(PendingWrite {
+            answer,
+            detached,
+            progress: self.progress.clone(),
+        })
     }
 
-    /// Queues a lazy write nobody waits for: for records whose loss is recoverable by design.
-    /// If its commit fails, the hook set with [`EmbeddedDb::on_unwaited_failure`] hears of it.
-    pub fn enqueue_lazy(&self, batches: Vec<(Table, Vec<Row>)>) -> Result<(), EmbeddedError> {
-        self.queue(batches, Commit::Lazy, None, None)
+    /// [`EmbeddedDb::write`], then waits for the write's commit.
+    pub async fn commit(&self, write: Write) -> Result<(), EmbeddedError> {
+        self.write(write)?.wait().await
     }
 
-    /// Called from the writer thread with the number of writes lost and the reason, when a
-    /// commit holding writes queued by [`EmbeddedDb::enqueue_lazy`] fails. Set once; later
-    /// calls are ignored.
-    pub fn on_unwaited_failure(&self, hook: impl Fn(usize, &str) + Send + Sync + 'static) {
+    /// Called with the number of writes lost and why, when a commit holding writes
+    /// nobody waits for ([`PendingWrite::detach`]) fails: from the writer thread, or from
+    /// `detach` itself when the commit had failed already. Set once; later calls are ignored.
+    pub fn on_unwaited_failure(&self, hook: impl Fn(usize, &CommitError) + Send + Sync + 'static) {
         let _ = self.progress.unwaited_failure.set(Box::new(hook));
     }
 
     fn queue(
         &self,
-        batches: Vec<(Table, Vec<Row>)>,
-        commit: Commit,
-        reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-        announced: Option<Announced>,
+        write: Write,
+        reply: tokio::sync::oneshot::Sender<Result<(), CommitError>>,
+        detached: Arc<AtomicBool>,
     ) -> Result<(), EmbeddedError> {
         if lock(&self.legacy).is_some() {
-            return Err(EmbeddedError::Commit {
-                reason: "an earlier version's file is still being imported: read every table first"
-                    .into(),
-            });
+            return Err(CommitError::Importing.into());
         }
+        let Write {
+            batches,
+            durability,
+            announced,
+            sync: _,
+        } = write;
         // The sequence number is decided and the write sent under one lock, so the writer
         // applies writes in sequence order.
         let mut queued = lock(&self.queued);
@@ -386,15 +423,14 @@ impl EmbeddedDb {
                 .send(WriteRequest {
                     seq,
                     batches,
-                    commit,
+                    durability,
                     reply,
+                    detached,
                 })
                 .is_ok()
         });
         if !sent {
-            return Err(EmbeddedError::Commit {
-                reason: "the writer has stopped".into(),
-            });
+            return Err(CommitError::WriterStopped.into());
         }
         *queued = seq;
         Ok(())
@@ -403,9 +439,7 @@ impl EmbeddedDb {
     /// durable commit waits for them (up to a few milliseconds) so that they share it. Drop the
     /// guard once the write is queued, or when it turns out there is none.
     pub fn announce(&self) -> Announced {
-        self.progress
-            .announced
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.progress.announced.fetch_add(1, Ordering::SeqCst);
         Announced(self.progress.clone())
     }
 
@@ -413,9 +447,7 @@ impl EmbeddedDb {
     /// of what callers do when storage fails.
     #[cfg(any(test, feature = "faults"))]
     pub fn fail_next_commits(&self, commits: usize) {
-        self.progress
-            .faults
-            .store(commits, std::sync::atomic::Ordering::SeqCst);
+        self.progress.faults.store(commits, Ordering::SeqCst);
     }
 
     /// Where the write queue stands now.
@@ -460,24 +492,53 @@ pub struct Announced(Arc<Progress>);
 
 impl Drop for Announced {
     fn drop(&mut self) {
-        self.0
-            .announced
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.announced.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// A queued write; [`PendingWrite::wait`] answers once it is committed (or failed).
+/// A queued write: [`PendingWrite::wait`] for its commit, or [`PendingWrite::detach`] it.
+/// Dropping it leaves the write to commit, its outcome unheard.
 #[derive(Debug)]
-pub struct PendingWrite(tokio::sync::oneshot::Receiver<Result<(), String>>);
+pub struct PendingWrite {
+    answer: tokio::sync::oneshot::Receiver<Result<(), CommitError>>,
+    /// Set by `detach`, read by the writer when the receiver is gone.
+    detached: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
 
 impl PendingWrite {
+    /// A write with nothing to commit, answered already.
+    fn done(progress: Arc<Progress>) -> PendingWrite {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let _ = reply.send(Ok(()));
+        PendingWrite {
+            answer,
+            detached: Arc::new(AtomicBool::new(false)),
+            progress,
+        }
+    }
+
+    /// Answers once the write is committed (or failed).
     pub async fn wait(self) -> Result<(), EmbeddedError> {
-        match self.0.await {
+        match self.answer.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(EmbeddedError::Commit { reason }),
-            Err(_) => Err(EmbeddedError::Commit {
-                reason: "the writer stopped before answering".into(),
-            }),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(CommitError::Unanswered.into()),
+        }
+    }
+
+    /// Nobody will wait for this write: if its commit fails, the hook set with
+    /// [`EmbeddedDb::on_unwaited_failure`] hears of it. For records whose loss is recoverable
+    /// by design.
+    pub fn detach(mut self) {
+        // Flagged before the answer is closed: the writer either finds the answer closed and
+        // the flag set (and tells the hook), or has answered already (and this tells it).
+        self.detached.store(true, Ordering::SeqCst);
+        self.answer.close();
+        if let (Ok(Err(error)), Some(hook)) =
+            (self.answer.try_recv(), self.progress.unwaited_failure.get())
+        {
+            hook(1, &error);
         }
     }
 }
@@ -529,23 +590,24 @@ mod tests {
                 let db = db.clone();
                 writes.spawn(async move {
                     let record = [serde_json::json!({"name": format!("r{i}"), "v": i})];
-                    let commit = if i % 2 == 0 {
-                        Commit::Durable
+                    let durability = if i % 2 == 0 {
+                        Durability::Durable
                     } else {
-                        Commit::Lazy
+                        Durability::Lazy
                     };
-                    db.write_with(vec![(T, rows(&record, name).unwrap())], commit)
-                        .await
+                    let write =
+                        Write::new(vec![(T, rows(&record, name).unwrap())]).durability(durability);
+                    db.commit(write).await
                 });
             }
             while let Some(result) = writes.join_next().await {
                 result.unwrap().unwrap();
             }
             // The last write is durable, so every lazy one before it is on disk too.
-            db.write(vec![(
+            db.commit(Write::new(vec![(
                 T,
                 rows(&[serde_json::json!({"name": "last"})], name).unwrap(),
-            )])
+            )]))
             .await
             .unwrap();
         }
@@ -592,7 +654,7 @@ mod tests {
             .collect();
         {
             let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
-            db.write(vec![(T, shared_rows(&records, name))])
+            db.commit(Write::new(vec![(T, shared_rows(&records, name))]))
                 .await
                 .unwrap();
         }
@@ -605,7 +667,7 @@ mod tests {
         {
             let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
             let bad = vec![("s9".to_owned(), Some(Value::Bytes(b"s9=many".to_vec())))];
-            db.write(vec![(T, bad)]).await.unwrap();
+            db.commit(Write::new(vec![(T, bad)])).await.unwrap();
         }
         let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         assert!(matches!(
@@ -634,10 +696,10 @@ mod tests {
         }
         {
             let db = EmbeddedDb::open(dir.path(), "x", &[T, U]).unwrap();
-            let refused = db.write(vec![(
+            let refused = db.commit(Write::new(vec![(
                 T,
                 rows(&[serde_json::json!({"name": "c"})], name).unwrap(),
-            )]);
+            )]));
             assert!(
                 refused.await.is_err(),
                 "no write before every table is imported"
@@ -645,7 +707,7 @@ mod tests {
             let imported: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
             assert_eq!(imported, ["b", "a"]);
             assert!(db.read_all(U, name).unwrap().is_empty());
-            db.write(vec![(T, deletions(&["b".to_owned()]))])
+            db.commit(Write::new(vec![(T, deletions(&["b".to_owned()]))]))
                 .await
                 .unwrap();
         }
@@ -693,12 +755,19 @@ mod tests {
         let row = |n: &str| rows(&[serde_json::json!({"name": n})], name).unwrap();
         {
             let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
-            let lazy = db.enqueue(vec![(T, row("lazy"))], Commit::Lazy).unwrap();
-            db.write(vec![(T, row("durable"))]).await.unwrap();
+            let lazy = db
+                .write(Write::new(vec![(T, row("lazy"))]).durability(Durability::Lazy))
+                .unwrap();
+            db.commit(Write::new(vec![(T, row("durable"))]))
+                .await
+                .unwrap();
             // The durable commit took the lazy write along.
             lazy.wait().await.unwrap();
             // Never waited for: the close commits it.
-            db.enqueue(vec![(T, row("left"))], Commit::Lazy).unwrap();
+            drop(
+                db.write(Write::new(vec![(T, row("left"))]).durability(Durability::Lazy))
+                    .unwrap(),
+            );
         }
         let db = EmbeddedDb::open(dir.path(), "x", &[T]).unwrap();
         let mut names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
@@ -715,19 +784,20 @@ mod tests {
         let lost = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         db.on_unwaited_failure({
             let lost = lost.clone();
-            move |writes, _reason| {
-                lost.fetch_add(writes, std::sync::atomic::Ordering::SeqCst);
+            move |writes, _error| {
+                lost.fetch_add(writes, Ordering::SeqCst);
             }
         });
         // The durable write normally takes both lazy ones into its commit; on a stalled
         // machine they may commit alone first. Either way every commit here fails.
         db.fail_next_commits(2);
-        db.enqueue_lazy(vec![(T, row("a"))]).unwrap();
-        db.enqueue_lazy(vec![(T, row("b"))]).unwrap();
-        assert!(db.write(vec![(T, row("c"))]).await.is_err());
-        assert_eq!(lost.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let lazy = |n: &str| Write::new(vec![(T, row(n))]).durability(Durability::Lazy);
+        db.write(lazy("a")).unwrap().detach();
+        db.write(lazy("b")).unwrap().detach();
+        assert!(db.commit(Write::new(vec![(T, row("c"))])).await.is_err());
+        assert_eq!(lost.load(Ordering::SeqCst), 2);
         db.fail_next_commits(0);
-        db.write(vec![(T, row("d"))]).await.unwrap();
+        db.commit(Write::new(vec![(T, row("d"))])).await.unwrap();
         let names: Vec<String> = db.read_all(T, name).unwrap().iter().map(name).collect();
         assert_eq!(names, ["d"]);
     }
@@ -744,14 +814,14 @@ mod tests {
         let second = db.announce();
         assert_eq!(announced(&db), 2);
         let pending = db
-            .enqueue_announced(vec![(T, row("a"))], Commit::Durable, Some(first))
+            .write(Write::new(vec![(T, row("a"))]).announced(first))
             .unwrap();
         assert_eq!(announced(&db), 1, "queued: no longer announced");
         // `second` never writes: the commit waits for it a few milliseconds at most.
         pending.wait().await.unwrap();
         drop(second);
         assert_eq!(announced(&db), 0);
-        db.write(vec![(T, row("b"))]).await.unwrap();
+        db.commit(Write::new(vec![(T, row("b"))])).await.unwrap();
         assert_eq!(db.read_all(T, name).unwrap().len(), 2);
     }
 
@@ -764,7 +834,7 @@ mod tests {
         let pending: Vec<PendingWrite> = (0..50)
             .map(|i| {
                 let record = [serde_json::json!({"name": format!("r{i}")})];
-                db.enqueue(vec![(T, rows(&record, name).unwrap())], Commit::Durable)
+                db.write(Write::new(vec![(T, rows(&record, name).unwrap())]))
                     .unwrap()
             })
             .collect();
@@ -789,7 +859,7 @@ mod tests {
                 serde_json::json!({"name": "b", "v": 1}),
                 serde_json::json!({"name": "a", "v": 1}),
             ];
-            db.write(vec![(T, rows(&records, name).unwrap())])
+            db.commit(Write::new(vec![(T, rows(&records, name).unwrap())]))
                 .await
                 .unwrap();
         }
@@ -799,10 +869,10 @@ mod tests {
             serde_json::json!({"name": "b", "v": 2}),
             serde_json::json!({"name": "c", "v": 1}),
         ];
-        db.write(vec![(T, rows(&updated, name).unwrap())])
+        db.commit(Write::new(vec![(T, rows(&updated, name).unwrap())]))
             .await
             .unwrap();
-        db.write(vec![(T, deletions(&["a".to_owned()]))])
+        db.commit(Write::new(vec![(T, deletions(&["a".to_owned()]))]))
             .await
             .unwrap();
         let mut names: Vec<(String, i64)> = db

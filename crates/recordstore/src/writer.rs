@@ -1,21 +1,26 @@
-//! The writer thread: every write of one database file goes through it, in the order writes were
-//! queued, grouped into shared commits.
+//! The writer thread: every write of one log goes through it, in queue order, in shared commits.
+//!
+//! Concurrent writes are grouped into one frame (group commit); see [`writer_loop`] for when a
+//! group commits and how durably.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::log::LogFile;
-use crate::{Commit, EmbeddedError, Row, Table, Value, WriteMark};
+use crate::{CommitError, Durability, EmbeddedError, Row, Table, Value, WriteMark};
 
 /// One caller's write, handed to the writer thread.
 pub(crate) struct WriteRequest {
     /// Its place in the order writes were queued (the first is 1).
     pub(crate) seq: u64,
     pub(crate) batches: Vec<(Table, Vec<Row>)>,
-    pub(crate) commit: Commit,
-    /// `None` for a write nobody waits for (see `unwaited_failure`).
-    pub(crate) reply: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    pub(crate) durability: Durability,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<(), CommitError>>,
+    /// Whether nobody waits for the write (see `unwaited_failure`); read once its answer is
+    /// closed.
+    pub(crate) detached: Arc<AtomicBool>,
 }
 
 /// Most writes one frame takes.
@@ -44,7 +49,7 @@ impl std::fmt::Debug for Progress {
 }
 
 /// A hook for failed writes nobody waits for: how many, and why.
-pub(crate) type UnwaitedFailure = Box<dyn Fn(usize, &str) + Send + Sync>;
+pub(crate) type UnwaitedFailure = Box<dyn Fn(usize, &CommitError) + Send + Sync>;
 
 /// Failed writes remembered for [`EmbeddedDb::settle`].
 const FAILURES_KEPT: usize = 4096;
@@ -61,12 +66,11 @@ impl Progress {
     }
 
     pub(crate) fn announced(&self) -> usize {
-        self.announced.load(std::sync::atomic::Ordering::SeqCst)
+        self.announced.load(Ordering::SeqCst)
     }
 
     /// Whether this commit is to fail on purpose.
     fn take_fault(&self) -> bool {
-        use std::sync::atomic::Ordering;
         self.faults
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
@@ -75,20 +79,17 @@ impl Progress {
     pub(crate) async fn settle(&self, mark: WriteMark) -> Result<(), EmbeddedError> {
         let mut settled = self.settled.subscribe();
         if settled.wait_for(|s| *s >= mark.queued).await.is_err() {
-            return Err(EmbeddedError::Commit {
-                reason: "the writer stopped before settling".into(),
-            });
+            return Err(CommitError::Unsettled { write: mark.queued }.into());
         }
         let failed = self
             .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|seq| *seq > mark.settled && *seq <= mark.queued);
-        if failed {
-            return Err(EmbeddedError::Commit {
-                reason: "a write this depends on was not committed".into(),
-            });
+            .find(|seq| **seq > mark.settled && **seq <= mark.queued)
+            .copied();
+        if let Some(write) = failed {
+            return Err(CommitError::DependencyFailed { write }.into());
         }
         Ok(())
     }
@@ -152,7 +153,11 @@ pub(crate) fn writer_loop(
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let durable = closing || writer.group.iter().any(|r| r.commit == Commit::Durable);
+        let durable = closing
+            || writer
+                .group
+                .iter()
+                .any(|r| r.durability == Durability::Durable);
         if durable && !closing {
             writer.gather_announced(&requests, Instant::now() + COMMIT_DELAY);
         }
@@ -226,7 +231,7 @@ impl Writer {
             return;
         }
         let result = if self.progress.take_fault() {
-            Err("injected fault: the commit failed".to_owned())
+            Err(CommitError::InjectedFault)
         } else {
             self.append_group(durable)
         };
@@ -237,22 +242,22 @@ impl Writer {
             .record(self.group.iter().map(|r| r.seq), result.is_ok());
         let mut unwaited = 0;
         for request in self.group.drain(..) {
-            match request.reply {
-                Some(reply) => {
-                    let _ = reply.send(result.clone());
-                }
-                None => unwaited += 1,
+            // A detached write's answer is closed (see `PendingWrite::detach`).
+            if request.reply.send(result.clone()).is_err()
+                && request.detached.load(Ordering::SeqCst)
+            {
+                unwaited += 1;
             }
         }
-        if let (Err(reason), Some(hook)) = (&result, self.progress.unwaited_failure.get())
+        if let (Err(error), Some(hook)) = (&result, self.progress.unwaited_failure.get())
             && unwaited > 0
         {
-            hook(unwaited, reason);
+            hook(unwaited, error);
         }
     }
 
     /// Appends the group's rows as one frame, then compacts the log if it is due.
-    fn append_group(&self, durable: bool) -> Result<(), String> {
+    fn append_group(&self, durable: bool) -> Result<(), CommitError> {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let rows = self.group.iter().flat_map(|request| {
             request.batches.iter().flat_map(|(table, rows)| {
@@ -266,7 +271,7 @@ impl Writer {
             })
         });
         log.append(rows, durable)
-            .map_err(|e| crate::log::error_chain(&e))?;
+            .map_err(|e| CommitError::Log(Arc::new(e)))?;
         log.maintain();
         Ok(())
     }
@@ -275,7 +280,7 @@ impl Writer {
 impl std::fmt::Debug for WriteRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteRequest")
-            .field("commit", &self.commit)
+            .field("durability", &self.durability)
             .finish_non_exhaustive()
     }
 }

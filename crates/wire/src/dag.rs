@@ -1,14 +1,19 @@
 //! Parsing and checking a whole DAG document: schema version, nodes, sentinel, dependencies,
 //! topological order and the version label its topics carry.
 
+use crate::canonical::Sorted;
 use crate::context::ComputeContext;
 use crate::error::DagError;
-use crate::lenient::{ObjectFold, ObjectList};
+use crate::fast::{DocField, Field, FieldSource, NodeField, Seen};
+use crate::lenient::{Int, ObjectFold, ObjectList, Text, TextList};
 use crate::node::{Node, RawNode, crc32_chain};
 use crate::topic::TopicNamespace;
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 /// Size limits a parser enforces before doing any real work.
 #[derive(Debug, Clone, Copy)]
@@ -152,10 +157,9 @@ impl Dag {
     }
 }
 
-/// The document as it arrives; the fields the DAG Manager reads, the rest ignored. `N` is its
-/// nodes as read (`()` once they are taken out).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+/// The document as it arrives; the fields the DAG Manager reads (`fast::DocField`), the rest
+/// ignored. `N` is its nodes as read (`()` once they are taken out).
+#[derive(Debug, Default)]
 pub(crate) struct RawDag<N> {
     pub(crate) schema_version: Option<Value>,
     pub(crate) nodes: N,
@@ -169,7 +173,7 @@ pub(crate) struct RawDag<N> {
 
 impl<N> RawDag<N> {
     /// The nodes, and the rest of the document without them.
-    fn split(self) -> (N, RawDag<()>) {
+    pub(crate) fn split(self) -> (N, RawDag<()>) {
         let RawDag {
             schema_version,
             nodes,
@@ -191,6 +195,199 @@ impl<N> RawDag<N> {
             node_ids_crc32,
         };
         (nodes, rest)
+    }
+}
+
+/// A struct the serde reader reads field by field, as the fast reader does: what a derived
+/// `Deserialize` would do, from the fields `fast::bind` declares.
+trait ReadByField<'a>: Default {
+    type Field: Field;
+    /// What the document's `nodes` is read into (`()` for a struct without nodes).
+    type Nodes: Default;
+    /// The struct's name, as serde's messages give it.
+    const NAME: &'static str;
+    fn read<S: FieldSource<'a, Nodes = Self::Nodes>>(
+        &mut self,
+        field: Self::Field,
+        seen: &mut Seen,
+        source: &mut S,
+    ) -> Result<(), S::Error>;
+}
+
+impl<'a> ReadByField<'a> for RawNode<'a> {
+    type Field = NodeField;
+    type Nodes = ();
+    const NAME: &'static str = "RawNode";
+    fn read<S: FieldSource<'a, Nodes = ()>>(
+        &mut self,
+        field: NodeField,
+        seen: &mut Seen,
+        source: &mut S,
+    ) -> Result<(), S::Error> {
+        self.read_field(field, seen, source)
+    }
+}
+
+impl<'a, N: Default> ReadByField<'a> for RawDag<N> {
+    type Field = DocField;
+    type Nodes = N;
+    const NAME: &'static str = "RawDag";
+    fn read<S: FieldSource<'a, Nodes = N>>(
+        &mut self,
+        field: DocField,
+        seen: &mut Seen,
+        source: &mut S,
+    ) -> Result<(), S::Error> {
+        self.read_field(field, seen, source)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawNode<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_by_field(deserializer)
+    }
+}
+
+impl<'de, N: Deserialize<'de> + Default> Deserialize<'de> for RawDag<N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_by_field(deserializer)
+    }
+}
+
+fn deserialize_by_field<'de: 'a, 'a, T, D>(deserializer: D) -> Result<T, D::Error>
+where
+    T: ReadByField<'a>,
+    T::Nodes: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    let visitor = FieldsVisitor::<'a, T>(PhantomData);
+    deserializer.deserialize_struct(T::NAME, <T::Field as Field>::KEYS, visitor)
+}
+
+struct FieldsVisitor<'a, T>(PhantomData<(&'a (), T)>);
+
+impl<'de: 'a, 'a, T> Visitor<'de> for FieldsVisitor<'a, T>
+where
+    T: ReadByField<'a>,
+    T::Nodes: Deserialize<'de>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "struct {}", T::NAME)
+    }
+
+    /// Every entry in order: a known field read once, any other key's value skipped.
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        let (mut read, mut seen) = (T::default(), Seen::default());
+        let mut values = MapValues(map, PhantomData);
+        while let Some(Key(field)) = values.0.next_key::<Key<T::Field>>()? {
+            match field {
+                Some(field) => read.read(field, &mut seen, &mut values)?,
+                None => {
+                    values.0.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    /// Items by position, one per field; missing ones leave their field at its default.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        let (mut read, mut seen) = (T::default(), Seen::default());
+        let mut values = SeqValues(seq, PhantomData);
+        for &field in <T::Field as Field>::ALL {
+            read.read(field, &mut seen, &mut values)?;
+        }
+        Ok(read)
+    }
+}
+
+/// An object's key: the field it names, if any.
+struct Key<F>(Option<F>);
+
+impl<'de, F: Field> Deserialize<'de> for Key<F> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor<F>(PhantomData<F>);
+        impl<F: Field> Visitor<'_> for KeyVisitor<F> {
+            type Value = Key<F>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("field identifier")
+            }
+            fn visit_u64<E: de::Error>(self, index: u64) -> Result<Key<F>, E> {
+                let field = usize::try_from(index).ok().and_then(|i| F::ALL.get(i));
+                Ok(Key(field.copied()))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<F>, E> {
+                Ok(Key(F::of(key)))
+            }
+            fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Key<F>, E> {
+                Ok(Key(std::str::from_utf8(key).ok().and_then(F::of)))
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor(PhantomData))
+    }
+}
+
+/// Field values as serde reads them from a map's entries, the document's nodes as `N`.
+struct MapValues<'de, A, N>(A, PhantomData<(&'de (), N)>);
+
+impl<'de: 'a, 'a, A: MapAccess<'de>, N: Deserialize<'de>> FieldSource<'a> for MapValues<'de, A, N> {
+    type Error = A::Error;
+    type Nodes = N;
+    fn text(&mut self) -> Result<Text<'a>, A::Error> {
+        self.0.next_value()
+    }
+    fn int(&mut self) -> Result<Int, A::Error> {
+        self.0.next_value()
+    }
+    fn text_list(&mut self) -> Result<TextList<'a>, A::Error> {
+        self.0.next_value()
+    }
+    fn params(&mut self) -> Result<Option<Sorted<'a>>, A::Error> {
+        self.0.next_value()
+    }
+    fn value(&mut self) -> Result<Option<Value>, A::Error> {
+        self.0.next_value()
+    }
+    fn nodes(&mut self) -> Result<N, A::Error> {
+        self.0.next_value()
+    }
+    fn duplicate(&self, key: &'static str) -> A::Error {
+        de::Error::duplicate_field(key)
+    }
+}
+
+/// Field values as serde reads them from a list's items by position, the document's nodes as
+/// `N`: a missing item (the list ended) leaves its field at its default.
+struct SeqValues<'de, A, N>(A, PhantomData<(&'de (), N)>);
+
+impl<'de: 'a, 'a, A: SeqAccess<'de>, N: Deserialize<'de> + Default> FieldSource<'a>
+    for SeqValues<'de, A, N>
+{
+    type Error = A::Error;
+    type Nodes = N;
+    fn text(&mut self) -> Result<Text<'a>, A::Error> {
+        Ok(self.0.next_element()?.unwrap_or_default())
+    }
+    fn int(&mut self) -> Result<Int, A::Error> {
+        Ok(self.0.next_element()?.unwrap_or_default())
+    }
+    fn text_list(&mut self) -> Result<TextList<'a>, A::Error> {
+        Ok(self.0.next_element()?.unwrap_or_default())
+    }
+    fn params(&mut self) -> Result<Option<Sorted<'a>>, A::Error> {
+        Ok(self.0.next_element()?.unwrap_or_default())
+    }
+    fn value(&mut self) -> Result<Option<Value>, A::Error> {
+        Ok(self.0.next_element()?.unwrap_or_default())
+    }
+    fn nodes(&mut self) -> Result<N, A::Error> {
+        Ok(self.0.next_element()?.unwrap_or_default())
+    }
+    /// Never called: each field is read once.
+    fn duplicate(&self, key: &'static str) -> A::Error {
+        de::Error::duplicate_field(key)
     }
 }
 

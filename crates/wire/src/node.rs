@@ -4,7 +4,6 @@ use crate::HASH_PREFIX;
 use crate::canonical::{Sorted, write_plain, write_string};
 use crate::error::DagError;
 use crate::lenient::{Int, Text, TextList};
-use serde::Deserialize;
 use serde_json::Value;
 
 /// The seven fields a node id is computed from, already in canonical form.
@@ -65,37 +64,24 @@ fn join_into<'a>(out: &mut Vec<u8>, parts: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// A node object as it arrives: every field lenient, strings borrowed from the document.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+/// A node object as it arrives: every field lenient, strings borrowed from the document. Its
+/// fields are `fast::NodeField`'s, read by both readers (`fast::bind`, `dag.rs`).
+#[derive(Debug, Default)]
 pub(crate) struct RawNode<'a> {
-    #[serde(borrow)]
     pub(crate) node_type: Text<'a>,
-    #[serde(borrow)]
     pub(crate) node_id: Text<'a>,
     pub(crate) interval: Int,
     pub(crate) period: Int,
-    #[serde(borrow)]
     pub(crate) params: Option<Sorted<'a>>,
-    #[serde(borrow)]
     pub(crate) config: Option<Sorted<'a>>,
-    #[serde(borrow)]
     pub(crate) inputs: TextList<'a>,
-    #[serde(borrow)]
     pub(crate) dependencies: TextList<'a>,
-    #[serde(borrow)]
     pub(crate) schema_compat_id: Text<'a>,
-    #[serde(borrow)]
     pub(crate) schema_id: Text<'a>,
-    #[serde(borrow)]
     pub(crate) code_hash: Text<'a>,
-    #[serde(borrow)]
     pub(crate) schema_hash: Text<'a>,
-    #[serde(borrow)]
     pub(crate) config_hash: Text<'a>,
-    #[serde(borrow)]
     pub(crate) name: Text<'a>,
-    #[serde(borrow)]
     pub(crate) tags: TextList<'a>,
     pub(crate) query_tags: Option<Value>,
     pub(crate) match_mode: Option<Value>,
