@@ -11,14 +11,15 @@ use axum::routing::get;
 use kit::http::{BaseUrl, Client, ClientError, Url, UrlError};
 use kit::metrics::{BucketError, MetricsRegistry};
 use kit::shutdown::Shutdown;
-use metrics::{Counter, Gauge, Unit};
+use metrics::{Counter, Gauge};
+
+use crate::metrics::{
+    DAGMANAGER_SCRAPE_DURATION_SECONDS, DAGMANAGER_SCRAPE_FAILURES_TOTAL, DAGMANAGER_UP,
+    QUEUE_LAG_PREFIX, describe_exporter,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-
-pub const DAGMANAGER_UP: &str = "dagmanager_up";
-pub const DAGMANAGER_SCRAPE_DURATION_SECONDS: &str = "dagmanager_scrape_duration_seconds";
-pub const DAGMANAGER_SCRAPE_FAILURES_TOTAL: &str = "dagmanager_scrape_failures_total";
 
 /// Where the DAG Manager is and how long a look at it may take.
 #[derive(Debug, Clone)]
@@ -61,21 +62,7 @@ impl Exporter {
         let url = BaseUrl::parse(&settings.target)?.join("metrics");
         let client = kit::http::client(settings.scrape_timeout)?;
         let registry = MetricsRegistry::builder().build()?;
-        registry.describe_gauge(
-            DAGMANAGER_UP,
-            None,
-            "1 when the last look at the DAG Manager's metrics succeeded, else 0.",
-        );
-        registry.describe_gauge(
-            DAGMANAGER_SCRAPE_DURATION_SECONDS,
-            Some(Unit::Seconds),
-            "How long the last look at the DAG Manager's metrics took.",
-        );
-        registry.describe_counter(
-            DAGMANAGER_SCRAPE_FAILURES_TOTAL,
-            Some(Unit::Count),
-            "Looks at the DAG Manager's metrics that failed.",
-        );
+        describe_exporter(&registry);
         let exporter = Exporter {
             url,
             client,
@@ -193,7 +180,7 @@ fn without_lag(text: &str) -> String {
                 .strip_prefix("# HELP ")
                 .or_else(|| line.strip_prefix("# TYPE "))
                 .unwrap_or(line);
-            !name.starts_with("queue_lag_")
+            !name.starts_with(QUEUE_LAG_PREFIX)
         })
         .fold(String::with_capacity(text.len()), |mut out, line| {
             out.push_str(line);

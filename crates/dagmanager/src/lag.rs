@@ -8,7 +8,7 @@
 
 use kit::metrics::MetricsRegistry;
 use kit::shutdown::Shutdown;
-use metrics::{Counter, Gauge, Unit};
+use metrics::{Counter, Gauge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -18,13 +18,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::{
+    LAG_TOPIC_LABEL, QUEUE_LAG_ERRORS_TOTAL, QUEUE_LAG_LAST_RUN_TIMESTAMP, QUEUE_LAG_MESSAGES,
+    QUEUE_LAG_SECONDS, QUEUE_LAG_THRESHOLD_SECONDS, describe_lag,
+};
 use crate::queues::QueueAdmin;
-
-pub const QUEUE_LAG_SECONDS: &str = "queue_lag_seconds";
-pub const QUEUE_LAG_MESSAGES: &str = "queue_lag_messages";
-pub const QUEUE_LAG_THRESHOLD_SECONDS: &str = "queue_lag_threshold_seconds";
-pub const QUEUE_LAG_ERRORS_TOTAL: &str = "queue_lag_errors_total";
-pub const QUEUE_LAG_LAST_RUN_TIMESTAMP: &str = "queue_lag_last_run_timestamp";
 
 /// Groups of this service itself, never measured.
 const OWN_GROUP_PREFIX: &str = "qmtl-dagmanager-";
@@ -107,31 +105,7 @@ fn client(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
 
 impl LagMonitor {
     pub fn new(settings: LagSettings, topics: LagTopics, registry: &MetricsRegistry) -> LagMonitor {
-        registry.describe_gauge(
-            QUEUE_LAG_SECONDS,
-            Some(Unit::Seconds),
-            "Age of the oldest message a consumer group has not consumed yet (worst group).",
-        );
-        registry.describe_gauge(
-            QUEUE_LAG_MESSAGES,
-            Some(Unit::Count),
-            "Messages behind the high watermarks (worst consumer group).",
-        );
-        registry.describe_gauge(
-            QUEUE_LAG_THRESHOLD_SECONDS,
-            Some(Unit::Seconds),
-            "Lag in seconds a queue may reach before QueueLagHigh fires.",
-        );
-        registry.describe_counter(
-            QUEUE_LAG_ERRORS_TOTAL,
-            Some(Unit::Count),
-            "Lag measurements that failed (the broker did not answer).",
-        );
-        registry.describe_gauge(
-            QUEUE_LAG_LAST_RUN_TIMESTAMP,
-            Some(Unit::Seconds),
-            "Unix time of the last completed lag measurement.",
-        );
+        describe_lag(registry);
         let errors = registry.counter(QUEUE_LAG_ERRORS_TOTAL, &[]);
         errors.increment(0);
         let last_run = registry.gauge(QUEUE_LAG_LAST_RUN_TIMESTAMP, &[]);
@@ -172,7 +146,7 @@ impl LagMonitor {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         for lag in &lags {
             let entry = series.entry(lag.topic.clone()).or_insert_with(|| {
-                let labels = [("topic", lag.topic.as_str())];
+                let labels = [(LAG_TOPIC_LABEL, lag.topic.as_str())];
                 let threshold = self
                     .settings
                     .thresholds
