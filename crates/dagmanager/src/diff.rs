@@ -51,7 +51,7 @@ pub struct DiffOutcome {
     pub sentinel_id: String,
     pub version: String,
     pub crc32: u32,
-    /// (partition key, topic) in topological order.
+    /// (partition key, queue) in topological order.
     pub queue_map: Vec<(String, String)>,
     pub buffer_nodes: Vec<BufferInstruction>,
     pub new_nodes: usize,
@@ -113,7 +113,7 @@ pub struct DiffSettings {
 
 impl DiffSettings {
     /// How queues of a GC tag are created (a tag with no settings: 1 partition, 7 days).
-    pub fn topic(&self, tag: &str) -> TopicSettings {
+    pub fn queue_settings(&self, tag: &str) -> TopicSettings {
         self.topics.get(tag).cloned().unwrap_or(TopicSettings {
             partitions: 1,
             replication_factor: 1,
@@ -123,13 +123,13 @@ impl DiffSettings {
 
     /// The spec a queue of the graph is created with.
     pub fn queue_spec(&self, name: &str, tag: GcTag) -> QueueSpec {
-        let topic = self.topic(&tag);
+        let settings = self.queue_settings(&tag);
         QueueSpec {
             name: name.to_owned(),
             tag,
-            partitions: topic.partitions,
-            replication_factor: topic.replication_factor,
-            retention_ms: topic.retention_ms,
+            partitions: settings.partitions,
+            replication_factor: settings.replication_factor,
+            retention_ms: settings.retention_ms,
         }
     }
 }
@@ -309,7 +309,7 @@ impl DiffEngine {
         })
     }
 
-    /// Topic names for the new queues of a DAG, in order: each takes the first of its
+    /// Names for the new queues of a DAG, in order: each takes the first of its
     /// candidates (see `wire::topic_name`) that neither an earlier new queue of this DAG nor a
     /// recorded queue (owned or orphan) holds. The graph is asked once for every first choice,
     /// and again only for a node whose first choice turned out to be taken.
