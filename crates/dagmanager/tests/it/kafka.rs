@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use test_support::{KafkaBroker, assert_eventually, synthetic_dag};
 use tonic::Code;
 
-use crate::support::{spawn_app, temp_dir, test_settings};
+use std::sync::atomic::Ordering;
+
+use crate::support::{count_logs, spawn_app, temp_dir, test_settings};
 
 fn kafka_settings(dir: &std::path::Path, broker: &KafkaBroker) -> dagmanager::DagManagerSettings {
     let mut settings = test_settings(dir);
@@ -54,6 +56,45 @@ fn group_reader(bootstrap: &str, group: &str, topic: &str) -> rdkafka::consumer:
         .expect("a consumer");
     consumer.subscribe(&[topic]).expect("subscribed");
     consumer
+}
+
+/// Takes `count` records from `consumer`, within 20 seconds.
+async fn take(consumer: &rdkafka::consumer::BaseConsumer, count: usize) {
+    let mut taken = 0;
+    assert_eventually!(
+        {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                taken += 1;
+            }
+            taken >= count
+        },
+        Duration::from_secs(20),
+        "took {taken} of {count} records"
+    );
+}
+
+/// Whether consumer `group` has members, as the broker says.
+fn group_has_members(bootstrap: &str, group: &str) -> bool {
+    use rdkafka::consumer::Consumer as _;
+    let observer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "qmtl-test-observer")
+        .create()
+        .expect("a client");
+    observer
+        .fetch_group_list(Some(group), Duration::from_secs(5))
+        .expect("the group list")
+        .groups()
+        .iter()
+        .any(|g| g.name() == group && !g.members().is_empty())
+}
+
+/// Unix time now, in seconds, as `queue_lag_last_run_timestamp` has it.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
 }
 
 /// Partitions and `retention.ms` of a topic, as the broker has them.
@@ -323,18 +364,8 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
     )
     .await;
     let consumer = group_reader(&broker.bootstrap, "a-strategy", topic.as_str());
-    let take = |count: usize| {
-        let mut taken = 0;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while taken < count {
-            assert!(Instant::now() < deadline, "took {taken} of {count} records");
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
-                taken += 1;
-            }
-        }
-    };
     // Two consumed and committed, then the consumer pauses with three left.
-    take(2);
+    take(&consumer, 2).await;
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("committed");
@@ -376,7 +407,7 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
     }
 
     // Resumed: the rest consumed and committed.
-    take(3);
+    take(&consumer, 3).await;
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("committed");
@@ -395,13 +426,36 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
     );
     // The consumer leaves; records that arrive after it are nobody's lag.
     drop(consumer);
+    assert_eventually!(
+        !group_has_members(&broker.bootstrap, "a-strategy"),
+        Duration::from_secs(20),
+        "the consumer left its group"
+    );
     produce(
         &broker.bootstrap,
         &topic,
         (5..7).map(|i| format!("event {i}")),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // Two measurements end after the records arrived, so the second began after them.
+    let produced_at = unix_seconds();
+    let last_run = || async {
+        app.metrics()
+            .await
+            .value("queue_lag_last_run_timestamp", &[])
+            .unwrap_or(0.0)
+    };
+    assert_eventually!(
+        last_run().await > produced_at,
+        Duration::from_secs(20),
+        "a lag measurement ends after the records arrived"
+    );
+    let measured_at = last_run().await;
+    assert_eventually!(
+        last_run().await > measured_at,
+        Duration::from_secs(20),
+        "a lag measurement begins after the records arrived"
+    );
     assert_eq!(
         app.metrics().await.value("queue_lag_messages", &labels),
         Some(0.0),
@@ -426,6 +480,8 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
 
 #[tokio::test]
 async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears() {
+    // Logged by the readiness probe each time it finds the broker away.
+    let (probe_failures, _logs) = count_logs("The queue service is not healthy.");
     let broker = KafkaBroker::start();
     broker.stop();
     let (_dir, path) = temp_dir();
@@ -440,7 +496,11 @@ async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears()
         .await
         .expect("the service answers");
     assert_eq!(status, 200, "it started without the broker");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eventually!(
+        probe_failures.load(Ordering::SeqCst) > 0,
+        Duration::from_secs(20),
+        "the readiness probe finds the queue service unhealthy"
+    );
     assert_eq!(readyz().await, 503, "not ready without its broker");
     broker.resume();
     assert_eventually!(
@@ -470,13 +530,7 @@ async fn the_standalone_exporter_measures_lag_itself_even_when_the_dag_manager_i
         .expect("a topic");
     produce(&broker.bootstrap, "exported", (0..3).map(|i| i.to_string())).await;
     let consumer = group_reader(&broker.bootstrap, "exported-reader", "exported");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "no record read");
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
-            break;
-        }
-    }
+    take(&consumer, 1).await;
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("committed");
