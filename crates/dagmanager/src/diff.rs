@@ -382,6 +382,10 @@ impl DiffEngine {
             .collect())
     }
 
+    /// Parses the DAG and places it in its context; then, under the write lock, plans reuse,
+    /// checks compute-key isolation, names and creates the new queues, decides the sentinel and
+    /// stages the changes. Parsing runs before the lock and the durable commit after it
+    /// ([`DiffEngine::settle`]), so concurrent diffs overlap there.
     async fn run(&self, input: DiffInput, started: Instant) -> Result<StagedDiff, DiffError> {
         if input.strategy_id.trim().is_empty() {
             return Err(DiffError::MissingStrategyId);
