@@ -6,12 +6,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use std::time::{Duration, Instant};
-use test_support::{KafkaBroker, assert_eventually, synthetic_dag};
+use test_support::{Exposition, KafkaBroker, assert_eventually, synthetic_dag};
 use tonic::Code;
 
 use std::sync::atomic::Ordering;
 
-use crate::support::{count_logs, spawn_app, temp_dir, test_settings};
+use crate::support::{TestApp, count_logs, spawn_app, temp_dir, test_settings};
 
 fn kafka_settings(dir: &std::path::Path, broker: &KafkaBroker) -> dagmanager::DagManagerSettings {
     let mut settings = test_settings(dir);
@@ -389,22 +389,7 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         Duration::from_secs(15),
         "the age of the oldest unconsumed record grows while the consumer is paused"
     );
-    let metrics = app.metrics().await;
-    assert_eq!(
-        metrics.value("queue_lag_threshold_seconds", &labels),
-        Some(30.0)
-    );
-    for family in [
-        "queue_lag_seconds",
-        "queue_lag_messages",
-        "queue_lag_threshold_seconds",
-    ] {
-        assert_eq!(
-            metrics.label_names(family),
-            Some(vec!["topic".to_owned()]),
-            "{family}"
-        );
-    }
+    assert_lag_series_of(&app.metrics().await, &labels, 30.0);
 
     // Resumed: the rest consumed and committed.
     take(&consumer, 3).await;
@@ -437,8 +422,20 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         (5..7).map(|i| format!("event {i}")),
     )
     .await;
-    // Two measurements end after the records arrived, so the second began after them.
-    let produced_at = unix_seconds();
+    // A measurement that began after the records arrived had them to count.
+    lag_measured_since(&app, unix_seconds()).await;
+    assert_eq!(
+        app.metrics().await.value("queue_lag_messages", &labels),
+        Some(0.0),
+        "a group with no members is not a reader"
+    );
+    assert_the_kafka_families_are_exposed(&app).await;
+    app.stop().await;
+}
+
+/// Waits until a lag measurement that began after `since` (unix seconds) has ended: two end
+/// after it, and the second began once the first had ended.
+async fn lag_measured_since(app: &TestApp, since: f64) {
     let last_run = || async {
         app.metrics()
             .await
@@ -446,22 +443,39 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
             .unwrap_or(0.0)
     };
     assert_eventually!(
-        last_run().await > produced_at,
+        last_run().await > since,
         Duration::from_secs(20),
-        "a lag measurement ends after the records arrived"
+        "a lag measurement ends after {since}"
     );
     let measured_at = last_run().await;
     assert_eventually!(
         last_run().await > measured_at,
         Duration::from_secs(20),
-        "a lag measurement begins after the records arrived"
+        "a lag measurement begins after {since}"
     );
+}
+
+/// A queue's lag threshold is exposed beside its lag, every lag series labelled by topic only.
+fn assert_lag_series_of(metrics: &Exposition, labels: &[(&str, &str)], threshold: f64) {
     assert_eq!(
-        app.metrics().await.value("queue_lag_messages", &labels),
-        Some(0.0),
-        "a group with no members is not a reader"
+        metrics.value("queue_lag_threshold_seconds", labels),
+        Some(threshold)
     );
-    // With a broker, the Kafka families of the catalogue are there too, and promtool agrees.
+    for family in [
+        "queue_lag_seconds",
+        "queue_lag_messages",
+        "queue_lag_threshold_seconds",
+    ] {
+        assert_eq!(
+            metrics.label_names(family),
+            Some(vec!["topic".to_owned()]),
+            "{family}"
+        );
+    }
+}
+
+/// With a broker, the Kafka families of the catalogue are there too, and promtool agrees.
+async fn assert_the_kafka_families_are_exposed(app: &TestApp) {
     let topic_label = &["topic"][..];
     test_support::assert_catalogue(
         &app.metrics().await,
@@ -475,7 +489,6 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         ],
     );
     test_support::assert_promtool_clean(&app.metrics_text().await);
-    app.stop().await;
 }
 
 #[tokio::test]
