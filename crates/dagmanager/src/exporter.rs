@@ -12,14 +12,14 @@ use kit::http::{BaseUrl, Client, ClientError, Url, UrlError};
 use kit::metrics::{BucketError, MetricsRegistry};
 use kit::shutdown::Shutdown;
 use metrics::{Counter, Gauge};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 
 use crate::metrics::{
     DAGMANAGER_SCRAPE_DURATION_SECONDS, DAGMANAGER_SCRAPE_FAILURES_TOTAL, DAGMANAGER_UP,
     QUEUE_LAG_PREFIX, describe_exporter,
 };
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 /// Where the DAG Manager is and how long a look at it may take.
 #[derive(Debug, Clone)]
