@@ -64,11 +64,7 @@ async fn report(name: &str, mut samples: Vec<Duration>, metrics_url: &str, befor
     );
 }
 
-async fn diff(
-    client: &mut DiffServiceClient<tonic::transport::Channel>,
-    strategy_id: &str,
-    dag_json: &str,
-) -> Duration {
+async fn diff(client: &mut Client, strategy_id: &str, dag_json: &str) -> Duration {
     let started = Instant::now();
     let collected = collect_diff(
         client,
@@ -86,6 +82,82 @@ async fn diff(
     let elapsed = started.elapsed();
     assert!(!collected.queue_map.is_empty());
     elapsed
+}
+
+type Client = DiffServiceClient<tonic::transport::Channel>;
+
+/// Fresh DAGs: every queue created and persisted.
+async fn fresh_diffs(client: &mut Client, metrics_url: &str) {
+    for (nodes, count) in [(1000, 100), (5000, 20)] {
+        let name = format!("fresh {nodes}-node diff");
+        if !wanted(&name) {
+            continue;
+        }
+        let before = server_time(metrics_url).await;
+        let mut samples = Vec::new();
+        for i in 0..count {
+            let strategy = format!("fresh{nodes}-{i}");
+            let dag = synthetic_dag(nodes, &strategy).to_string();
+            samples.push(diff(client, &strategy, &dag).await);
+        }
+        report(&name, samples, metrics_url, before).await;
+    }
+}
+
+/// The same text `count` times (served by the parse cache), every queue reused.
+async fn repeated_diffs(
+    client: &mut Client,
+    metrics_url: &str,
+    name: &str,
+    strategy: &str,
+    dag: &str,
+    count: usize,
+) {
+    if !wanted(name) {
+        return;
+    }
+    let before = server_time(metrics_url).await;
+    let mut samples = Vec::new();
+    for _ in 0..count {
+        samples.push(diff(client, strategy, dag).await);
+    }
+    report(name, samples, metrics_url, before).await;
+}
+
+/// The same nodes in a text the parse cache has not seen: every check runs again.
+async fn repeated_diffs_new_text(
+    client: &mut Client,
+    metrics_url: &str,
+    name: &str,
+    strategy: &str,
+    nodes: usize,
+    count: usize,
+) {
+    if !wanted(name) {
+        return;
+    }
+    let before = server_time(metrics_url).await;
+    let mut dag = synthetic_dag(nodes, strategy);
+    let mut samples = Vec::new();
+    for i in 0..count {
+        dag["meta"]["submission"] = serde_json::json!(i);
+        samples.push(diff(client, strategy, &dag.to_string()).await);
+    }
+    report(name, samples, metrics_url, before).await;
+}
+
+/// A known DAG under a new strategy each time: every queue reused, the sentinel written.
+async fn new_strategies(client: &mut Client, metrics_url: &str, dag: &str) {
+    let name = "1000 nodes reused, new strategy";
+    if !wanted(name) {
+        return;
+    }
+    let before = server_time(metrics_url).await;
+    let mut samples = Vec::new();
+    for i in 0..300 {
+        samples.push(diff(client, &format!("new-strategy-{i}"), dag).await);
+    }
+    report(name, samples, metrics_url, before).await;
 }
 
 fn main() {
@@ -109,93 +181,24 @@ fn main() {
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let channel = dagclient::connect(&address).await.expect("connect");
         let mut client = DiffServiceClient::new(channel);
+        let client = &mut client;
+        let metrics_url = metrics_url.as_str();
 
-        for (nodes, count) in [(1000, 100), (5000, 20)] {
-            let name = format!("fresh {nodes}-node diff");
-            if !wanted(&name) {
-                continue;
-            }
-            let before = server_time(&metrics_url).await;
-            let mut samples = Vec::new();
-            for i in 0..count {
-                let strategy = format!("fresh{nodes}-{i}");
-                let dag = synthetic_dag(nodes, &strategy).to_string();
-                samples.push(diff(&mut client, &strategy, &dag).await);
-            }
-            report(&name, samples, &metrics_url, before).await;
-        }
-
+        fresh_diffs(client, metrics_url).await;
+        // Each repeated DAG is diffed once first (whatever the filter: later cases reuse it).
         let dag_1000 = synthetic_dag(1000, "repeat-1000").to_string();
-        diff(&mut client, "repeat-1000", &dag_1000).await;
-        if wanted("repeated 1000-node diff") {
-            let before = server_time(&metrics_url).await;
-            let mut samples = Vec::new();
-            for _ in 0..300 {
-                samples.push(diff(&mut client, "repeat-1000", &dag_1000).await);
-            }
-            report("repeated 1000-node diff", samples, &metrics_url, before).await;
-        }
-
+        diff(client, "repeat-1000", &dag_1000).await;
+        let name = "repeated 1000-node diff";
+        repeated_diffs(client, metrics_url, name, "repeat-1000", &dag_1000, 300).await;
         let dag_100 = synthetic_dag(100, "repeat-100").to_string();
-        diff(&mut client, "repeat-100", &dag_100).await;
-        if wanted("repeated 100-node diff") {
-            let before = server_time(&metrics_url).await;
-            let mut samples = Vec::new();
-            for _ in 0..1000 {
-                samples.push(diff(&mut client, "repeat-100", &dag_100).await);
-            }
-            report("repeated 100-node diff", samples, &metrics_url, before).await;
-        }
-
-        // The same nodes in a text the parse cache has not seen: every check runs again.
-        if wanted("repeated 1000-node diff, new text") {
-            let before = server_time(&metrics_url).await;
-            let mut dag = synthetic_dag(1000, "repeat-1000");
-            let mut samples = Vec::new();
-            for i in 0..300 {
-                dag["meta"]["submission"] = serde_json::json!(i);
-                samples.push(diff(&mut client, "repeat-1000", &dag.to_string()).await);
-            }
-            report(
-                "repeated 1000-node diff, new text",
-                samples,
-                &metrics_url,
-                before,
-            )
-            .await;
-        }
-
-        if wanted("repeated 100-node diff, new text") {
-            let before = server_time(&metrics_url).await;
-            let mut dag = synthetic_dag(100, "repeat-100");
-            let mut samples = Vec::new();
-            for i in 0..1000 {
-                dag["meta"]["submission"] = serde_json::json!(i);
-                samples.push(diff(&mut client, "repeat-100", &dag.to_string()).await);
-            }
-            report(
-                "repeated 100-node diff, new text",
-                samples,
-                &metrics_url,
-                before,
-            )
-            .await;
-        }
-
-        if wanted("1000 nodes reused, new strategy") {
-            let before = server_time(&metrics_url).await;
-            let mut samples = Vec::new();
-            for i in 0..300 {
-                samples.push(diff(&mut client, &format!("new-strategy-{i}"), &dag_1000).await);
-            }
-            report(
-                "1000 nodes reused, new strategy",
-                samples,
-                &metrics_url,
-                before,
-            )
-            .await;
-        }
+        diff(client, "repeat-100", &dag_100).await;
+        let name = "repeated 100-node diff";
+        repeated_diffs(client, metrics_url, name, "repeat-100", &dag_100, 1000).await;
+        let name = "repeated 1000-node diff, new text";
+        repeated_diffs_new_text(client, metrics_url, name, "repeat-1000", 1000, 300).await;
+        let name = "repeated 100-node diff, new text";
+        repeated_diffs_new_text(client, metrics_url, name, "repeat-100", 100, 1000).await;
+        new_strategies(client, metrics_url, &dag_1000).await;
 
         shutdown.trigger();
         let _ = server.await;

@@ -3,6 +3,7 @@
 
 use kit::clock::{Clock, SystemClock};
 use kit::metrics::{Readiness, admin_router};
+use kit::probe::HealthProbe;
 use kit::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -163,50 +164,8 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), RunError> {
         let readiness = Readiness::default();
         let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
-        let max_message = self
-            .settings
-            .max_dag_bytes
-            .saturating_mul(2)
-            .saturating_add(1 << 20);
-        let stream = StreamSettings {
-            chunk_size: self.settings.chunk_size,
-            ack_window: self.settings.ack_window,
-            ack_timeout: Duration::from_millis(self.settings.ack_timeout_ms),
-            ack_retries: self.settings.ack_retries,
-        };
-        let diff = DiffServer {
-            engine: self.engine.clone(),
-            acks: Arc::new(AckRegistry::default()),
-            stream,
-        };
-        let grpc = tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .add_service(
-                proto::diff_service_server::DiffServiceServer::new(diff)
-                    .max_decoding_message_size(max_message),
-            )
-            .add_service(proto::tag_query_server::TagQueryServer::new(
-                TagQueryServer {
-                    store: self.store.clone(),
-                },
-            ))
-            .add_service(
-                proto::admin_service_server::AdminServiceServer::new(AdminServer {
-                    engine: self.engine.clone(),
-                    store: self.store.clone(),
-                    queues: self.queues.clone(),
-                    gc: self.gc.clone(),
-                })
-                .max_decoding_message_size(max_message),
-            )
-            .add_service(proto::health_check_server::HealthCheckServer::new(
-                HealthServer {
-                    store: self.store.clone(),
-                    shutdown: shutdown.clone(),
-                },
-            ))
+        let grpc = self
+            .grpc_router(&shutdown)
             .serve_with_incoming_shutdown(no_delay(self.grpc_listener), shutdown.triggered());
 
         let engine = self.engine.clone();
@@ -262,6 +221,54 @@ impl App {
         let _ = probe_task.await;
         result
     }
+
+    /// The four gRPC services on one server, with windows and frames sized for large DAGs.
+    fn grpc_router(&self, shutdown: &Shutdown) -> tonic::transport::server::Router {
+        let max_message = self
+            .settings
+            .max_dag_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        let stream = StreamSettings {
+            chunk_size: self.settings.chunk_size,
+            ack_window: self.settings.ack_window,
+            ack_timeout: Duration::from_millis(self.settings.ack_timeout_ms),
+            ack_retries: self.settings.ack_retries,
+        };
+        let diff = DiffServer {
+            engine: self.engine.clone(),
+            acks: Arc::new(AckRegistry::default()),
+            stream,
+        };
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .add_service(
+                proto::diff_service_server::DiffServiceServer::new(diff)
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(proto::tag_query_server::TagQueryServer::new(
+                TagQueryServer {
+                    store: self.store.clone(),
+                },
+            ))
+            .add_service(
+                proto::admin_service_server::AdminServiceServer::new(AdminServer {
+                    engine: self.engine.clone(),
+                    store: self.store.clone(),
+                    queues: self.queues.clone(),
+                    gc: self.gc.clone(),
+                })
+                .max_decoding_message_size(max_message),
+            )
+            .add_service(proto::health_check_server::HealthCheckServer::new(
+                HealthServer {
+                    store: self.store.clone(),
+                    shutdown: shutdown.clone(),
+                },
+            ))
+    }
 }
 
 /// Re-creates every queue the graph names that the queue registry lacks: the registry records
@@ -312,39 +319,39 @@ fn no_delay(
     })
 }
 
-/// Marks the service ready while its graph store and queue admin answer.
+/// How often readiness is checked (and an open queue breaker probed).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Marks the service ready while its graph store and queue admin answer. A healthy queue admin
+/// closes its breaker whatever the store answers: the breaker guards the queue service only.
 async fn readiness_probe(
     store: Arc<dyn GraphStore>,
     queues: Arc<dyn QueueAdmin>,
     readiness: Readiness,
     shutdown: Shutdown,
 ) {
-    let stop = shutdown.triggered();
-    tokio::pin!(stop);
-    loop {
-        let queues_ok = match queues.health().await {
-            Ok(()) => {
-                // A healthy probe, outside the breaker, closes it.
-                if let Some(breaker) = queues.breaker()
-                    && breaker.is_open()
-                {
-                    breaker.reset();
-                }
-                true
-            }
-            Err(error) => {
-                tracing::debug!(%error, "The queue service is not healthy.");
-                false
-            }
-        };
-        let ready = store.health().await.is_ok() && queues_ok;
-        if readiness.is_ready() != ready {
-            tracing::info!(ready, "Readiness changed.");
-        }
-        readiness.set(ready);
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
+    let mut probe = HealthProbe::every(PROBE_INTERVAL);
+    if let Some(breaker) = queues.breaker() {
+        probe = probe.closing(breaker.clone());
     }
+    probe
+        .run(shutdown, move || {
+            let (store, queues, readiness) = (store.clone(), queues.clone(), readiness.clone());
+            async move {
+                let queues_ok = match queues.health().await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::debug!(%error, "The queue service is not healthy.");
+                        false
+                    }
+                };
+                let ready = store.health().await.is_ok() && queues_ok;
+                if readiness.is_ready() != ready {
+                    tracing::info!(ready, "Readiness changed.");
+                }
+                readiness.set(ready);
+                queues_ok
+            }
+        })
+        .await;
 }

@@ -17,10 +17,12 @@ use wire::{
 };
 
 use crate::metrics::DagManagerMetrics;
-use crate::parse_cache::ParseCache;
+use crate::parse_cache::{CheckedDag, ParseCache};
 use crate::queues::{GcTag, QueueAdmin, QueueAdminError, QueueSpec};
 use crate::settings::{DagManagerSettings, TopicSettings};
-use crate::store::{GraphChanges, GraphStore, NodeRecord, QueueRecord, SentinelRecord, StoreError};
+use crate::store::{
+    GraphChanges, GraphStore, NodeRecord, QueueRecord, SentinelRecord, StoreError, StoredNode,
+};
 
 /// A new queue of a DAG being diffed, before it is named.
 struct Unnamed<'a> {
@@ -49,7 +51,7 @@ pub struct DiffOutcome {
     pub sentinel_id: String,
     pub version: String,
     pub crc32: u32,
-    /// (partition key, topic) in topological order.
+    /// (partition key, queue) in topological order.
     pub queue_map: Vec<(String, String)>,
     pub buffer_nodes: Vec<BufferInstruction>,
     pub new_nodes: usize,
@@ -111,7 +113,7 @@ pub struct DiffSettings {
 
 impl DiffSettings {
     /// How queues of a GC tag are created (a tag with no settings: 1 partition, 7 days).
-    pub fn topic(&self, tag: &str) -> TopicSettings {
+    pub fn queue_settings(&self, tag: &str) -> TopicSettings {
         self.topics.get(tag).cloned().unwrap_or(TopicSettings {
             partitions: 1,
             replication_factor: 1,
@@ -121,13 +123,13 @@ impl DiffSettings {
 
     /// The spec a queue of the graph is created with.
     pub fn queue_spec(&self, name: &str, tag: GcTag) -> QueueSpec {
-        let topic = self.topic(&tag);
+        let settings = self.queue_settings(&tag);
         QueueSpec {
             name: name.to_owned(),
             tag,
-            partitions: topic.partitions,
-            replication_factor: topic.replication_factor,
-            retention_ms: topic.retention_ms,
+            partitions: settings.partitions,
+            replication_factor: settings.replication_factor,
+            retention_ms: settings.retention_ms,
         }
     }
 }
@@ -307,7 +309,7 @@ impl DiffEngine {
         })
     }
 
-    /// Topic names for the new queues of a DAG, in order: each takes the first of its
+    /// Names for the new queues of a DAG, in order: each takes the first of its
     /// candidates (see `wire::topic_name`) that neither an earlier new queue of this DAG nor a
     /// recorded queue (owned or orphan) holds. The graph is asked once for every first choice,
     /// and again only for a node whose first choice turned out to be taken.
@@ -380,6 +382,10 @@ impl DiffEngine {
             .collect())
     }
 
+    /// Parses the DAG and places it in its context; then, under the write lock, plans reuse,
+    /// checks compute-key isolation, names and creates the new queues, decides the sentinel and
+    /// stages the changes. Parsing runs before the lock and the durable commit after it
+    /// ([`DiffEngine::settle`]), so concurrent diffs overlap there.
     async fn run(&self, input: DiffInput, started: Instant) -> Result<StagedDiff, DiffError> {
         if input.strategy_id.trim().is_empty() {
             return Err(DiffError::MissingStrategyId);
@@ -391,17 +397,7 @@ impl DiffEngine {
         let (dag, order) = (&checked.dag, &checked.order);
         let context = Self::resolve_context(dag.declared_context(), input.context)?;
         let version = dag.version();
-        let namespace = if self.settings.topic_namespace && context.applies() {
-            Some(
-                dag.declared_namespace()
-                    .unwrap_or_else(|| TopicNamespace::WorldDomain {
-                        world: context.world_id.clone(),
-                        domain: context.execution_domain.clone(),
-                    }),
-            )
-        } else {
-            None
-        };
+        let namespace = self.namespace(dag, &context);
         let namespace_key = namespace
             .as_ref()
             .map(TopicNamespace::prefix)
@@ -416,127 +412,108 @@ impl DiffEngine {
         let begun = self.store.begin().await?;
         let stored = self.store.nodes(&node_ids, &namespace_key).await?;
         let now = self.clock.unix_seconds();
-        let mut changes = GraphChanges {
-            nodes: Vec::with_capacity(order.len()),
-            queues: Vec::with_capacity(order.len()),
-            sentinel: None,
-        };
-        let mut unnamed: Vec<Unnamed> = Vec::with_capacity(order.len());
-        let mut queue_map = Vec::with_capacity(order.len());
-        let mut buffer_nodes = Vec::new();
-        let mut violations: Vec<(String, String, String)> = Vec::new();
-        let (mut new_nodes, mut reused_nodes) = (0usize, 0usize);
-
         let partition_keys = checked.partition_keys(context.applies().then_some(&context));
-        for (position, &i) in order.iter().enumerate() {
-            let node = &dag.nodes[i];
-            let compute_key = context
-                .applies()
-                .then(|| queue_compute_key(&partition_keys[position]));
-            let key = partition_keys[position].clone();
-            let existing = stored[position].as_ref();
-            match existing {
-                Some(found) => {
-                    reused_nodes += 1;
-                    if found.node.schema_hash != node.schema_hash {
-                        buffer_nodes.push(BufferInstruction {
-                            node_id: node.node_id.clone(),
-                            node_type: node.node_type().to_owned(),
-                            code_hash: node.fields.code_hash.clone(),
-                            schema_hash: node.schema_hash.clone(),
-                            interval: node.fields.interval,
-                            period: i32::try_from(node.fields.period).unwrap_or(i32::MAX),
-                            tags: node.tags.clone(),
-                            lag: i32::try_from(node.fields.period).unwrap_or(i32::MAX),
-                            schema_compat_id: node.fields.schema_compat_id.clone(),
-                        });
-                        changes.nodes.push(NodeRecord {
-                            schema_hash: node.schema_hash.clone(),
-                            buffering_since: found.node.buffering_since.or(Some(now)),
-                            ..NodeRecord::clone(&found.node)
-                        });
-                    }
-                }
-                None => {
-                    new_nodes += 1;
-                    changes.nodes.push(NodeRecord {
-                        node_id: node.node_id.clone(),
-                        node_type: node.node_type().to_owned(),
-                        code_hash: node.fields.code_hash.clone(),
-                        schema_hash: node.schema_hash.clone(),
-                        schema_compat_id: node.fields.schema_compat_id.clone(),
-                        interval: node.fields.interval,
-                        period: node.fields.period,
-                        tags: node.tags.clone(),
-                        created_at: now,
-                        buffering_since: None,
-                    });
-                }
-            }
-            match existing.and_then(|found| found.queue.as_ref()) {
-                Some(queue) => {
-                    if let Some(compute_key) = compute_key {
-                        if queue.compute_keys.is_empty() {
-                            changes.queues.push(QueueRecord {
-                                compute_keys: vec![compute_key.to_owned()],
-                                ..QueueRecord::clone(queue)
-                            });
-                        } else if !queue.compute_keys.iter().any(|k| k == compute_key) {
-                            violations.push((
-                                node.node_id.clone(),
-                                queue.name.clone(),
-                                compute_key.to_owned(),
-                            ));
-                        }
-                    }
-                    queue_map.push((key, queue.name.clone()));
-                }
-                None => {
-                    // Named below, once every new queue of this DAG is known.
-                    unnamed.push(Unnamed {
-                        slot: queue_map.len(),
-                        node: i,
-                        compute_key,
-                    });
-                    queue_map.push((key, String::new()));
-                }
-            }
-        }
-
-        if let Some((node_id, queue, compute_key)) = violations.first().cloned() {
-            for (node_id, _, _) in &violations {
-                self.metrics.cross_context_cache_hit(
-                    node_id,
-                    &context.world_id,
-                    &context.execution_domain,
-                    &context.as_of,
-                    &context.partition,
-                );
-            }
-            return Err(DiffError::CrossContext {
-                node_id,
-                queue,
-                compute_key,
-                others: violations.len() - 1,
-            });
-        }
-
+        let mut plan = Plan::reuse(dag, order, &stored, &partition_keys, context.applies(), now);
+        self.check_isolation(&plan.violations, &context)?;
         let names = self
-            .name_new_queues(&unnamed, dag, &version, namespace.as_ref())
+            .name_new_queues(&plan.unnamed, dag, &version, namespace.as_ref())
             .await?;
-        let mut new_specs: Vec<QueueSpec> = Vec::with_capacity(unnamed.len());
+        let specs = self.record_new_queues(&mut plan, names, dag, &namespace_key, now);
+        self.create_queues(specs, now).await?;
+        plan.changes.sentinel = self
+            .sentinel_change(&checked, &input.strategy_id, &sentinel_id, &version, now)
+            .await?;
+        let wrote = !plan.changes.is_empty();
+        let staged = self.store.stage(plan.changes, announced).await?;
+        drop(write);
+
+        let commit = PendingCommit {
+            // Others may plan on what this diff staged while it is committed (and share the
+            // commit); the diff is done when everything it read or wrote is on disk.
+            mark: begun.covering(staged),
+            wrote,
+            sentinel_gap: dag.sentinel.is_some() && plan.new_nodes == 0,
+            started,
+            strategy_id: input.strategy_id,
+            new_nodes: plan.new_nodes,
+            reused_nodes: plan.reused_nodes,
+        };
+        Ok(StagedDiff {
+            outcome: DiffOutcome {
+                sentinel_id,
+                version,
+                crc32: dag.crc32(),
+                queue_map: plan.queue_map,
+                buffer_nodes: plan.buffer_nodes,
+                new_nodes: plan.new_nodes,
+                reused_nodes: plan.reused_nodes,
+            },
+            commit,
+        })
+    }
+
+    /// The namespace of the DAG's queues: with `topic_namespace` on and a world in the context,
+    /// the one the DAG declares, else `{world}.{domain}`.
+    fn namespace(&self, dag: &wire::Dag, context: &ComputeContext) -> Option<TopicNamespace> {
+        (self.settings.topic_namespace && context.applies()).then(|| {
+            dag.declared_namespace()
+                .unwrap_or_else(|| TopicNamespace::WorldDomain {
+                    world: context.world_id.clone(),
+                    domain: context.execution_domain.clone(),
+                })
+        })
+    }
+
+    /// Fails the diff when it reuses a queue under a compute key the queue is not bound to,
+    /// counting every such node.
+    fn check_isolation(
+        &self,
+        violations: &[(String, String, String)],
+        context: &ComputeContext,
+    ) -> Result<(), DiffError> {
+        let Some((node_id, queue, compute_key)) = violations.first().cloned() else {
+            return Ok(());
+        };
+        for (node_id, _, _) in violations {
+            self.metrics.cross_context_cache_hit(
+                node_id,
+                &context.world_id,
+                &context.execution_domain,
+                &context.as_of,
+                &context.partition,
+            );
+        }
+        Err(DiffError::CrossContext {
+            node_id,
+            queue,
+            compute_key,
+            others: violations.len() - 1,
+        })
+    }
+
+    /// Gives the new queues their `names` (in order of `plan.unnamed`): in the queue map and in
+    /// the queue records to stage. Returns the specs to create them with.
+    fn record_new_queues(
+        &self,
+        plan: &mut Plan<'_>,
+        names: Vec<String>,
+        dag: &wire::Dag,
+        namespace_key: &str,
+        now: f64,
+    ) -> Vec<QueueSpec> {
+        let mut new_specs: Vec<QueueSpec> = Vec::with_capacity(plan.unnamed.len());
         // A DAG's nodes share a few types: each type's GC tag is worked out once.
         let mut tags_by_type: HashMap<&str, &'static str> = HashMap::default();
-        for (new, name) in unnamed.iter().zip(names) {
+        for (new, name) in plan.unnamed.iter().zip(names) {
             let node = &dag.nodes[new.node];
             let tag = *tags_by_type
                 .entry(node.node_type())
                 .or_insert_with(|| TopicKind::of_node_type(node.node_type()).as_str());
             new_specs.push(self.settings.queue_spec(&name, GcTag::Borrowed(tag)));
-            changes.queues.push(QueueRecord {
+            plan.changes.queues.push(QueueRecord {
                 name: name.clone(),
                 node_id: Some(node.node_id.clone()),
-                namespace: namespace_key.clone(),
+                namespace: namespace_key.to_owned(),
                 tag: GcTag::Borrowed(tag),
                 interval: node.fields.interval,
                 tags: node.tags.clone(),
@@ -544,72 +521,191 @@ impl DiffEngine {
                 compute_keys: new.compute_key.iter().map(|k| (*k).to_owned()).collect(),
                 orphaned_at: None,
             });
-            queue_map[new.slot].1 = name;
+            plan.queue_map[new.slot].1 = name;
         }
+        new_specs
+    }
 
-        let creating = new_specs.len();
-        if creating > 0
-            && let Err(error) = self
-                .queues
-                .create_queues(new_specs, now)
-                .instrument(tracing::info_span!(
-                    "dagmanager.topic_create",
-                    queues = creating
-                ))
-                .await
-        {
-            self.metrics
-                .queue_create_error_total
-                .increment(creating as u64);
-            return Err(DiffError::QueueCreate(error));
+    /// Creates the new queues (before the graph names them), counting a failure once per queue.
+    async fn create_queues(&self, specs: Vec<QueueSpec>, now: f64) -> Result<(), DiffError> {
+        let creating = specs.len();
+        if creating == 0 {
+            return Ok(());
         }
+        self.queues
+            .create_queues(specs, now)
+            .instrument(tracing::info_span!(
+                "dagmanager.topic_create",
+                queues = creating
+            ))
+            .await
+            .map_err(|error| {
+                self.metrics
+                    .queue_create_error_total
+                    .increment(creating as u64);
+                DiffError::QueueCreate(error)
+            })
+    }
 
-        let nodes_digest = checked.nodes_digest.clone();
+    /// The strategy's sentinel record to stage, or `None` when the stored one already has this
+    /// version, weight and set of nodes.
+    async fn sentinel_change(
+        &self,
+        checked: &CheckedDag,
+        strategy_id: &str,
+        sentinel_id: &str,
+        version: &str,
+        now: f64,
+    ) -> Result<Option<SentinelRecord>, StoreError> {
+        let dag = &checked.dag;
         let weight = dag.sentinel.as_ref().and_then(|s| s.weight);
-        let unchanged = self.store.sentinel(&sentinel_id).await?.is_some_and(|old| {
-            old.version == version && old.weight == weight && old.nodes_digest == nodes_digest
+        let unchanged = self.store.sentinel(sentinel_id).await?.is_some_and(|old| {
+            old.version == version
+                && old.weight == weight
+                && old.nodes_digest == checked.nodes_digest
         });
-        if !unchanged {
-            changes.sentinel = Some(SentinelRecord {
-                sentinel_id: sentinel_id.clone(),
-                strategy_id: input.strategy_id.clone(),
-                version: version.clone(),
-                weight,
-                node_ids: checked
-                    .by_id
-                    .iter()
-                    .map(|&i| dag.nodes[i].node_id.clone())
-                    .collect(),
-                nodes_digest,
-                updated_at: now,
+        Ok((!unchanged).then(|| SentinelRecord {
+            sentinel_id: sentinel_id.to_owned(),
+            strategy_id: strategy_id.to_owned(),
+            version: version.to_owned(),
+            weight,
+            node_ids: checked
+                .by_id
+                .iter()
+                .map(|&i| dag.nodes[i].node_id.clone())
+                .collect(),
+            nodes_digest: checked.nodes_digest.clone(),
+            updated_at: now,
+        }))
+    }
+}
+
+/// What a diff plans from the stored graph, under the write lock: the changes to stage, the
+/// answer's queue map (new queues still unnamed) and buffer instructions, and every reuse that
+/// would cross compute contexts.
+struct Plan<'a> {
+    changes: GraphChanges,
+    unnamed: Vec<Unnamed<'a>>,
+    /// (partition key, queue) in topological order; a new queue's name is empty until named.
+    queue_map: Vec<(String, String)>,
+    buffer_nodes: Vec<BufferInstruction>,
+    /// (node id, queue, compute key) of each queue reused under a compute key it is not bound to.
+    violations: Vec<(String, String, String)>,
+    new_nodes: usize,
+    reused_nodes: usize,
+}
+
+impl<'a> Plan<'a> {
+    /// Plans reuse for the DAG's nodes in topological `order`: `stored[position]` is what the
+    /// graph holds for the node at `position`, `partition_keys[position]` its queue map key.
+    fn reuse(
+        dag: &wire::Dag,
+        order: &[usize],
+        stored: &[Option<StoredNode>],
+        partition_keys: &'a [String],
+        compute_keys_apply: bool,
+        now: f64,
+    ) -> Plan<'a> {
+        let mut plan = Plan {
+            changes: GraphChanges {
+                nodes: Vec::with_capacity(order.len()),
+                queues: Vec::with_capacity(order.len()),
+                sentinel: None,
+            },
+            unnamed: Vec::with_capacity(order.len()),
+            queue_map: Vec::with_capacity(order.len()),
+            buffer_nodes: Vec::new(),
+            violations: Vec::new(),
+            new_nodes: 0,
+            reused_nodes: 0,
+        };
+        for (position, &i) in order.iter().enumerate() {
+            let node = &dag.nodes[i];
+            let compute_key =
+                compute_keys_apply.then(|| queue_compute_key(&partition_keys[position]));
+            let key = partition_keys[position].clone();
+            let existing = stored[position].as_ref();
+            plan.node(node, existing, now);
+            plan.queue(i, node, existing, key, compute_key);
+        }
+        plan
+    }
+
+    /// A new node is recorded; a reused one is recorded again (buffering) only when its schema
+    /// changed.
+    fn node(&mut self, node: &wire::Node, existing: Option<&StoredNode>, now: f64) {
+        let Some(found) = existing else {
+            self.new_nodes += 1;
+            self.changes.nodes.push(NodeRecord {
+                node_id: node.node_id.clone(),
+                node_type: node.node_type().to_owned(),
+                code_hash: node.fields.code_hash.clone(),
+                schema_hash: node.schema_hash.clone(),
+                schema_compat_id: node.fields.schema_compat_id.clone(),
+                interval: node.fields.interval,
+                period: node.fields.period,
+                tags: node.tags.clone(),
+                created_at: now,
+                buffering_since: None,
+            });
+            return;
+        };
+        self.reused_nodes += 1;
+        if found.node.schema_hash != node.schema_hash {
+            self.buffer_nodes.push(BufferInstruction {
+                node_id: node.node_id.clone(),
+                node_type: node.node_type().to_owned(),
+                code_hash: node.fields.code_hash.clone(),
+                schema_hash: node.schema_hash.clone(),
+                interval: node.fields.interval,
+                period: i32::try_from(node.fields.period).unwrap_or(i32::MAX),
+                tags: node.tags.clone(),
+                lag: i32::try_from(node.fields.period).unwrap_or(i32::MAX),
+                schema_compat_id: node.fields.schema_compat_id.clone(),
+            });
+            self.changes.nodes.push(NodeRecord {
+                schema_hash: node.schema_hash.clone(),
+                buffering_since: found.node.buffering_since.or(Some(now)),
+                ..NodeRecord::clone(&found.node)
             });
         }
-        let wrote = !changes.is_empty();
-        let staged = self.store.stage(changes, announced).await?;
-        drop(write);
-        let commit = PendingCommit {
-            // Others may plan on what this diff staged while it is committed (and share the
-            // commit); the diff is done when everything it read or wrote is on disk.
-            mark: begun.covering(staged),
-            wrote,
-            sentinel_gap: dag.sentinel.is_some() && new_nodes == 0,
-            started,
-            strategy_id: input.strategy_id,
-            new_nodes,
-            reused_nodes,
+    }
+
+    /// A stored queue is reused (bound to the compute key if it had none, or noted as a
+    /// violation if bound to others); a node without one gets a queue named later.
+    fn queue(
+        &mut self,
+        node_index: usize,
+        node: &wire::Node,
+        existing: Option<&StoredNode>,
+        key: String,
+        compute_key: Option<&'a str>,
+    ) {
+        let Some(queue) = existing.and_then(|found| found.queue.as_ref()) else {
+            // Named later, once every new queue of this DAG is known.
+            self.unnamed.push(Unnamed {
+                slot: self.queue_map.len(),
+                node: node_index,
+                compute_key,
+            });
+            self.queue_map.push((key, String::new()));
+            return;
         };
-        Ok(StagedDiff {
-            outcome: DiffOutcome {
-                sentinel_id,
-                version,
-                crc32: dag.crc32(),
-                queue_map,
-                buffer_nodes,
-                new_nodes,
-                reused_nodes,
-            },
-            commit,
-        })
+        if let Some(compute_key) = compute_key {
+            if queue.compute_keys.is_empty() {
+                self.changes.queues.push(QueueRecord {
+                    compute_keys: vec![compute_key.to_owned()],
+                    ..QueueRecord::clone(queue)
+                });
+            } else if !queue.compute_keys.iter().any(|k| k == compute_key) {
+                self.violations.push((
+                    node.node_id.clone(),
+                    queue.name.clone(),
+                    compute_key.to_owned(),
+                ));
+            }
+        }
+        self.queue_map.push((key, queue.name.clone()));
     }
 }
 

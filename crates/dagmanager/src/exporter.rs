@@ -8,21 +8,18 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use kit::http::{BaseUrl, Client, ClientError, Url, UrlError};
 use kit::metrics::{BucketError, MetricsRegistry};
 use kit::shutdown::Shutdown;
-use metrics::{Counter, Gauge, Unit};
+use metrics::{Counter, Gauge};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-pub const DAGMANAGER_UP: &str = "dagmanager_up";
-pub const DAGMANAGER_SCRAPE_DURATION_SECONDS: &str = "dagmanager_scrape_duration_seconds";
-pub const DAGMANAGER_SCRAPE_FAILURES_TOTAL: &str = "dagmanager_scrape_failures_total";
+use crate::metrics::{
+    DAGMANAGER_SCRAPE_DURATION_SECONDS, DAGMANAGER_SCRAPE_FAILURES_TOTAL, DAGMANAGER_UP,
+    QUEUE_LAG_PREFIX, describe_exporter,
+};
 
 /// Where the DAG Manager is and how long a look at it may take.
 #[derive(Debug, Clone)]
@@ -37,11 +34,21 @@ pub struct ExporterSettings {
     pub lag_threshold_secs: f64,
 }
 
+/// Why the exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error(transparent)]
+    Metrics(#[from] BucketError),
+    #[error("the DAG Manager's address is not usable")]
+    Target(#[from] UrlError),
+    #[error("the exporter's HTTP client could not be built")]
+    Client(#[from] ClientError),
+}
+
 #[derive(Clone)]
 struct Exporter {
-    url: String,
-    timeout: Duration,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    url: Url,
+    client: Client,
     registry: MetricsRegistry,
     up: Gauge,
     duration: Gauge,
@@ -51,32 +58,14 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn new(settings: &ExporterSettings) -> Result<Exporter, BucketError> {
-        let base = if settings.target.contains("://") {
-            settings.target.trim_end_matches('/').to_owned()
-        } else {
-            format!("http://{}", settings.target.trim_end_matches('/'))
-        };
+    fn new(settings: &ExporterSettings) -> Result<Exporter, SetupError> {
+        let url = BaseUrl::parse(&settings.target)?.join("metrics");
+        let client = kit::http::client(settings.scrape_timeout)?;
         let registry = MetricsRegistry::builder().build()?;
-        registry.describe_gauge(
-            DAGMANAGER_UP,
-            None,
-            "1 when the last look at the DAG Manager's metrics succeeded, else 0.",
-        );
-        registry.describe_gauge(
-            DAGMANAGER_SCRAPE_DURATION_SECONDS,
-            Some(Unit::Seconds),
-            "How long the last look at the DAG Manager's metrics took.",
-        );
-        registry.describe_counter(
-            DAGMANAGER_SCRAPE_FAILURES_TOTAL,
-            Some(Unit::Count),
-            "Looks at the DAG Manager's metrics that failed.",
-        );
+        describe_exporter(&registry);
         let exporter = Exporter {
-            url: format!("{base}/metrics"),
-            timeout: settings.scrape_timeout,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            url,
+            client,
             up: registry.gauge(DAGMANAGER_UP, &[]),
             duration: registry.gauge(DAGMANAGER_SCRAPE_DURATION_SECONDS, &[]),
             failures: registry.counter(DAGMANAGER_SCRAPE_FAILURES_TOTAL, &[]),
@@ -88,29 +77,19 @@ impl Exporter {
         Ok(exporter)
     }
 
+    /// The DAG Manager's exposition; a failure as its message with every cause.
     async fn fetch(&self) -> Result<String, String> {
-        let request = hyper::Request::get(&self.url)
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("answered {}", response.status()));
-            }
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            String::from_utf8(body.to_bytes().to_vec()).map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(self.timeout, exchange)
+        let response = self
+            .client
+            .get(self.url.clone())
+            .send()
             .await
-            .unwrap_or_else(|_| Err("timed out".into()))
+            .map_err(|e| with_causes(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let body = response.bytes().await.map_err(|e| with_causes(&e))?;
+        String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
     }
 
     async fn scrape(&self) -> String {
@@ -142,6 +121,19 @@ impl Exporter {
             }
         }
     }
+}
+
+/// An error and its causes, `: `-separated (an HTTP client's error alone says little: "error
+/// sending request").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The family names an exposition declares (its `# TYPE` lines).
@@ -188,7 +180,7 @@ fn without_lag(text: &str) -> String {
                 .strip_prefix("# HELP ")
                 .or_else(|| line.strip_prefix("# TYPE "))
                 .unwrap_or(line);
-            !name.starts_with("queue_lag_")
+            !name.starts_with(QUEUE_LAG_PREFIX)
         })
         .fold(String::with_capacity(text.len()), |mut out, line| {
             out.push_str(line);

@@ -6,7 +6,7 @@
 //! the `kafka` breaker; the readiness probe's metadata request, outside it, closes it again.
 
 use async_trait::async_trait;
-use kit::breaker::{BreakerError, BreakerMetricNames, CircuitBreaker};
+use kit::breaker::{BreakerError, CircuitBreaker};
 use kit::clock::SystemClock;
 use kit::metrics::MetricsRegistry;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -22,14 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::KAFKA_BREAKER;
 use crate::queues::{BrokerQueue, EmbeddedQueueAdmin, QueueAdmin, QueueAdminError, QueueSpec};
-
-/// The Kafka admin client's breaker series.
-pub const KAFKA_BREAKER: BreakerMetricNames = BreakerMetricNames {
-    open_total: "kafka_breaker_open_total",
-    state: "kafka_breaker_state",
-    failures: "kafka_breaker_failures",
-};
 
 /// Queues on a broker, with the registry of what this system created.
 #[derive(Clone)]

@@ -8,22 +8,21 @@
 
 use kit::metrics::MetricsRegistry;
 use kit::shutdown::Shutdown;
-use metrics::{Counter, Gauge, Unit};
+use metrics::{Counter, Gauge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::metadata::Metadata;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::{
+    LAG_TOPIC_LABEL, QUEUE_LAG_ERRORS_TOTAL, QUEUE_LAG_LAST_RUN_TIMESTAMP, QUEUE_LAG_MESSAGES,
+    QUEUE_LAG_SECONDS, QUEUE_LAG_THRESHOLD_SECONDS, describe_lag,
+};
 use crate::queues::QueueAdmin;
-
-pub const QUEUE_LAG_SECONDS: &str = "queue_lag_seconds";
-pub const QUEUE_LAG_MESSAGES: &str = "queue_lag_messages";
-pub const QUEUE_LAG_THRESHOLD_SECONDS: &str = "queue_lag_threshold_seconds";
-pub const QUEUE_LAG_ERRORS_TOTAL: &str = "queue_lag_errors_total";
-pub const QUEUE_LAG_LAST_RUN_TIMESTAMP: &str = "queue_lag_last_run_timestamp";
 
 /// Groups of this service itself, never measured.
 const OWN_GROUP_PREFIX: &str = "qmtl-dagmanager-";
@@ -106,31 +105,7 @@ fn client(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
 
 impl LagMonitor {
     pub fn new(settings: LagSettings, topics: LagTopics, registry: &MetricsRegistry) -> LagMonitor {
-        registry.describe_gauge(
-            QUEUE_LAG_SECONDS,
-            Some(Unit::Seconds),
-            "Age of the oldest message a consumer group has not consumed yet (worst group).",
-        );
-        registry.describe_gauge(
-            QUEUE_LAG_MESSAGES,
-            Some(Unit::Count),
-            "Messages behind the high watermarks (worst consumer group).",
-        );
-        registry.describe_gauge(
-            QUEUE_LAG_THRESHOLD_SECONDS,
-            Some(Unit::Seconds),
-            "Lag in seconds a queue may reach before QueueLagHigh fires.",
-        );
-        registry.describe_counter(
-            QUEUE_LAG_ERRORS_TOTAL,
-            Some(Unit::Count),
-            "Lag measurements that failed (the broker did not answer).",
-        );
-        registry.describe_gauge(
-            QUEUE_LAG_LAST_RUN_TIMESTAMP,
-            Some(Unit::Seconds),
-            "Unix time of the last completed lag measurement.",
-        );
+        describe_lag(registry);
         let errors = registry.counter(QUEUE_LAG_ERRORS_TOTAL, &[]);
         errors.increment(0);
         let last_run = registry.gauge(QUEUE_LAG_LAST_RUN_TIMESTAMP, &[]);
@@ -171,7 +146,7 @@ impl LagMonitor {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         for lag in &lags {
             let entry = series.entry(lag.topic.clone()).or_insert_with(|| {
-                let labels = [("topic", lag.topic.as_str())];
+                let labels = [(LAG_TOPIC_LABEL, lag.topic.as_str())];
                 let threshold = self
                     .settings
                     .thresholds
@@ -222,33 +197,74 @@ fn internal(topic: &str) -> bool {
     topic.starts_with("__") || topic == "qmtl-leases"
 }
 
+/// One measurement: the wanted topics' partitions and watermarks, the committed offsets of every
+/// active group, then the age of each lagging partition's oldest unconsumed record. Returns the
+/// lag of every wanted topic and how many groups could not answer.
 fn measure(
     settings: &LagSettings,
     clients: &mut Clients,
     topics: Option<&[String]>,
 ) -> Result<(Vec<TopicLag>, usize), String> {
     let timeout = settings.timeout;
-    if clients.reader.is_none() {
-        clients.reader = Some(client(
-            &settings.bootstrap,
-            &format!("{OWN_GROUP_PREFIX}lag"),
-        )?);
-    }
-    if clients.sampler.is_none() {
-        let sampler: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap)
-            .set("group.id", format!("{OWN_GROUP_PREFIX}lag-sampler"))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "20")
-            .set("log_level", "3")
-            .create()
-            .map_err(|e| e.to_string())?;
-        clients.sampler = Some(sampler);
-    }
+    clients.connect(&settings.bootstrap)?;
     let reader = clients.reader.as_ref().ok_or("no reader")?;
     let metadata = reader
         .fetch_metadata(None, timeout)
         .map_err(|e| format!("metadata: {e}"))?;
+    let partitions = wanted_partitions(&metadata, topics);
+    let watermarks = watermarks(reader, &partitions, timeout)?;
+    let groups = active_groups(reader, timeout)?;
+    clients.groups.retain(|name, _| groups.contains(name));
+    let behind = committed_lag(
+        &settings.bootstrap,
+        &mut clients.groups,
+        groups,
+        &partitions,
+        &watermarks,
+        timeout,
+    )?;
+    let sampler = clients.sampler.as_ref().ok_or("no sampler")?;
+    let seconds = oldest_unconsumed_ages(sampler, &behind.oldest, timeout)?;
+    if !behind.failures.is_empty() {
+        tracing::warn!(code = "E_LAG_GROUP", failures = ?behind.failures, "Some consumer groups' offsets could not be read; the rest were measured.");
+    }
+    let lags = partitions
+        .keys()
+        .map(|topic| TopicLag {
+            topic: (*topic).to_owned(),
+            messages: behind.messages.get(*topic).copied().unwrap_or(0),
+            seconds: seconds.get(*topic).copied().unwrap_or(0.0),
+        })
+        .collect();
+    Ok((lags, behind.failures.len()))
+}
+
+impl Clients {
+    /// Creates the reader and the sampler the first time.
+    fn connect(&mut self, bootstrap: &str) -> Result<(), String> {
+        if self.reader.is_none() {
+            self.reader = Some(client(bootstrap, &format!("{OWN_GROUP_PREFIX}lag"))?);
+        }
+        if self.sampler.is_none() {
+            let sampler: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("group.id", format!("{OWN_GROUP_PREFIX}lag-sampler"))
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "20")
+                .set("log_level", "3")
+                .create()
+                .map_err(|e| e.to_string())?;
+            self.sampler = Some(sampler);
+        }
+        Ok(())
+    }
+}
+
+/// The partitions of each topic measured: those named, or all but the internal ones.
+fn wanted_partitions<'m>(
+    metadata: &'m Metadata,
+    topics: Option<&[String]>,
+) -> BTreeMap<&'m str, Vec<i32>> {
     let mut partitions: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for topic in metadata.topics() {
         let wanted = match topics {
@@ -262,8 +278,20 @@ fn measure(
             );
         }
     }
-    let mut watermarks: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
-    for (topic, ids) in &partitions {
+    partitions
+}
+
+/// (topic, partition) -> its (low, high) watermarks.
+type Watermarks<'p> = HashMap<(&'p str, i32), (i64, i64)>;
+
+/// The watermarks of every partition.
+fn watermarks<'p>(
+    reader: &BaseConsumer,
+    partitions: &BTreeMap<&'p str, Vec<i32>>,
+    timeout: Duration,
+) -> Result<Watermarks<'p>, String> {
+    let mut watermarks: Watermarks = HashMap::new();
+    for (topic, ids) in partitions {
         for id in ids {
             let marks = reader
                 .fetch_watermarks(topic, *id, timeout)
@@ -271,9 +299,14 @@ fn measure(
             watermarks.insert((topic, *id), marks);
         }
     }
+    Ok(watermarks)
+}
+
+/// Consumer groups with members, but this service's own.
+fn active_groups(reader: &BaseConsumer, timeout: Duration) -> Result<Vec<String>, String> {
     // Groups with members only: a group nobody is in any more (a stopped strategy) keeps its
     // committed offsets for days, and would otherwise count as the worst reader.
-    let groups: Vec<String> = reader
+    Ok(reader
         .fetch_group_list(None, timeout)
         .map_err(|e| format!("groups: {e}"))?
         .groups()
@@ -281,31 +314,54 @@ fn measure(
         .filter(|g| !g.members().is_empty() && !matches!(g.state(), "Empty" | "Dead"))
         .map(|g| g.name().to_owned())
         .filter(|g| !g.starts_with(OWN_GROUP_PREFIX))
-        .collect();
-    clients.groups.retain(|name, _| groups.contains(name));
+        .collect())
+}
+
+/// What the groups' committed offsets say.
+struct Behind {
+    /// Per topic, the messages the worst group is behind.
+    messages: HashMap<String, i64>,
+    /// (topic, partition) -> the lowest committed offset of any group that reads it.
+    oldest: HashMap<(String, i32), i64>,
+    /// The groups whose offsets could not be read.
+    failures: Vec<String>,
+}
+
+/// Reads every group's committed offsets (through a client per group, kept in `consumers`,
+/// which does not join it); one group that cannot answer does not stop the others.
+fn committed_lag(
+    bootstrap: &str,
+    consumers: &mut HashMap<String, BaseConsumer>,
+    groups: Vec<String>,
+    partitions: &BTreeMap<&str, Vec<i32>>,
+    watermarks: &Watermarks<'_>,
+    timeout: Duration,
+) -> Result<Behind, String> {
     let mut all = TopicPartitionList::new();
-    for (topic, ids) in &partitions {
+    for (topic, ids) in partitions {
         for id in ids {
             all.add_partition(topic, *id);
         }
     }
-    // (topic, partition) -> the lowest committed offset of any group that reads it.
-    let mut behind: HashMap<(String, i32), i64> = HashMap::new();
-    let mut failures: Vec<String> = Vec::new();
-    let mut messages: HashMap<String, i64> = HashMap::new();
+    let mut behind = Behind {
+        messages: HashMap::new(),
+        oldest: HashMap::new(),
+        failures: Vec::new(),
+    };
     for group in groups {
-        if !clients.groups.contains_key(&group) {
-            let consumer = client(&settings.bootstrap, &group)?;
-            clients.groups.insert(group.clone(), consumer);
+        if !consumers.contains_key(&group) {
+            let consumer = client(bootstrap, &group)?;
+            consumers.insert(group.clone(), consumer);
         }
-        let Some(consumer) = clients.groups.get(&group) else {
+        let Some(consumer) = consumers.get(&group) else {
             continue;
         };
-        // One group that cannot answer does not stop the others from being measured.
         let committed = match consumer.committed_offsets(all.clone(), timeout) {
             Ok(committed) => committed,
             Err(error) => {
-                failures.push(format!("offsets of group {group}: {error}"));
+                behind
+                    .failures
+                    .push(format!("offsets of group {group}: {error}"));
                 continue;
             }
         };
@@ -322,21 +378,30 @@ fn measure(
             *per_topic.entry(element.topic().to_owned()).or_default() += (high - position).max(0);
             if position < *high {
                 let slot = behind
+                    .oldest
                     .entry((element.topic().to_owned(), element.partition()))
                     .or_insert(position);
                 *slot = (*slot).min(position);
             }
         }
         for (topic, lag) in per_topic {
-            let worst = messages.entry(topic).or_default();
+            let worst = behind.messages.entry(topic).or_default();
             *worst = (*worst).max(lag);
         }
     }
-    // The oldest unconsumed record of each lagging partition gives its age.
+    Ok(behind)
+}
+
+/// Per topic, the age in seconds of the oldest unconsumed record of its lagging partitions
+/// (from the broker's record timestamps), read at each partition's `oldest` offset.
+fn oldest_unconsumed_ages(
+    sampler: &BaseConsumer,
+    oldest: &HashMap<(String, i32), i64>,
+    timeout: Duration,
+) -> Result<HashMap<String, f64>, String> {
     let mut seconds: HashMap<String, f64> = HashMap::new();
     let now = now_ms();
-    let sampler = clients.sampler.as_ref().ok_or("no sampler")?;
-    for ((topic, partition), offset) in &behind {
+    for ((topic, partition), offset) in oldest {
         let mut one = TopicPartitionList::new();
         one.add_partition_offset(topic, *partition, Offset::Offset(*offset))
             .map_err(|e| e.to_string())?;
@@ -352,16 +417,5 @@ fn measure(
         drop(sampled);
         sampler.unassign().map_err(|e| e.to_string())?;
     }
-    if !failures.is_empty() {
-        tracing::warn!(code = "E_LAG_GROUP", failures = ?failures, "Some consumer groups' offsets could not be read; the rest were measured.");
-    }
-    let lags = partitions
-        .keys()
-        .map(|topic| TopicLag {
-            topic: (*topic).to_owned(),
-            messages: messages.get(*topic).copied().unwrap_or(0),
-            seconds: seconds.get(*topic).copied().unwrap_or(0.0),
-        })
-        .collect();
-    Ok((lags, failures.len()))
+    Ok(seconds)
 }

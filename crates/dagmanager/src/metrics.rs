@@ -1,6 +1,7 @@
-//! The DAG Manager's metric catalogue: names as in the shared observability spec, help text,
-//! units and buckets, registered once on the service's own registry.
+//! The DAG Manager's metric catalogue: every family's name (as in the shared observability spec),
+//! help text, unit and buckets, with the lag and standalone exporter families beside the service's.
 
+use kit::breaker::BreakerMetricNames;
 use kit::metrics::{BucketError, MetricsRegistry};
 use metrics::{Counter, Gauge, Histogram, Unit};
 
@@ -18,6 +19,29 @@ pub const GC_FAILURES_TOTAL: &str = "gc_failures_total";
 pub const COMPUTE_NODES_TOTAL: &str = "compute_nodes_total";
 pub const QUEUES_TOTAL: &str = "queues_total";
 pub const CROSS_CONTEXT_CACHE_HIT_TOTAL: &str = "cross_context_cache_hit_total";
+
+/// Consumer lag (`lag.rs`), on the service's registry or the standalone exporter's; every family
+/// starts with [`QUEUE_LAG_PREFIX`] and has a `topic` label where it is per queue.
+pub const QUEUE_LAG_PREFIX: &str = "queue_lag_";
+pub const QUEUE_LAG_SECONDS: &str = "queue_lag_seconds";
+pub const QUEUE_LAG_MESSAGES: &str = "queue_lag_messages";
+pub const QUEUE_LAG_THRESHOLD_SECONDS: &str = "queue_lag_threshold_seconds";
+pub const QUEUE_LAG_ERRORS_TOTAL: &str = "queue_lag_errors_total";
+pub const QUEUE_LAG_LAST_RUN_TIMESTAMP: &str = "queue_lag_last_run_timestamp";
+/// The label of a lag series: the broker topic that holds the queue.
+pub const LAG_TOPIC_LABEL: &str = "topic";
+
+/// The standalone exporter's own families (`exporter.rs`).
+pub const DAGMANAGER_UP: &str = "dagmanager_up";
+pub const DAGMANAGER_SCRAPE_DURATION_SECONDS: &str = "dagmanager_scrape_duration_seconds";
+pub const DAGMANAGER_SCRAPE_FAILURES_TOTAL: &str = "dagmanager_scrape_failures_total";
+
+/// The Kafka admin client's breaker series.
+pub const KAFKA_BREAKER: BreakerMetricNames = BreakerMetricNames {
+    open_total: "kafka_breaker_open_total",
+    state: "kafka_breaker_state",
+    failures: "kafka_breaker_failures",
+};
 
 /// Buckets for `diff_duration_seconds`: sub-millisecond diffs up to the 200 ms alert and beyond.
 pub const DIFF_DURATION_BUCKETS: &[f64] = &[
@@ -196,4 +220,70 @@ fn describe(registry: &MetricsRegistry) {
         None,
         "Diffs refused for reusing a queue under a different compute context.",
     );
+}
+
+/// Help text and units of the lag families, on whichever registry measures lag.
+pub fn describe_lag(registry: &MetricsRegistry) {
+    registry.describe_gauge(
+        QUEUE_LAG_SECONDS,
+        Some(Unit::Seconds),
+        "Age of the oldest message a consumer group has not consumed yet (worst group).",
+    );
+    registry.describe_gauge(
+        QUEUE_LAG_MESSAGES,
+        Some(Unit::Count),
+        "Messages behind the high watermarks (worst consumer group).",
+    );
+    registry.describe_gauge(
+        QUEUE_LAG_THRESHOLD_SECONDS,
+        Some(Unit::Seconds),
+        "Lag in seconds a queue may reach before QueueLagHigh fires.",
+    );
+    registry.describe_counter(
+        QUEUE_LAG_ERRORS_TOTAL,
+        Some(Unit::Count),
+        "Lag measurements that failed (the broker did not answer).",
+    );
+    registry.describe_gauge(
+        QUEUE_LAG_LAST_RUN_TIMESTAMP,
+        Some(Unit::Seconds),
+        "Unix time of the last completed lag measurement.",
+    );
+}
+
+/// Help text and units of the standalone exporter's own families.
+pub fn describe_exporter(registry: &MetricsRegistry) {
+    registry.describe_gauge(
+        DAGMANAGER_UP,
+        None,
+        "1 when the last look at the DAG Manager's metrics succeeded, else 0.",
+    );
+    registry.describe_gauge(
+        DAGMANAGER_SCRAPE_DURATION_SECONDS,
+        Some(Unit::Seconds),
+        "How long the last look at the DAG Manager's metrics took.",
+    );
+    registry.describe_counter(
+        DAGMANAGER_SCRAPE_FAILURES_TOTAL,
+        Some(Unit::Count),
+        "Looks at the DAG Manager's metrics that failed.",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lag_family_has_the_lag_prefix() {
+        for name in [
+            QUEUE_LAG_SECONDS,
+            QUEUE_LAG_MESSAGES,
+            QUEUE_LAG_THRESHOLD_SECONDS,
+            QUEUE_LAG_ERRORS_TOTAL,
+            QUEUE_LAG_LAST_RUN_TIMESTAMP,
+        ] {
+            assert!(name.starts_with(QUEUE_LAG_PREFIX), "{name}");
+        }
+    }
 }

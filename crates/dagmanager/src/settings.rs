@@ -30,9 +30,9 @@ pub struct DagManagerSettings {
     pub ack_timeout_ms: u64,
     /// Re-sends before the stream fails with DEADLINE_EXCEEDED.
     pub ack_retries: u32,
-    /// Prefix topics with `{world}.{domain}.` when a diff names a world, so worlds never share a queue.
+    /// Prefix queue names with `{world}.{domain}.` when a diff names a world, so worlds never share a queue.
     pub topic_namespace: bool,
-    /// Topic settings per kind (`raw`, `indicator`, `trade_exec`).
+    /// How queues of each kind (`raw`, `indicator`, `trade_exec`) are created.
     pub topics: BTreeMap<String, TopicSettings>,
     pub gc: GcSettings,
     /// How long a graceful shutdown may take before in-flight work is dropped.
@@ -46,7 +46,7 @@ pub struct DagManagerSettings {
     pub lag_interval_secs: u64,
     /// Lag in seconds a queue may reach before `QueueLagHigh` fires ...
     pub lag_threshold_secs: f64,
-    /// ... unless the queue has its own threshold here (topic -> seconds).
+    /// ... unless the queue has its own threshold here (queue name -> seconds).
     pub lag_thresholds: BTreeMap<String, f64>,
 }
 
@@ -77,7 +77,7 @@ impl Default for DagManagerSettings {
     }
 }
 
-/// How topics of one kind are created. Defaults fit a single broker.
+/// How queues of one kind are created (on a broker: their topics' configuration). Defaults fit a single broker.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSettings {
@@ -89,15 +89,15 @@ pub struct TopicSettings {
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 fn default_topics() -> BTreeMap<String, TopicSettings> {
-    let topic = |partitions, days| TopicSettings {
+    let kind = |partitions, days| TopicSettings {
         partitions,
         replication_factor: 1,
         retention_ms: days * DAY_MS,
     };
     BTreeMap::from([
-        ("raw".to_owned(), topic(3, 7)),
-        ("indicator".to_owned(), topic(1, 30)),
-        ("trade_exec".to_owned(), topic(1, 90)),
+        ("raw".to_owned(), kind(3, 7)),
+        ("indicator".to_owned(), kind(1, 30)),
+        ("trade_exec".to_owned(), kind(1, 90)),
     ])
 }
 

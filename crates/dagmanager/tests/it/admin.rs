@@ -64,8 +64,8 @@ async fn tag_queries_match_any_or_all_tags_at_an_interval() {
     assert_eq!(ask(&["btc", "eth"], 60, "").await.len(), 2);
     assert_eq!(ask(&["btc"], 3600, "any").await.len(), 1);
     assert!(ask(&["sol"], 60, "any").await.is_empty());
-    let btc_topic = ask(&["btc"], 60, "all").await;
-    assert!(diff.queue_map.values().any(|t| *t == btc_topic[0]));
+    let btc_queues = ask(&["btc"], 60, "all").await;
+    assert!(diff.queue_map.values().any(|t| *t == btc_queues[0]));
     app.stop().await;
 }
 

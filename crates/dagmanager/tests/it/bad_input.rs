@@ -13,15 +13,13 @@ fn with_top(mut dag: Value, key: &str, value: Value) -> Value {
     dag
 }
 
-#[tokio::test]
-async fn each_kind_of_bad_dag_is_refused_with_its_code_and_counted_and_serving_goes_on() {
-    let (_dir, path) = temp_dir();
-    let mut settings = test_settings(&path);
-    settings.max_dag_bytes = 64 * 1024;
-    settings.max_nodes = 40;
-    let app = spawn_app(settings).await;
+/// One bad request: what it is, the request, the status code it gets, and fragments its message
+/// carries.
+type BadRequest = (&'static str, DiffRequest, Code, Vec<String>);
 
-    let good = synthetic_dag(3, "bad");
+/// Each kind of bad DAG or request, built from `good` (a valid three-node DAG), for a server
+/// with a 64 KiB and 40-node limit.
+fn bad_requests(good: &Value) -> Vec<BadRequest> {
     let id = |i: usize| good["nodes"][i]["node_id"].as_str().unwrap().to_owned();
     let orphan = node("X", 60, 1, json!({}), &["blake3:ffff".to_owned()], &[], "");
     let cycle = json!({"schema_version": "v1", "nodes": [
@@ -31,12 +29,12 @@ async fn each_kind_of_bad_dag_is_refused_with_its_code_and_counted_and_serving_g
     let huge =
         json!({"schema_version": "v1", "nodes": [], "meta": {"padding": "x".repeat(70 * 1024)}});
 
-    let cases: Vec<(&str, DiffRequest, Code, Vec<String>)> = vec![
+    vec![
         (
             "malformed JSON",
             DiffRequest {
                 dag_json: "{\"nodes\": [".into(),
-                ..request("s", &good)
+                ..request("s", good)
             },
             Code::InvalidArgument,
             vec!["E_INVALID_JSON".into()],
@@ -98,7 +96,7 @@ async fn each_kind_of_bad_dag_is_refused_with_its_code_and_counted_and_serving_g
         ),
         (
             "empty strategy id",
-            request("", &good),
+            request("", good),
             Code::InvalidArgument,
             vec!["E_STRATEGY_ID_REQUIRED".into()],
         ),
@@ -107,13 +105,24 @@ async fn each_kind_of_bad_dag_is_refused_with_its_code_and_counted_and_serving_g
             DiffRequest {
                 world_id: "w".into(),
                 execution_domain: "moon".into(),
-                ..request("s", &good)
+                ..request("s", good)
             },
             Code::InvalidArgument,
             vec!["E_EXECUTION_DOMAIN_INVALID".into(), "moon".into()],
         ),
-    ];
+    ]
+}
 
+#[tokio::test]
+async fn each_kind_of_bad_dag_is_refused_with_its_code_and_counted_and_serving_goes_on() {
+    let (_dir, path) = temp_dir();
+    let mut settings = test_settings(&path);
+    settings.max_dag_bytes = 64 * 1024;
+    settings.max_nodes = 40;
+    let app = spawn_app(settings).await;
+
+    let good = synthetic_dag(3, "bad");
+    let cases = bad_requests(&good);
     let count = cases.len();
     for (what, req, code, fragments) in cases {
         let error = app.diff_request(req).await.expect_err(what);

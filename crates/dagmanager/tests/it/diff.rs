@@ -6,7 +6,7 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use test_support::{synthetic_dag, testdata};
 
-fn topics(diff: &dagclient::CollectedDiff) -> BTreeSet<String> {
+fn queue_names(diff: &dagclient::CollectedDiff) -> BTreeSet<String> {
     diff.queue_map.values().cloned().collect()
 }
 
@@ -21,7 +21,7 @@ async fn a_repeated_diff_reuses_every_queue_and_a_second_strategy_shares_them() 
     let again = app.diff("alpha", &dag).await.unwrap();
     assert_eq!(again.queue_map, first.queue_map);
     let other = app.diff("beta", &dag).await.unwrap();
-    assert_eq!(topics(&other), topics(&first));
+    assert_eq!(queue_names(&other), queue_names(&first));
     let metrics = app.metrics().await;
     assert_eq!(metrics.value("queues_total", &[]), Some(20.0));
     assert_eq!(metrics.value("compute_nodes_total", &[]), Some(20.0));
@@ -46,7 +46,7 @@ async fn a_restarted_server_reuses_every_queue() {
     let after = app.diff("gamma", &dag).await.unwrap();
     assert_eq!(after.queue_map, before.queue_map);
     let other = app.diff("delta", &dag).await.unwrap();
-    assert_eq!(topics(&other), topics(&before));
+    assert_eq!(queue_names(&other), queue_names(&before));
     assert_eq!(app.metrics().await.value("queues_total", &[]), Some(50.0));
     app.stop().await;
 }

@@ -6,10 +6,12 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use std::time::{Duration, Instant};
-use test_support::{KafkaBroker, assert_eventually, synthetic_dag};
+use test_support::{Exposition, KafkaBroker, assert_eventually, synthetic_dag};
 use tonic::Code;
 
-use crate::support::{spawn_app, temp_dir, test_settings};
+use std::sync::atomic::Ordering;
+
+use crate::support::{TestApp, count_logs, spawn_app, temp_dir, test_settings};
 
 fn kafka_settings(dir: &std::path::Path, broker: &KafkaBroker) -> dagmanager::DagManagerSettings {
     let mut settings = test_settings(dir);
@@ -54,6 +56,45 @@ fn group_reader(bootstrap: &str, group: &str, topic: &str) -> rdkafka::consumer:
         .expect("a consumer");
     consumer.subscribe(&[topic]).expect("subscribed");
     consumer
+}
+
+/// Takes `count` records from `consumer`, within 20 seconds.
+async fn take(consumer: &rdkafka::consumer::BaseConsumer, count: usize) {
+    let mut taken = 0;
+    assert_eventually!(
+        {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+                taken += 1;
+            }
+            taken >= count
+        },
+        Duration::from_secs(20),
+        "took {taken} of {count} records"
+    );
+}
+
+/// Whether consumer `group` has members, as the broker says.
+fn group_has_members(bootstrap: &str, group: &str) -> bool {
+    use rdkafka::consumer::Consumer as _;
+    let observer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "qmtl-test-observer")
+        .create()
+        .expect("a client");
+    observer
+        .fetch_group_list(Some(group), Duration::from_secs(5))
+        .expect("the group list")
+        .groups()
+        .iter()
+        .any(|g| g.name() == group && !g.members().is_empty())
+}
+
+/// Unix time now, in seconds, as `queue_lag_last_run_timestamp` has it.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
 }
 
 /// Partitions and `retention.ms` of a topic, as the broker has them.
@@ -323,18 +364,8 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
     )
     .await;
     let consumer = group_reader(&broker.bootstrap, "a-strategy", topic.as_str());
-    let take = |count: usize| {
-        let mut taken = 0;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while taken < count {
-            assert!(Instant::now() < deadline, "took {taken} of {count} records");
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
-                taken += 1;
-            }
-        }
-    };
     // Two consumed and committed, then the consumer pauses with three left.
-    take(2);
+    take(&consumer, 2).await;
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("committed");
@@ -358,25 +389,10 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         Duration::from_secs(15),
         "the age of the oldest unconsumed record grows while the consumer is paused"
     );
-    let metrics = app.metrics().await;
-    assert_eq!(
-        metrics.value("queue_lag_threshold_seconds", &labels),
-        Some(30.0)
-    );
-    for family in [
-        "queue_lag_seconds",
-        "queue_lag_messages",
-        "queue_lag_threshold_seconds",
-    ] {
-        assert_eq!(
-            metrics.label_names(family),
-            Some(vec!["topic".to_owned()]),
-            "{family}"
-        );
-    }
+    assert_lag_series_of(&app.metrics().await, &labels, 30.0);
 
     // Resumed: the rest consumed and committed.
-    take(3);
+    take(&consumer, 3).await;
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("committed");
@@ -395,19 +411,71 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
     );
     // The consumer leaves; records that arrive after it are nobody's lag.
     drop(consumer);
+    assert_eventually!(
+        !group_has_members(&broker.bootstrap, "a-strategy"),
+        Duration::from_secs(20),
+        "the consumer left its group"
+    );
     produce(
         &broker.bootstrap,
         &topic,
         (5..7).map(|i| format!("event {i}")),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    // A measurement that began after the records arrived had them to count.
+    lag_measured_since(&app, unix_seconds()).await;
     assert_eq!(
         app.metrics().await.value("queue_lag_messages", &labels),
         Some(0.0),
         "a group with no members is not a reader"
     );
-    // With a broker, the Kafka families of the catalogue are there too, and promtool agrees.
+    assert_the_kafka_families_are_exposed(&app).await;
+    app.stop().await;
+}
+
+/// Waits until a lag measurement that began after `since` (unix seconds) has ended: two end
+/// after it, and the second began once the first had ended.
+async fn lag_measured_since(app: &TestApp, since: f64) {
+    let last_run = || async {
+        app.metrics()
+            .await
+            .value("queue_lag_last_run_timestamp", &[])
+            .unwrap_or(0.0)
+    };
+    assert_eventually!(
+        last_run().await > since,
+        Duration::from_secs(20),
+        "a lag measurement ends after {since}"
+    );
+    let measured_at = last_run().await;
+    assert_eventually!(
+        last_run().await > measured_at,
+        Duration::from_secs(20),
+        "a lag measurement begins after {since}"
+    );
+}
+
+/// A queue's lag threshold is exposed beside its lag, every lag series labelled by topic only.
+fn assert_lag_series_of(metrics: &Exposition, labels: &[(&str, &str)], threshold: f64) {
+    assert_eq!(
+        metrics.value("queue_lag_threshold_seconds", labels),
+        Some(threshold)
+    );
+    for family in [
+        "queue_lag_seconds",
+        "queue_lag_messages",
+        "queue_lag_threshold_seconds",
+    ] {
+        assert_eq!(
+            metrics.label_names(family),
+            Some(vec!["topic".to_owned()]),
+            "{family}"
+        );
+    }
+}
+
+/// With a broker, the Kafka families of the catalogue are there too, and promtool agrees.
+async fn assert_the_kafka_families_are_exposed(app: &TestApp) {
     let topic_label = &["topic"][..];
     test_support::assert_catalogue(
         &app.metrics().await,
@@ -421,11 +489,12 @@ async fn queue_lag_rises_while_a_consumer_is_paused_and_falls_after_it_resumes()
         ],
     );
     test_support::assert_promtool_clean(&app.metrics_text().await);
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears() {
+    // Logged by the readiness probe each time it finds the broker away.
+    let (probe_failures, _logs) = count_logs("The queue service is not healthy.");
     let broker = KafkaBroker::start();
     broker.stop();
     let (_dir, path) = temp_dir();
@@ -440,7 +509,11 @@ async fn a_broker_down_at_start_up_leaves_the_service_unready_until_it_appears()
         .await
         .expect("the service answers");
     assert_eq!(status, 200, "it started without the broker");
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eventually!(
+        probe_failures.load(Ordering::SeqCst) > 0,
+        Duration::from_secs(20),
+        "the readiness probe finds the queue service unhealthy"
+    );
     assert_eq!(readyz().await, 503, "not ready without its broker");
     broker.resume();
     assert_eventually!(
@@ -470,13 +543,7 @@ async fn the_standalone_exporter_measures_lag_itself_even_when_the_dag_manager_i
         .expect("a topic");
     produce(&broker.bootstrap, "exported", (0..3).map(|i| i.to_string())).await;
     let consumer = group_reader(&broker.bootstrap, "exported-reader", "exported");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "no record read");
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
-            break;
-        }
-    }
+    take(&consumer, 1).await;
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("committed");

@@ -60,3 +60,38 @@ async fn every_catalogue_family_is_exposed_with_its_type_and_labels() {
     test_support::assert_promtool_clean(&app.metrics_text().await);
     app.stop().await;
 }
+
+/// The standalone exporter, pointed at a running DAG Manager (an address with a trailing slash,
+/// as operators write it), shows its live figures beside `dagmanager_up`.
+#[tokio::test]
+async fn the_standalone_exporter_shows_a_running_dag_managers_figures() {
+    let (_dir, path) = temp_dir();
+    let app = spawn_app(test_settings(&path)).await;
+    app.diff("e", &synthetic_dag(3, "exported")).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}/metrics", listener.local_addr().expect("bound"));
+    let shutdown = kit::shutdown::Shutdown::new();
+    let exporter = tokio::spawn(dagmanager::exporter::serve_exporter(
+        dagmanager::exporter::ExporterSettings {
+            target: format!("{}/", app.admin_addr),
+            scrape_timeout: std::time::Duration::from_secs(5),
+            kafka: None,
+            lag_interval: std::time::Duration::from_secs(1),
+            lag_threshold_secs: 30.0,
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    let metrics = test_support::scrape(&url).await.expect("a scrape");
+    assert_eq!(metrics.value("dagmanager_up", &[]), Some(1.0));
+    assert_eq!(metrics.value("diff_requests_total", &[]), Some(1.0));
+    assert_eq!(
+        metrics.value("dagmanager_scrape_failures_total", &[]),
+        Some(0.0)
+    );
+    shutdown.trigger();
+    exporter.await.unwrap().expect("the exporter stops cleanly");
+    app.stop().await;
+}

@@ -8,6 +8,8 @@ use proto::admin_service_client::AdminServiceClient;
 use proto::diff_service_client::DiffServiceClient;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
 
 /// A running DAG Manager and what a test needs to reach and stop it.
@@ -121,4 +123,42 @@ pub fn temp_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().to_path_buf();
     (dir, path)
+}
+
+/// Counts log events whose message is `message` while the guard lives. Only events of this
+/// thread are seen, which is every task of the app under `#[tokio::test]` (one thread).
+pub fn count_logs(message: &'static str) -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(LogCounter {
+        message,
+        seen: seen.clone(),
+    });
+    (seen, tracing::subscriber::set_default(subscriber))
+}
+
+struct LogCounter {
+    message: &'static str,
+    seen: Arc<AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut message = MessageIs(self.message, false);
+        event.record(&mut message);
+        if message.1 {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Whether an event's message is the one looked for.
+struct MessageIs(&'static str, bool);
+
+impl tracing::field::Visit for MessageIs {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" && format!("{value:?}") == self.0 {
+            self.1 = true;
+        }
+    }
 }
