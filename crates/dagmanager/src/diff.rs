@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 use wire::{
-    ComputeContext, DagError, DagLimits, Domain, TopicKind, TopicNamespace, topic_asset,
-    topic_name_candidates,
+    ComputeContext, DagError, DagLimits, Domain, QueueKind, QueueNamespace, queue_asset,
+    queue_name_candidates,
 };
 
 use crate::metrics::DagManagerMetrics;
@@ -310,7 +310,7 @@ impl DiffEngine {
     }
 
     /// Names for the new queues of a DAG, in order: each takes the first of its
-    /// candidates (see `wire::topic_name`) that neither an earlier new queue of this DAG nor a
+    /// candidates (see `wire::queue_name`) that neither an earlier new queue of this DAG nor a
     /// recorded queue (owned or orphan) holds. The graph is asked once for every first choice,
     /// and again only for a node whose first choice turned out to be taken.
     async fn name_new_queues(
@@ -318,16 +318,16 @@ impl DiffEngine {
         unnamed: &[Unnamed<'_>],
         dag: &wire::Dag,
         version: &str,
-        namespace: Option<&TopicNamespace>,
+        namespace: Option<&QueueNamespace>,
     ) -> Result<Vec<String>, StoreError> {
-        let prefix = namespace.map(TopicNamespace::prefix).unwrap_or_default();
+        let prefix = namespace.map(QueueNamespace::prefix).unwrap_or_default();
         let assets: Vec<Cow<str>> = unnamed
             .iter()
-            .map(|new| topic_asset(&dag.nodes[new.node].tags))
+            .map(|new| queue_asset(&dag.nodes[new.node].tags))
             .collect();
         let candidates = |position: usize| {
             let node = &dag.nodes[unnamed[position].node];
-            topic_name_candidates(
+            queue_name_candidates(
                 &prefix,
                 &assets[position],
                 node.node_type(),
@@ -400,7 +400,7 @@ impl DiffEngine {
         let namespace = self.namespace(dag, &context);
         let namespace_key = namespace
             .as_ref()
-            .map(TopicNamespace::prefix)
+            .map(QueueNamespace::prefix)
             .unwrap_or_default();
         let sentinel_id = format!("{}-sentinel", input.strategy_id);
         let node_ids: Vec<&str> = order
@@ -454,10 +454,10 @@ impl DiffEngine {
 
     /// The namespace of the DAG's queues: with `topic_namespace` on and a world in the context,
     /// the one the DAG declares, else `{world}.{domain}`.
-    fn namespace(&self, dag: &wire::Dag, context: &ComputeContext) -> Option<TopicNamespace> {
+    fn namespace(&self, dag: &wire::Dag, context: &ComputeContext) -> Option<QueueNamespace> {
         (self.settings.topic_namespace && context.applies()).then(|| {
             dag.declared_namespace()
-                .unwrap_or_else(|| TopicNamespace::WorldDomain {
+                .unwrap_or_else(|| QueueNamespace::WorldDomain {
                     world: context.world_id.clone(),
                     domain: context.execution_domain.clone(),
                 })
@@ -508,7 +508,7 @@ impl DiffEngine {
             let node = &dag.nodes[new.node];
             let tag = *tags_by_type
                 .entry(node.node_type())
-                .or_insert_with(|| TopicKind::of_node_type(node.node_type()).as_str());
+                .or_insert_with(|| QueueKind::of_node_type(node.node_type()).as_str());
             new_specs.push(self.settings.queue_spec(&name, GcTag::Borrowed(tag)));
             plan.changes.queues.push(QueueRecord {
                 name: name.clone(),

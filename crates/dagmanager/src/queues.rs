@@ -17,7 +17,7 @@ pub type GcTag = std::borrow::Cow<'static, str>;
 
 /// A GC tag read back from storage, borrowed when it names a known kind.
 pub fn gc_tag(tag: String) -> GcTag {
-    match wire::TopicKind::parse(&tag) {
+    match wire::QueueKind::parse(&tag) {
         Some(kind) => GcTag::Borrowed(kind.as_str()),
         None if tag == "sentinel" => GcTag::Borrowed("sentinel"),
         None => GcTag::Owned(tag),

@@ -295,7 +295,7 @@ pub async fn queues_by_tag(
             .unwrap_or(wire::Domain::Backtest);
         format!(
             "{}.",
-            wire::TopicNamespace::WorldDomain {
+            wire::QueueNamespace::WorldDomain {
                 world,
                 domain: domain.as_str().to_owned()
             }

@@ -7,7 +7,7 @@ use crate::error::DagError;
 use crate::fast::{DocField, Field, FieldSource, NodeField, Seen};
 use crate::lenient::{Int, ObjectFold, ObjectList, Text, TextList};
 use crate::node::{Node, RawNode, crc32_chain};
-use crate::topic::TopicNamespace;
+use crate::queue_name::QueueNamespace;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
@@ -138,10 +138,10 @@ impl Dag {
     }
 
     /// `meta.topic_namespace`, when the document sets one.
-    pub fn declared_namespace(&self) -> Option<TopicNamespace> {
+    pub fn declared_namespace(&self) -> Option<QueueNamespace> {
         match self.meta.get("topic_namespace")? {
             Value::String(prefix) if !prefix.is_empty() => {
-                Some(TopicNamespace::Prefix(prefix.clone()))
+                Some(QueueNamespace::Prefix(prefix.clone()))
             }
             Value::Object(map) => {
                 let world = map.get("world").and_then(Value::as_str)?.to_owned();
@@ -150,7 +150,7 @@ impl Dag {
                     .and_then(Value::as_str)
                     .unwrap_or("backtest")
                     .to_owned();
-                Some(TopicNamespace::WorldDomain { world, domain })
+                Some(QueueNamespace::WorldDomain { world, domain })
             }
             _ => None,
         }

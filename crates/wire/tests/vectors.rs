@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use wire::{
-    DagLimits, TopicNamespace, compute_key, crc32_chain, node_id_of, parse_dag, topic_name,
+    DagLimits, QueueNamespace, compute_key, crc32_chain, node_id_of, parse_dag, queue_name,
 };
 
 fn vectors() -> Value {
@@ -78,12 +78,12 @@ fn compute_keys_match_every_python_vector() {
 }
 
 #[test]
-fn topic_names_match_every_python_vector() {
+fn queue_names_match_every_python_vector() {
     let vectors = vectors();
     for (i, case) in vectors["topic_name"].as_array().unwrap().iter().enumerate() {
         let namespace = match &case["namespace"] {
-            Value::String(prefix) => Some(TopicNamespace::Prefix(prefix.clone())),
-            Value::Object(map) => Some(TopicNamespace::WorldDomain {
+            Value::String(prefix) => Some(QueueNamespace::Prefix(prefix.clone())),
+            Value::Object(map) => Some(QueueNamespace::WorldDomain {
                 world: text(&map["world"]).to_owned(),
                 domain: text(&map["domain"]).to_owned(),
             }),
@@ -95,7 +95,7 @@ fn topic_names_match_every_python_vector() {
             .iter()
             .map(text)
             .collect();
-        let name = topic_name(
+        let name = queue_name(
             text(&case["asset"]),
             text(&case["node_type"]),
             text(&case["node_id"]),
