@@ -17,7 +17,7 @@ use crate::store::{NodeRecord, QueueRecord, SentinelRecord};
 
 /// Why a stored record could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     #[error("the record ends early")]
     Truncated,
     #[error(

@@ -321,7 +321,7 @@ impl DiffEngine {
         namespace: Option<&QueueNamespace>,
     ) -> Result<Vec<String>, StoreError> {
         let prefix = namespace.map(QueueNamespace::prefix).unwrap_or_default();
-        let assets: Vec<Cow<str>> = unnamed
+        let assets: Vec<Cow<'_, str>> = unnamed
             .iter()
             .map(|new| queue_asset(&dag.nodes[new.node].tags))
             .collect();

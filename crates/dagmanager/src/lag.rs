@@ -54,7 +54,7 @@ struct Series {
 }
 
 /// Which topics lag is measured for.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub enum LagTopics {
     /// The queues this DAG Manager created (its registry).
     Registry(Arc<dyn QueueAdmin>),
@@ -290,7 +290,7 @@ fn watermarks<'p>(
     partitions: &BTreeMap<&'p str, Vec<i32>>,
     timeout: Duration,
 ) -> Result<Watermarks<'p>, String> {
-    let mut watermarks: Watermarks = HashMap::new();
+    let mut watermarks: Watermarks<'_> = HashMap::new();
     for (topic, ids) in partitions {
         for id in ids {
             let marks = reader

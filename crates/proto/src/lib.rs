@@ -3,6 +3,7 @@
 #![allow(
     clippy::all,
     clippy::pedantic,
+    clippy::allow_attributes_without_reason,
     reason = "generated code is not ours to lint"
 )]
 

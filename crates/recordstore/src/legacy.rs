@@ -35,7 +35,7 @@ impl Import {
         let read = db.begin_read().map_err(|e| failed(e.into()))?;
         let mut values = HashMap::default();
         for table in tables {
-            let definition: TableDefinition<u64, &[u8]> = TableDefinition::new(table.name());
+            let definition: TableDefinition<'_, u64, &[u8]> = TableDefinition::new(table.name());
             let rows = match read.open_table(definition) {
                 Ok(opened) => opened
                     .iter()

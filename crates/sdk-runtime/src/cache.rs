@@ -19,7 +19,7 @@ pub fn bucket(timestamp: i64, interval: i64) -> i64 {
 
 /// What happened to a value offered to a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Append {
+pub(crate) enum Append {
     /// A new bucket after the last one.
     Appended,
     /// A new bucket that leaves one or more buckets empty before it.

@@ -10,7 +10,7 @@ use crate::source::{HistoryProvider, LiveFeed};
 use crate::value::{ComputeError, IntoOutput, Value};
 
 /// A compute function: the node's cache view in, a value (or nothing, or an error) out.
-pub type ComputeFn =
+pub(crate) type ComputeFn =
     Box<dyn FnMut(&CacheView<'_>) -> Result<Option<Value>, ComputeError> + Send + 'static>;
 
 /// A callback that sees every value a node emits (for the author's own use; not in the DAG).
@@ -297,7 +297,7 @@ impl Strategy {
 }
 
 /// The longest window a node may keep, in bars (ten years of minute bars).
-pub const MAX_PERIOD: usize = 5_256_000;
+pub(crate) const MAX_PERIOD: usize = 5_256_000;
 
 /// The longest interval, in seconds (a year).
 const MAX_INTERVAL: i64 = 366 * 24 * 3600;
@@ -332,6 +332,7 @@ where
 }
 
 /// Builds a [`Strategy::stream_input`].
+#[derive(Debug)]
 pub struct StreamBuilder<'s> {
     strategy: &'s mut Strategy,
     name: String,
@@ -404,6 +405,7 @@ impl StreamBuilder<'_> {
 }
 
 /// Builds a [`Strategy::node`].
+#[derive(Debug)]
 pub struct NodeBuilder<'s> {
     strategy: &'s mut Strategy,
     name: String,
@@ -515,6 +517,7 @@ impl NodeBuilder<'_> {
 }
 
 /// Builds a [`Strategy::tag_query`].
+#[derive(Debug)]
 pub struct TagQueryBuilder<'s> {
     strategy: &'s mut Strategy,
     name: String,

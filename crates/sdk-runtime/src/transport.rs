@@ -37,7 +37,7 @@ impl Record {
 }
 
 /// Called once a record is processed: transports that commit offsets store its offset then.
-pub type Ack = Box<dyn FnOnce() + Send>;
+pub(crate) type Ack = Box<dyn FnOnce() + Send>;
 
 /// A record handed to a consumer. Acknowledge it once processed: transports that commit offsets
 /// commit then (at least once).

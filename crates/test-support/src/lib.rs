@@ -384,6 +384,7 @@ pub fn free_port() -> u16 {
 
 /// A Kafka-protocol broker started by `scripts/tools/kafka.sh` (built once and cached) on a free
 /// port, stopped when dropped. Fails the test loudly when it cannot start.
+#[derive(Debug)]
 pub struct KafkaBroker {
     pub port: u16,
     pub bootstrap: String,

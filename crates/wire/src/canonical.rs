@@ -183,7 +183,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
         struct TextVisitor;
         impl<'de> Visitor<'de> for TextVisitor {
             type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
@@ -205,7 +205,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Sorted<'a> {
         struct SortedVisitor;
         impl<'de> Visitor<'de> for SortedVisitor {
             type Value = Sorted<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {

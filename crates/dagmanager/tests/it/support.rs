@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::transport::Channel;
 
 /// A running DAG Manager and what a test needs to reach and stop it.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub settings: DagManagerSettings,
@@ -22,7 +22,7 @@ pub struct TestApp {
 }
 
 /// Settings for a test: ports 0, stores under `dir`.
-pub fn test_settings(dir: &std::path::Path) -> DagManagerSettings {
+pub(crate) fn test_settings(dir: &std::path::Path) -> DagManagerSettings {
     let mut settings = DagManagerSettings {
         grpc_port: 0,
         admin_port: 0,
@@ -35,7 +35,7 @@ pub fn test_settings(dir: &std::path::Path) -> DagManagerSettings {
     settings
 }
 
-pub async fn spawn_app(settings: DagManagerSettings) -> TestApp {
+pub(crate) async fn spawn_app(settings: DagManagerSettings) -> TestApp {
     let app = App::build(settings.clone())
         .await
         .expect("the DAG Manager builds");
@@ -52,26 +52,26 @@ pub async fn spawn_app(settings: DagManagerSettings) -> TestApp {
 }
 
 impl TestApp {
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin_addr)
     }
 
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         dagclient::connect(&self.grpc_addr.to_string())
             .await
             .expect("the gRPC port answers")
     }
 
-    pub async fn diff_client(&self) -> DiffServiceClient<Channel> {
+    pub(crate) async fn diff_client(&self) -> DiffServiceClient<Channel> {
         DiffServiceClient::new(self.channel().await)
     }
 
-    pub async fn admin_client(&self) -> AdminServiceClient<Channel> {
+    pub(crate) async fn admin_client(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel().await)
     }
 
     /// Diffs `dag` for `strategy_id` with no world.
-    pub async fn diff(
+    pub(crate) async fn diff(
         &self,
         strategy_id: &str,
         dag: &serde_json::Value,
@@ -79,20 +79,20 @@ impl TestApp {
         self.diff_request(request(strategy_id, dag)).await
     }
 
-    pub async fn diff_request(
+    pub(crate) async fn diff_request(
         &self,
         request: DiffRequest,
     ) -> Result<CollectedDiff, dagclient::ClientError> {
         collect_diff(&mut self.diff_client().await, request).await
     }
 
-    pub async fn metrics(&self) -> test_support::Exposition {
+    pub(crate) async fn metrics(&self) -> test_support::Exposition {
         test_support::scrape(&self.admin_url("/metrics"))
             .await
             .expect("metrics scrape")
     }
 
-    pub async fn metrics_text(&self) -> String {
+    pub(crate) async fn metrics_text(&self) -> String {
         let (status, text) = test_support::http_get(&self.admin_url("/metrics"))
             .await
             .expect("metrics scrape");
@@ -101,7 +101,7 @@ impl TestApp {
     }
 
     /// Stops the service and waits until it has drained, so its files can be reopened.
-    pub async fn stop(self) -> DagManagerSettings {
+    pub(crate) async fn stop(self) -> DagManagerSettings {
         self.shutdown.trigger();
         self.task
             .await
@@ -111,7 +111,7 @@ impl TestApp {
     }
 }
 
-pub fn request(strategy_id: &str, dag: &serde_json::Value) -> DiffRequest {
+pub(crate) fn request(strategy_id: &str, dag: &serde_json::Value) -> DiffRequest {
     DiffRequest {
         strategy_id: strategy_id.to_owned(),
         dag_json: dag.to_string(),
@@ -119,7 +119,7 @@ pub fn request(strategy_id: &str, dag: &serde_json::Value) -> DiffRequest {
     }
 }
 
-pub fn temp_dir() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn temp_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().to_path_buf();
     (dir, path)
@@ -127,7 +127,7 @@ pub fn temp_dir() -> (tempfile::TempDir, PathBuf) {
 
 /// Counts log events whose message is `message` while the guard lives. Only events of this
 /// thread are seen, which is every task of the app under `#[tokio::test]` (one thread).
-pub fn count_logs(message: &'static str) -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
+pub(crate) fn count_logs(message: &'static str) -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
     use tracing_subscriber::layer::SubscriberExt as _;
     let seen = Arc::new(AtomicUsize::new(0));
     let subscriber = tracing_subscriber::registry().with(LogCounter {

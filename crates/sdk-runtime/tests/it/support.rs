@@ -10,7 +10,7 @@ use test_support::Exposition;
 use tokio::sync::mpsc;
 
 /// A `window`-bar simple moving average of `input`.
-pub fn sma(s: &mut Strategy, input: NodeRef, window: usize) -> NodeRef {
+pub(crate) fn sma(s: &mut Strategy, input: NodeRef, window: usize) -> NodeRef {
     s.node("SMA")
         .name(format!("sma{window}"))
         .input(input)
@@ -23,7 +23,7 @@ pub fn sma(s: &mut Strategy, input: NodeRef, window: usize) -> NodeRef {
 
 /// A live feed the test pushes bars into; dropping the sender ends it.
 #[derive(Debug)]
-pub struct ChannelFeed(pub mpsc::UnboundedReceiver<(i64, Value)>);
+pub(crate) struct ChannelFeed(pub mpsc::UnboundedReceiver<(i64, Value)>);
 
 #[async_trait]
 impl LiveFeed for ChannelFeed {
@@ -32,15 +32,15 @@ impl LiveFeed for ChannelFeed {
     }
 }
 
-pub fn channel_feed() -> (mpsc::UnboundedSender<(i64, Value)>, ChannelFeed) {
+pub(crate) fn channel_feed() -> (mpsc::UnboundedSender<(i64, Value)>, ChannelFeed) {
     let (sender, receiver) = mpsc::unbounded_channel();
     (sender, ChannelFeed(receiver))
 }
 
 /// Collected `(timestamp, number)` outputs of a node.
-pub type Outputs = Arc<Mutex<Vec<(i64, f64)>>>;
+pub(crate) type Outputs = Arc<Mutex<Vec<(i64, f64)>>>;
 
-pub fn collector() -> (Outputs, impl FnMut(i64, &Value) + Send + 'static) {
+pub(crate) fn collector() -> (Outputs, impl FnMut(i64, &Value) + Send + 'static) {
     let outputs: Outputs = Arc::default();
     let sink = outputs.clone();
     let observe = move |at: i64, value: &Value| {
@@ -51,12 +51,12 @@ pub fn collector() -> (Outputs, impl FnMut(i64, &Value) + Send + 'static) {
     (outputs, observe)
 }
 
-pub fn taken(outputs: &Outputs) -> Vec<(i64, f64)> {
+pub(crate) fn taken(outputs: &Outputs) -> Vec<(i64, f64)> {
     outputs.lock().map(|o| o.clone()).unwrap_or_default()
 }
 
 /// Rounds to 1e-9 so hand-computed means compare exactly.
-pub fn rounded(values: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+pub(crate) fn rounded(values: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
     values
         .into_iter()
         .map(|(t, v)| (t, (v * 1e9).round() / 1e9))
@@ -64,24 +64,24 @@ pub fn rounded(values: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
 }
 
 /// Serves the runtime's metrics on a free port; returns its address.
-pub async fn serve(metrics: Arc<SdkMetrics>) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn serve(metrics: Arc<SdkMetrics>) -> anyhow::Result<SocketAddr> {
     Ok(
         sdk_runtime::metrics::start_metrics_server(metrics, "127.0.0.1", 0, Shutdown::new())
             .await?,
     )
 }
 
-pub async fn scrape(address: SocketAddr) -> anyhow::Result<Exposition> {
+pub(crate) async fn scrape(address: SocketAddr) -> anyhow::Result<Exposition> {
     test_support::scrape(&format!("http://{address}/metrics")).await
 }
 
-pub struct Stack {
+pub(crate) struct Stack {
     pub gateway: SocketAddr,
     stops: Vec<(Shutdown, tokio::task::JoinHandle<()>)>,
 }
 
 impl Stack {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for (shutdown, task) in self.stops.into_iter().rev() {
             shutdown.trigger();
             let _ = task.await;
@@ -90,12 +90,12 @@ impl Stack {
 }
 
 /// A DAG Manager and a Gateway on embedded stores under `dir`, on free ports.
-pub async fn stack(dir: &Path) -> anyhow::Result<Stack> {
+pub(crate) async fn stack(dir: &Path) -> anyhow::Result<Stack> {
     stack_with(dir, None).await
 }
 
 /// As [`stack`], with the DAG Manager's queues on a Kafka broker when one is given.
-pub async fn stack_with(dir: &Path, kafka: Option<&str>) -> anyhow::Result<Stack> {
+pub(crate) async fn stack_with(dir: &Path, kafka: Option<&str>) -> anyhow::Result<Stack> {
     let mut dm = dagmanager::DagManagerSettings {
         grpc_port: 0,
         admin_port: 0,
