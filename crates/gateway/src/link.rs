@@ -83,7 +83,8 @@ fn link_error(error: BreakerError<ClientError>) -> LinkError {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, as one line: `top: cause: deeper cause`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
