@@ -142,7 +142,10 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     }
     wait_ready(
         &mut services,
-        &[format!("{dm_admin}/readyz"), format!("{gateway}/health")],
+        &[
+            (dm_admin.as_str(), "/readyz"),
+            (gateway.as_str(), "/health"),
+        ],
         &shutdown,
     )
     .await?;
@@ -174,7 +177,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         readiness,
         server_stop.clone(),
     ));
-    let sdk_metrics = format!("http://{sdk_addr}/metrics");
+    let sdk_address = format!("http://{sdk_addr}");
     match &options.kafka {
         Some(bootstrap) => println!(
             "qmtl up: the stack is running with its queues on the Kafka broker at {bootstrap}."
@@ -191,7 +194,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         "  Gateway      {gateway}   metrics {gateway}/metrics   log {}",
         services[1].log.display()
     );
-    println!("  SDK runtime  metrics {sdk_metrics}");
+    println!("  SDK runtime  metrics {sdk_address}/metrics");
 
     let runner_settings = SdkSettings {
         gateway_url: gateway.clone(),
@@ -280,7 +283,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     }
     summary(
         "DAG Manager",
-        &format!("{dm_admin}/metrics"),
+        &dm_admin,
         &[
             "diff_requests_total",
             "diff_failures_total",
@@ -292,7 +295,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     .await;
     summary(
         "Gateway",
-        &format!("{gateway}/metrics"),
+        &gateway,
         &[
             "gateway_submissions_total",
             "lost_requests_total",
@@ -304,7 +307,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     .await;
     summary(
         "SDK runtime",
-        &sdk_metrics,
+        &sdk_address,
         &[
             "node_processed_total",
             "node_process_failure_total",
@@ -335,7 +338,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
 
 async fn wait_ready(
     services: &mut [Service],
-    urls: &[String],
+    endpoints: &[(&str, &str)],
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -353,8 +356,8 @@ async fn wait_ready(
             }
         }
         let mut ready = true;
-        for url in urls {
-            ready &= matches!(crate::submit::get(url, "").await, Ok((200, _)));
+        for (address, path) in endpoints {
+            ready &= matches!(crate::submit::get(address, path).await, Ok((200, _)));
         }
         if ready {
             return Ok(());
@@ -452,9 +455,10 @@ fn progress(exposition: &str) -> String {
     )
 }
 
-/// Prints each family's series (summed over node ids) from a service's endpoint.
-async fn summary(service: &str, url: &str, families: &[&str]) {
-    let body = match crate::submit::get(url, "").await {
+/// Prints each family's series (summed over node ids) from a service's `/metrics`.
+async fn summary(service: &str, address: &str, families: &[&str]) {
+    let url = format!("{address}/metrics");
+    let body = match crate::submit::get(address, "/metrics").await {
         Ok((200, body)) => body,
         other => {
             println!("  {service}: {url} did not answer ({other:?})");
