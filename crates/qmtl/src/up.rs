@@ -3,8 +3,11 @@
 //! key counters. Ctrl-C drains the strategies and stops everything.
 
 use anyhow::Context as _;
-use kit::metrics::Readiness;
+use dagmanager::metrics as dm;
+use gateway::metrics as gw;
+use kit::metrics::{Readiness, SPANS_DROPPED_TOTAL};
 use kit::shutdown::Shutdown;
+use sdk_runtime::metrics as sdk;
 use sdk_runtime::{
     InProcessTransport, KafkaTransport, Mode, Plan, RunReport, Runner, SdkMetrics, SdkSettings,
     StrategyHandle, Transport,
@@ -255,7 +258,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
                 let exposition = metrics.render();
                 // A broker's queue outlives its producer: once a strategy's feed has ended and
                 // the readers have taken nothing new for two seconds, the demo is over.
-                let read = sum_of(&exposition, "runtime_events_total", "source=\"queue\"");
+                let read = sum_of(&exposition, sdk::RUNTIME_EVENTS_TOTAL, "source=\"queue\"");
                 if handles.iter().any(|(_, h)| h.is_finished()) {
                     quiet = if read == last_read { quiet + 1 } else { 0 };
                     if quiet >= 2 {
@@ -285,11 +288,11 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         "DAG Manager",
         &dm_admin,
         &[
-            "diff_requests_total",
-            "diff_failures_total",
-            "compute_nodes_total",
-            "queues_total",
-            "otel_spans_dropped_total",
+            dm::DIFF_REQUESTS_TOTAL,
+            dm::DIFF_FAILURES_TOTAL,
+            dm::COMPUTE_NODES_TOTAL,
+            dm::QUEUES_TOTAL,
+            SPANS_DROPPED_TOTAL,
         ],
     )
     .await;
@@ -297,11 +300,11 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         "Gateway",
         &gateway,
         &[
-            "gateway_submissions_total",
-            "lost_requests_total",
-            "dagclient_breaker_state",
-            "gateway_e2e_latency_p95",
-            "otel_spans_dropped_total",
+            gw::GATEWAY_SUBMISSIONS_TOTAL,
+            gw::LOST_REQUESTS_TOTAL,
+            gw::DAGCLIENT_BREAKER.state,
+            gw::GATEWAY_E2E_LATENCY_P95,
+            SPANS_DROPPED_TOTAL,
         ],
     )
     .await;
@@ -309,13 +312,13 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         "SDK runtime",
         &sdk_address,
         &[
-            "node_processed_total",
-            "node_process_failure_total",
-            "backfill_completed_total",
-            "backfill_failure_total",
-            "runtime_events_total",
-            "runtime_published_total",
-            "otel_spans_dropped_total",
+            sdk::NODE_PROCESSED_TOTAL,
+            sdk::NODE_PROCESS_FAILURE_TOTAL,
+            sdk::BACKFILL_COMPLETED_TOTAL,
+            sdk::BACKFILL_FAILURE_TOTAL,
+            sdk::RUNTIME_EVENTS_TOTAL,
+            sdk::RUNTIME_PUBLISHED_TOTAL,
+            SPANS_DROPPED_TOTAL,
         ],
     )
     .await;
@@ -447,11 +450,11 @@ fn progress(exposition: &str) -> String {
     let sum = |family: &str, filter: &str| sum_of(exposition, family, filter);
     format!(
         "events: {:.0} from the feed, {:.0} from queues, {:.0} backfilled | node runs: {:.0} | published: {:.0}",
-        sum("runtime_events_total", "source=\"feed\""),
-        sum("runtime_events_total", "source=\"queue\""),
-        sum("runtime_events_total", "source=\"backfill\""),
-        sum("node_processed_total", ""),
-        sum("runtime_published_total", ""),
+        sum(sdk::RUNTIME_EVENTS_TOTAL, "source=\"feed\""),
+        sum(sdk::RUNTIME_EVENTS_TOTAL, "source=\"queue\""),
+        sum(sdk::RUNTIME_EVENTS_TOTAL, "source=\"backfill\""),
+        sum(sdk::NODE_PROCESSED_TOTAL, ""),
+        sum(sdk::RUNTIME_PUBLISHED_TOTAL, ""),
     )
 }
 
