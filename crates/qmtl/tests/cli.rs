@@ -5,7 +5,8 @@ mod common;
 use common::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use test_support::assert_eventually;
 
 fn qmtl() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qmtl"));
@@ -76,8 +77,11 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_stops_on_sigterm() {
+// A tokio test only for `assert_eventually!`'s sleep: everything else here blocks, as a user's
+// shell would.
+#[tokio::test]
+async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_stops_on_sigterm()
+ {
     let dir = tempfile::tempdir().unwrap();
     let (grpc, admin) = (free_port(), free_port());
     let mut server = Server(
@@ -92,20 +96,32 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
             .spawn()
             .unwrap(),
     );
+    // Read on a thread of its own, so that a server that hangs without a word fails the
+    // deadline too, and its log never fills the pipe.
     let stdout = server.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = lines
-            .next()
-            .expect("the server logs until it listens")
-            .unwrap();
-        if line.contains("DAG Manager listening") {
-            assert!(line.contains(&grpc.to_string()), "{line}");
-            break;
+    let (log_lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if log_lines.send(line).is_err() {
+                return;
+            }
         }
-        assert!(Instant::now() < deadline, "the server did not start");
-    }
+    });
+    let mut listening = None;
+    assert_eventually!(
+        {
+            listening = listening.take().or_else(|| {
+                logged
+                    .try_iter()
+                    .find(|line| line.contains("DAG Manager listening"))
+            });
+            listening.is_some()
+        },
+        Duration::from_secs(20),
+        "the server did not start"
+    );
+    let listening = listening.unwrap_or_default();
+    assert!(listening.contains(&grpc.to_string()), "{listening}");
     let target = format!("127.0.0.1:{grpc}");
     // The standalone exporter, next to the running DAG Manager.
     let exporter_port = free_port();
@@ -119,14 +135,11 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while exported(exporter_port, "dagmanager_up") != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "the exporter did not see the DAG Manager"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_eventually!(
+        exported(exporter_port, "dagmanager_up") == Some(1.0),
+        Duration::from_secs(20),
+        "the exporter did not see the DAG Manager"
+    );
     assert_eq!(exported(exporter_port, "diff_requests_total"), Some(0.0));
     let diff = |world: &str| {
         qmtl()
@@ -195,18 +208,14 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            assert!(status.success(), "a drained shutdown exits 0: {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_eventually!(
+        server.0.try_wait().unwrap().is_some(),
+        Duration::from_secs(15),
+        "the server did not stop on SIGTERM"
+    );
+    // The status try_wait reaped, kept by the child.
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "a drained shutdown exits 0: {status}");
     assert_eq!(
         exported(exporter_port, "dagmanager_up"),
         Some(0.0),
