@@ -277,7 +277,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     for (name, handle) in handles {
         match handle.join().await {
             Ok(report) => reports.push((name, report)),
-            Err(error) => println!("  {name}: {error}"),
+            Err(error) => println!("  {name}: {:#}", anyhow::Error::new(error)),
         }
     }
     println!("\nSummary");
