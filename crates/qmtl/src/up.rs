@@ -100,6 +100,59 @@ impl Drop for Service {
 pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     let _telemetry = kit::telemetry::init("sdk", &settings.telemetry)?;
     let shutdown = Shutdown::new();
+    let addresses = Addresses::of(&settings);
+    let services = start_services(&settings, &options, &addresses, &shutdown).await?;
+    let metrics = SdkMetrics::new()?;
+    let sdk_server = serve_sdk_metrics(&settings, &metrics).await?;
+    print_stack(
+        &settings,
+        &options,
+        &addresses,
+        &services,
+        &sdk_server.address,
+    );
+    let (_runner, handles) = start_demo(&settings, &options, &addresses, &metrics).await?;
+    follow_progress(&handles, &metrics, &shutdown).await;
+    let reports = join_strategies(handles).await;
+    print_summary(&reports, &addresses, &sdk_server.address).await;
+
+    if options.keep_running && !shutdown.is_triggered() {
+        println!("\nThe services keep running; press Ctrl-C to stop them.");
+        shutdown.triggered().await;
+    }
+    sdk_server.stop.trigger();
+    let _ = sdk_server.task.await;
+    for mut service in services {
+        service.stop(Duration::from_secs(10));
+        println!("{} stopped.", service.name);
+    }
+    Ok(())
+}
+
+/// The services' HTTP base addresses, as `qmtl up` prints and reads them.
+struct Addresses {
+    dm_admin: String,
+    gateway: String,
+}
+
+impl Addresses {
+    fn of(settings: &Settings) -> Addresses {
+        let (dm, gw) = (&settings.dagmanager, &settings.gateway);
+        Addresses {
+            dm_admin: format!("http://{}:{}", dm.host, dm.admin_port),
+            gateway: format!("http://{}:{}", gw.host, gw.port),
+        }
+    }
+}
+
+/// Starts the DAG Manager and the Gateway as processes, each stopped when dropped and on
+/// Ctrl-C, and waits until both are ready.
+async fn start_services(
+    settings: &Settings,
+    options: &UpOptions,
+    addresses: &Addresses,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<Service>> {
     let children: Arc<std::sync::Mutex<Vec<u32>>> = Arc::default();
     let to_stop = children.clone();
     shutdown.trigger_on_os_signals_then(move || {
@@ -114,9 +167,6 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
 
     let dm = &settings.dagmanager;
-    let gw = &settings.gateway;
-    let dm_admin = format!("http://{}:{}", dm.host, dm.admin_port);
-    let gateway = format!("http://{}:{}", gw.host, gw.port);
     let config = options.config.as_deref();
     // The Gateway talks to the DAG Manager started here, whatever its own setting says.
     let dm_grpc = format!("{}:{}", dm.host, dm.grpc_port);
@@ -146,15 +196,28 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     wait_ready(
         &mut services,
         &[
-            (dm_admin.as_str(), "/readyz"),
-            (gateway.as_str(), "/health"),
+            (addresses.dm_admin.as_str(), "/readyz"),
+            (addresses.gateway.as_str(), "/health"),
         ],
-        &shutdown,
+        shutdown,
     )
     .await?;
+    Ok(services)
+}
 
-    let metrics = SdkMetrics::new()?;
-    let sdk = &settings.sdk;
+/// The SDK runtime's `/metrics`, served until the summary has read it, after the strategies
+/// stop.
+struct SdkMetricsServer {
+    address: String,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve_sdk_metrics(
+    settings: &Settings,
+    metrics: &Arc<SdkMetrics>,
+) -> anyhow::Result<SdkMetricsServer> {
+    let (dm, gw, sdk) = (&settings.dagmanager, &settings.gateway, &settings.sdk);
     // The SDK's default port (8000, as in the Python SDK) is the Gateway's too: on one machine
     // a taken port gives way to a free one.
     let taken = [gw.port, dm.admin_port, dm.grpc_port];
@@ -172,15 +235,33 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve the runtime's metrics on port {sdk_port}"))?;
     let readiness = Readiness::default();
     readiness.set(true);
-    // Served until the summary has read it, after the strategies stop.
-    let server_stop = Shutdown::new();
-    let server = tokio::spawn(sdk_runtime::metrics::serve_metrics(
+    let stop = Shutdown::new();
+    let task = tokio::spawn(sdk_runtime::metrics::serve_metrics(
         metrics.clone(),
         listener,
         readiness,
-        server_stop.clone(),
+        stop.clone(),
     ));
-    let sdk_address = format!("http://{sdk_addr}");
+    Ok(SdkMetricsServer {
+        address: format!("http://{sdk_addr}"),
+        stop,
+        task,
+    })
+}
+
+/// What runs where: the queues' home and each process's endpoints and log.
+fn print_stack(
+    settings: &Settings,
+    options: &UpOptions,
+    addresses: &Addresses,
+    services: &[Service],
+    sdk_address: &str,
+) {
+    let (dm, dm_admin, gateway) = (
+        &settings.dagmanager,
+        &addresses.dm_admin,
+        &addresses.gateway,
+    );
     match &options.kafka {
         Some(bootstrap) => println!(
             "qmtl up: the stack is running with its queues on the Kafka broker at {bootstrap}."
@@ -198,9 +279,19 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         services[1].log.display()
     );
     println!("  SDK runtime  metrics {sdk_address}/metrics");
+}
 
+/// Submits the two demo strategies through the Gateway and prints their plans. The runner is
+/// returned with them, to live as long as they run.
+async fn start_demo(
+    settings: &Settings,
+    options: &UpOptions,
+    addresses: &Addresses,
+    metrics: &Arc<SdkMetrics>,
+) -> anyhow::Result<(Runner, Vec<(&'static str, StrategyHandle)>)> {
+    let sdk = &settings.sdk;
     let runner_settings = SdkSettings {
-        gateway_url: gateway.clone(),
+        gateway_url: addresses.gateway.clone(),
         ..sdk.clone()
     };
     let transport: Arc<dyn Transport> = match &options.kafka {
@@ -208,7 +299,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             KafkaTransport::new(
                 bootstrap,
                 Duration::from_millis(settings.dagmanager.kafka_timeout_ms),
-                &metrics,
+                metrics,
             )
             .context("cannot use the Kafka broker")?,
         ),
@@ -230,14 +321,22 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         options.pace.as_millis()
     );
     let (first, second) = tokio::join!(runner.start(crossover), runner.start(trend));
-    let handles: Vec<(&str, StrategyHandle)> = vec![
+    let handles = vec![
         ("ma-crossover", first.context("ma-crossover")?),
         ("ma-trend", second.context("ma-trend")?),
     ];
     for (name, handle) in &handles {
         describe_plan(name, handle.plan());
     }
+    Ok((runner, handles))
+}
 
+/// A progress line a second until the strategies finish, go quiet, or Ctrl-C stops them.
+async fn follow_progress(
+    handles: &[(&str, StrategyHandle)],
+    metrics: &SdkMetrics,
+    shutdown: &Shutdown,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let started = Instant::now();
@@ -246,7 +345,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         tokio::select! {
             () = shutdown.triggered() => {
                 println!("\nStopping: the strategies drain, then the services stop.");
-                for (_, handle) in &handles {
+                for (_, handle) in handles {
                     handle.stop();
                 }
                 break;
@@ -262,7 +361,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
                 if handles.iter().any(|(_, h)| h.is_finished()) {
                     quiet = if read == last_read { quiet + 1 } else { 0 };
                     if quiet >= 2 {
-                        for (_, handle) in &handles {
+                        for (_, handle) in handles {
                             handle.stop();
                         }
                         break;
@@ -273,20 +372,31 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let mut reports: Vec<(&str, RunReport)> = Vec::new();
+}
+
+/// Each strategy's report once it has drained; a failed one is printed and left out.
+async fn join_strategies(
+    handles: Vec<(&'static str, StrategyHandle)>,
+) -> Vec<(&'static str, RunReport)> {
+    let mut reports = Vec::new();
     for (name, handle) in handles {
         match handle.join().await {
             Ok(report) => reports.push((name, report)),
             Err(error) => println!("  {name}: {:#}", anyhow::Error::new(error)),
         }
     }
+    reports
+}
+
+/// The strategies' events, every service's key series and the queue one strategy reused.
+async fn print_summary(reports: &[(&str, RunReport)], addresses: &Addresses, sdk_address: &str) {
     println!("\nSummary");
-    for (name, report) in &reports {
+    for (name, report) in reports {
         println!("  {name}: {} live events taken", report.events);
     }
     summary(
         "DAG Manager",
-        &dm_admin,
+        &addresses.dm_admin,
         &[
             dm::DIFF_REQUESTS_TOTAL,
             dm::DIFF_FAILURES_TOTAL,
@@ -298,7 +408,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     .await;
     summary(
         "Gateway",
-        &gateway,
+        &addresses.gateway,
         &[
             gw::GATEWAY_SUBMISSIONS_TOTAL,
             gw::LOST_REQUESTS_TOTAL,
@@ -310,7 +420,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     .await;
     summary(
         "SDK runtime",
-        &sdk_address,
+        sdk_address,
         &[
             sdk::NODE_PROCESSED_TOTAL,
             sdk::NODE_PROCESS_FAILURE_TOTAL,
@@ -322,21 +432,9 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         ],
     )
     .await;
-    if let Some(reused) = reused_queue(&reports) {
+    if let Some(reused) = reused_queue(reports) {
         println!("  reused queue: {reused}");
     }
-
-    if options.keep_running && !shutdown.is_triggered() {
-        println!("\nThe services keep running; press Ctrl-C to stop them.");
-        shutdown.triggered().await;
-    }
-    server_stop.trigger();
-    let _ = server.await;
-    for mut service in services {
-        service.stop(Duration::from_secs(10));
-        println!("{} stopped.", service.name);
-    }
-    Ok(())
 }
 
 async fn wait_ready(
