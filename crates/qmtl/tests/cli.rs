@@ -77,19 +77,42 @@ impl Drop for Server {
     }
 }
 
-// A tokio test only for `assert_eventually!`'s sleep: everything else here blocks, as a user's
+// Tokio tests only for `assert_eventually!`'s sleep: everything else here blocks, as a user's
 // shell would.
 #[tokio::test]
 async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_stops_on_sigterm()
  {
     let dir = tempfile::tempdir().unwrap();
+    let (mut server, grpc, admin) = start_server(dir.path()).await;
+    let target = format!("127.0.0.1:{grpc}");
+    let (_exporter, exporter_port) = start_exporter(admin).await;
+    assert_eq!(exported(exporter_port, "diff_requests_total"), Some(0.0));
+    the_cli_diffs_an_example_twice_with_one_answer(&target);
+    assert_eq!(
+        exported(exporter_port, "diff_requests_total"),
+        Some(2.0),
+        "the exporter shows the live figures"
+    );
+    test_support::assert_promtool_clean(&exposition(exporter_port).unwrap_or_default());
+    the_cli_reads_queue_stats_and_runs_gc(&target);
+    stops_on_sigterm(&mut server).await;
+    assert_eq!(
+        exported(exporter_port, "dagmanager_up"),
+        Some(0.0),
+        "the exporter keeps serving and says the DAG Manager is away"
+    );
+}
+
+/// `qmtl service dagmanager server` with its data under `dir`, once it logs that it listens;
+/// the server and its gRPC and admin ports.
+async fn start_server(dir: &std::path::Path) -> (Server, u16, u16) {
     let (grpc, admin) = (free_port(), free_port());
     let mut server = Server(
         qmtl()
             .args(["service", "dagmanager", "server"])
             .env("QMTL__DAGMANAGER__GRPC_PORT", grpc.to_string())
             .env("QMTL__DAGMANAGER__ADMIN_PORT", admin.to_string())
-            .env("QMTL__DAGMANAGER__DATA_DIR", dir.path().join("data"))
+            .env("QMTL__DAGMANAGER__DATA_DIR", dir.join("data"))
             .env("QMTL__TELEMETRY__LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -97,14 +120,12 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
             .unwrap(),
     );
     // Read on a thread of its own, so that a server that hangs without a word fails the
-    // deadline too, and its log never fills the pipe.
+    // deadline too; it reads to the end, so the log never fills the pipe nor finds it closed.
     let stdout = server.0.stdout.take().unwrap();
     let (log_lines, logged) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if log_lines.send(line).is_err() {
-                return;
-            }
+            let _ = log_lines.send(line);
         }
     });
     let mut listening = None;
@@ -122,10 +143,13 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
     );
     let listening = listening.unwrap_or_default();
     assert!(listening.contains(&grpc.to_string()), "{listening}");
-    let target = format!("127.0.0.1:{grpc}");
-    // The standalone exporter, next to the running DAG Manager.
+    (server, grpc, admin)
+}
+
+/// The standalone exporter, next to the running DAG Manager, once it sees it; its port.
+async fn start_exporter(admin: u16) -> (Server, u16) {
     let exporter_port = free_port();
-    let _exporter = Server(
+    let exporter = Server(
         qmtl()
             .args(["service", "dagmanager", "metrics", "--port"])
             .arg(exporter_port.to_string())
@@ -140,7 +164,10 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
         Duration::from_secs(20),
         "the exporter did not see the DAG Manager"
     );
-    assert_eq!(exported(exporter_port, "diff_requests_total"), Some(0.0));
+    (exporter, exporter_port)
+}
+
+fn the_cli_diffs_an_example_twice_with_one_answer(target: &str) {
     let diff = |world: &str| {
         qmtl()
             .args([
@@ -150,7 +177,7 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
                 "--file",
                 "examples/ma-crossover.json",
             ])
-            .args(["--target", &target, "--world-id", world])
+            .args(["--target", target, "--world-id", world])
             .output()
             .unwrap()
     };
@@ -173,20 +200,16 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
         serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap()["queue_map"],
         printed["queue_map"]
     );
-    assert_eq!(
-        exported(exporter_port, "diff_requests_total"),
-        Some(2.0),
-        "the exporter shows the live figures"
-    );
-    test_support::assert_promtool_clean(&exposition(exporter_port).unwrap_or_default());
+}
 
+fn the_cli_reads_queue_stats_and_runs_gc(target: &str) {
     let stats = qmtl()
         .args([
             "service",
             "dagmanager",
             "queue-stats",
             "--target",
-            &target,
+            target,
             "--filter",
             "tag=btc;interval=60",
         ])
@@ -195,11 +218,13 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["sizes"].as_object().unwrap().len(), 4);
     let gc = qmtl()
-        .args(["service", "dagmanager", "gc", "--target", &target])
+        .args(["service", "dagmanager", "gc", "--target", target])
         .output()
         .unwrap();
     assert!(gc.status.success());
+}
 
+async fn stops_on_sigterm(server: &mut Server) {
     let pid = server.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -216,11 +241,6 @@ async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then
     // The status try_wait reaped, kept by the child.
     let status = server.0.wait().unwrap();
     assert!(status.success(), "a drained shutdown exits 0: {status}");
-    assert_eq!(
-        exported(exporter_port, "dagmanager_up"),
-        Some(0.0),
-        "the exporter keeps serving and says the DAG Manager is away"
-    );
 }
 
 #[test]
