@@ -12,7 +12,7 @@
 // The reference-counted buffer type reqwest takes as a body; axum re-exports it.
 use axum::body::Bytes;
 use base64::Engine as _;
-use kit::http::{BaseUrl, Client};
+use kit::http::BaseUrl;
 use kit::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,29 +57,33 @@ async fn run_case(
     let base = BaseUrl::parse(&gateway.to_string()).expect("the Gateway's address");
     let submit_url = base.join("/strategies");
     // One keep-alive HTTP/1.1 connection per worker, as a load tool such as wrk keeps them: the
-    // generator shares the machine's two cores with the services, so it stays lean. A client per
-    // worker holds that one connection, opened before the clock starts.
-    let mut clients: Vec<Client> = Vec::with_capacity(concurrency);
+    // generator shares the machine's two cores with the services, so it stays lean. One client
+    // (its pool holds the connections), opened all at once before the clock starts.
+    let client = kit::http::client(CLIENT_TIMEOUT).expect("the HTTP client builds");
+    let mut opening = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let client = kit::http::client(CLIENT_TIMEOUT).expect("the HTTP client builds");
-        let answer = client
-            .get(base.join("/healthz"))
-            .send()
-            .await
-            .expect("the Gateway accepts");
-        assert!(
-            answer.status().is_success(),
-            "/healthz: {}",
-            answer.status()
-        );
-        answer.bytes().await.expect("the /healthz body");
-        clients.push(client);
+        let (client, healthz) = (client.clone(), base.join("/healthz"));
+        opening.spawn(async move {
+            let answer = client
+                .get(healthz)
+                .send()
+                .await
+                .expect("the Gateway accepts");
+            assert!(
+                answer.status().is_success(),
+                "/healthz: {}",
+                answer.status()
+            );
+            answer.bytes().await.expect("the /healthz body");
+        });
     }
+    opening.join_all().await;
     let started = Instant::now();
     let cpu_before = test_support::bench::process_cpu();
     let mut workers = tokio::task::JoinSet::new();
-    for client in clients {
+    for _ in 0..concurrency {
         let (bodies, next, submit_url) = (bodies.clone(), next.clone(), submit_url.clone());
+        let client = client.clone();
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut completed = 0usize;
