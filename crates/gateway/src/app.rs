@@ -1,11 +1,13 @@
 //! Builds the Gateway from its settings (binding its listener, port 0 allowed) and runs it until
-//! shutdown: the API, the carrier and the DAG Manager probe.
+//! shutdown: the API with the admin routes, the carrier, the DAG Manager probe and the store's
+//! readiness probe.
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use kit::clock::{Clock, SystemClock};
-use kit::metrics::RecentQuantile;
+use kit::metrics::{Readiness, RecentQuantile};
+use kit::probe::HealthProbe;
 use kit::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,9 +101,16 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    /// The router over `state`.
-    fn router(&self, state: ApiState) -> Router {
+    /// The API over `state`, with the kit's admin routes (`/metrics`, `/healthz`, `/readyz`)
+    /// merged in; every route is timed by the same middleware.
+    fn router(&self, state: ApiState, readiness: Readiness) -> Router {
         let metrics = state.metrics.clone();
+        let refreshed = state.clone();
+        let admin = kit::metrics::admin_router(
+            state.metrics.registry().clone(),
+            readiness,
+            Arc::new(move || routes::refresh_gauges(&refreshed)),
+        );
         Router::new()
             .route("/strategies", post(routes::submit))
             .route("/strategies/dry-run", post(routes::dry_run))
@@ -113,15 +122,16 @@ impl App {
             .route("/queues/by_tag", get(routes::queues_by_tag))
             .route("/status", get(routes::status))
             .route("/health", get(routes::status))
-            .route("/metrics", get(routes::metrics))
+            .with_state(state)
+            .merge(admin)
             .fallback(routes::not_found)
+            // After the merge: it applies to the routes present when it is called.
             .method_not_allowed_fallback(routes::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.settings.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(
                 metrics,
                 routes::record_request,
             ))
-            .with_state(state)
     }
 
     /// Serves until `shutdown` fires, then stops taking requests and drains within the grace
@@ -131,10 +141,22 @@ impl App {
             shutdown: shutdown.clone(),
             ..self.state.clone()
         };
-        let router = self.router(state.clone());
+        let readiness = Readiness::default();
+        // Ready from the first request on when the store is, not one probe later.
+        readiness.set(state.submissions.probe().is_ok());
+        let router = self.router(state.clone(), readiness.clone());
         let grace = Duration::from_millis(self.settings.shutdown_grace_ms);
-        let probe = tokio::spawn(state.link.clone().run_probe(
-            Duration::from_millis(self.settings.probe_interval_ms),
+        let probe_interval = Duration::from_millis(self.settings.probe_interval_ms);
+        let probe = tokio::spawn(
+            state
+                .link
+                .clone()
+                .run_probe(probe_interval, shutdown.clone()),
+        );
+        let store_probe = tokio::spawn(store_readiness(
+            state.submissions.clone(),
+            readiness,
+            probe_interval,
             shutdown.clone(),
         ));
         let carrier = tokio::spawn(
@@ -157,9 +179,41 @@ impl App {
         };
         shutdown.trigger();
         let _ = probe.await;
+        let _ = store_probe.await;
         let _ = tokio::time::timeout(grace, carrier).await;
         result
     }
+}
+
+/// Keeps `/readyz` answering whether the Gateway can accept submissions: its store is open and
+/// writable. The DAG Manager's health is no part of it, since submissions are accepted durably
+/// while it is away. Not ready from shutdown on.
+async fn store_readiness(
+    submissions: Arc<Submissions>,
+    readiness: Readiness,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    HealthProbe::every(interval)
+        .run(shutdown, || {
+            let probed = submissions.probe();
+            let ready = probed.is_ok();
+            if readiness.is_ready() != ready {
+                match &probed {
+                    Ok(()) => tracing::info!(ready, "The submission store is writable again."),
+                    Err(error) => tracing::warn!(
+                        ready,
+                        code = "E_STORE",
+                        error = %crate::link::error_chain(error),
+                        "The submission store cannot take submissions."
+                    ),
+                }
+            }
+            readiness.set(ready);
+            std::future::ready(ready)
+        })
+        .await;
+    readiness.set(false);
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use dagclient::{ClientError, CollectedDiff, collect_diff};
 use kit::breaker::{BreakerError, CircuitBreaker};
 use kit::clock::Clock;
+use kit::probe::HealthProbe;
 use kit::shutdown::Shutdown;
 use proto::diff_service_client::DiffServiceClient;
 use proto::health_check_client::HealthCheckClient;
@@ -83,7 +84,8 @@ fn link_error(error: BreakerError<ClientError>) -> LinkError {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes, as one line: `top: cause: deeper cause`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -189,7 +191,8 @@ impl DagManagerLink {
             .map_err(link_error)
     }
 
-    /// Asks `HealthCheck.Status` outside the breaker; a healthy answer closes the breaker.
+    /// Asks `HealthCheck.Status` outside the breaker and records the answer, for `/status` and
+    /// the probe loop (which closes the breaker on a healthy one).
     pub async fn probe(&self) -> DagManagerHealth {
         let mut client = HealthCheckClient::new(self.channel.clone());
         let answer = tokio::time::timeout(self.timeout, client.status(StatusRequest {})).await;
@@ -209,27 +212,27 @@ impl DagManagerLink {
             },
             Ordering::SeqCst,
         );
-        if healthy && self.breaker.is_open() {
-            self.breaker.reset();
-            self.recovered.notify_waiters();
-        }
         health
     }
 
-    /// Probes every `interval` until shutdown.
+    /// Probes every `interval` until shutdown, logging each change of health. A healthy answer
+    /// closes an open breaker and wakes the submissions waiting for it.
     pub async fn run_probe(self: Arc<Self>, interval: Duration, shutdown: Shutdown) {
-        let stop = shutdown.triggered();
-        tokio::pin!(stop);
-        loop {
-            let before = self.health();
-            let now = self.probe().await;
-            if before != now {
-                tracing::info!(dagmanager = now.as_str(), "DAG Manager health changed.");
-            }
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
+        let waiting = self.clone();
+        HealthProbe::every(interval)
+            .closing(self.breaker.clone())
+            .on_reset(move || waiting.recovered.notify_waiters())
+            .run(shutdown, || {
+                let link = self.clone();
+                async move {
+                    let before = link.health();
+                    let now = link.probe().await;
+                    if before != now {
+                        tracing::info!(dagmanager = now.as_str(), "DAG Manager health changed.");
+                    }
+                    now == DagManagerHealth::Ok
+                }
+            })
+            .await;
     }
 }

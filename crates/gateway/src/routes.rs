@@ -1,4 +1,5 @@
-//! The HTTP API (wire.md section 3): submissions, their state, queue look-ups, health, metrics.
+//! The HTTP API (wire.md section 3): submissions, their state, queue look-ups and health; the
+//! gauges `/metrics` refreshes (the route itself is the kit's admin router).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -134,7 +135,7 @@ async fn submit_in(
         }
         Err(error) => {
             state.metrics.lost_requests_total.increment(1);
-            tracing::error!(code = "E_STORE_UNAVAILABLE", error = %error, "A submission could not be persisted; refused with 503.");
+            tracing::error!(code = "E_STORE_UNAVAILABLE", error = %crate::link::error_chain(&error), "A submission could not be persisted; refused with 503.");
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "E_STORE_UNAVAILABLE",
@@ -337,8 +338,8 @@ pub async fn status(State(state): State<ApiState>) -> Json<Value> {
     }))
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<ApiState>) -> Response {
+/// Brings the gauges derived from state up to date; run by the kit's `/metrics` before it renders.
+pub fn refresh_gauges(state: &ApiState) {
     state
         .metrics
         .e2e_latency_p95
@@ -346,14 +347,6 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
     for (status, count) in state.submissions.counts() {
         state.metrics.strategies(status.as_str(), count);
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.registry().render(),
-    )
-        .into_response()
 }
 
 pub async fn not_found() -> ApiError {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySettings {
     pub host: String,
-    /// HTTP port of the API (and of `/metrics`, `/health`, `/status`); 0 picks a free one.
+    /// HTTP port of the API (and of `/metrics`, `/health`, `/healthz`, `/readyz`, `/status`); 0
+    /// picks a free one.
     pub port: u16,
     /// The DAG Manager's gRPC address (`host:port` or `http://host:port`).
     pub dagmanager_url: String,
@@ -22,7 +23,8 @@ pub struct GatewaySettings {
     pub diff_budget_ms: u64,
     /// Submissions carried to the DAG Manager at once.
     pub workers: usize,
-    /// How often the DAG Manager's health is probed (outside the breaker).
+    /// How often the DAG Manager's health is probed (outside the breaker), and the store for
+    /// `/readyz`.
     pub probe_interval_ms: u64,
     /// How long a submission waits before another try while the DAG Manager is unavailable.
     pub retry_interval_ms: u64,

@@ -245,6 +245,11 @@ impl Submissions {
         self.db.fail_next_commits(commits);
     }
 
+    /// Proves the store can take submissions: its log is open, writable and still on disk.
+    pub fn probe(&self) -> Result<(), SubmissionError> {
+        Ok(self.db.probe()?)
+    }
+
     pub fn get(&self, strategy_id: &str) -> Option<StrategyRecord> {
         self.read().records.get(strategy_id).cloned()
     }

@@ -132,42 +132,8 @@ pub fn validate(
             "`world_id` is no longer accepted; send `world_ids`, a non-empty list",
         ));
     }
-    let world_ids: Vec<String> = match request.get("world_ids") {
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|w| {
-                w.as_str()
-                    .filter(|w| !w.trim().is_empty())
-                    .map(str::to_owned)
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(|| {
-                unprocessable(
-                    "E_WORLD_IDS_REQUIRED",
-                    "`world_ids` must hold non-empty strings",
-                )
-            })?,
-        _ => {
-            return Err(unprocessable(
-                "E_WORLD_IDS_REQUIRED",
-                "`world_ids` is required: a non-empty list of world ids",
-            ));
-        }
-    };
-    let declared_crc = match request.get("node_ids_crc32") {
-        Some(value) => Some(
-            value
-                .as_u64()
-                .and_then(|c| u32::try_from(c).ok())
-                .ok_or_else(|| {
-                    unprocessable(
-                        "E_REQUEST_INVALID",
-                        "`node_ids_crc32` must be an unsigned 32-bit integer",
-                    )
-                })?,
-        ),
-        None => None,
-    };
+    let world_ids = world_ids(&request)?;
+    let declared_crc = declared_crc(&request)?;
     let Some(Value::String(encoded)) = request.get("dag_json") else {
         return Err(unprocessable(
             "E_REQUEST_INVALID",
@@ -194,6 +160,68 @@ pub fn validate(
             metrics,
         ));
     }
+    let context = compute_context(&request, &dag)?;
+    let sorted = wire::sorted_json_text(&dag_json)
+        .map_err(|e| bad_request("E_INVALID_JSON", format!("dag_json is not JSON: {e}")))?;
+    let dag_hash = hex(&sha2::Sha256::digest(sorted.as_bytes()));
+    Ok(Submission {
+        dag_json,
+        tag_queries: TagQuery::all_in(&dag),
+        crc32,
+        world_ids,
+        context,
+        dag_hash,
+    })
+}
+
+/// `world_ids`: a non-empty list of non-empty strings.
+fn world_ids(request: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    match request.get("world_ids") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|w| {
+                w.as_str()
+                    .filter(|w| !w.trim().is_empty())
+                    .map(str::to_owned)
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                unprocessable(
+                    "E_WORLD_IDS_REQUIRED",
+                    "`world_ids` must hold non-empty strings",
+                )
+            }),
+        _ => Err(unprocessable(
+            "E_WORLD_IDS_REQUIRED",
+            "`world_ids` is required: a non-empty list of world ids",
+        )),
+    }
+}
+
+/// The optional `node_ids_crc32`: an unsigned 32-bit integer when present.
+fn declared_crc(request: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    request
+        .get("node_ids_crc32")
+        .map(|value| {
+            value
+                .as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .ok_or_else(|| {
+                    unprocessable(
+                        "E_REQUEST_INVALID",
+                        "`node_ids_crc32` must be an unsigned 32-bit integer",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// The compute context: each field from `context`, else `meta`, else what the DAG declares; an
+/// execution domain, when given, must be one we know.
+fn compute_context(
+    request: &Map<String, Value>,
+    dag: &wire::Dag,
+) -> Result<ComputeContext, ApiError> {
     let context_section = request.get("context").and_then(Value::as_object);
     let meta = request.get("meta").and_then(Value::as_object);
     let declared = dag.declared_context();
@@ -225,17 +253,7 @@ pub fn validate(
             ),
         ));
     }
-    let sorted = wire::sorted_json_text(&dag_json)
-        .map_err(|e| bad_request("E_INVALID_JSON", format!("dag_json is not JSON: {e}")))?;
-    let dag_hash = hex(&sha2::Sha256::digest(sorted.as_bytes()));
-    Ok(Submission {
-        dag_json,
-        tag_queries: TagQuery::all_in(&dag),
-        crc32,
-        world_ids,
-        context,
-        dag_hash,
-    })
+    Ok(context)
 }
 
 /// `dag_json` is base64 of the DAG text; a client that sends the JSON text itself is understood.

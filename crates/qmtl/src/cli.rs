@@ -154,8 +154,7 @@ pub async fn run(
     settings: Settings,
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let service = match command {
-        Command::Service { service } => service,
+    match command {
         Command::Up {
             bars,
             pace_ms,
@@ -172,7 +171,7 @@ pub async fn run(
                 keep_running,
                 kafka,
             };
-            return crate::up::up(settings, options).await;
+            crate::up::up(settings, options).await
         }
         Command::Submit {
             file,
@@ -184,26 +183,38 @@ pub async fn run(
             let gateway = gateway
                 .unwrap_or_else(|| format!("{}:{}", settings.gateway.host, settings.gateway.port));
             let body = crate::submit::body(&read(&file)?, &world_ids, &execution_domain, &as_of)?;
-            let (status, answer) = crate::submit::post(&gateway, "/strategies", &body).await?;
-            if status == 409 {
-                // Already submitted: show the strategy as the Gateway has it.
-                let existing: serde_json::Value = serde_json::from_str(&answer)?;
-                let strategy_id = existing["strategy_id"].as_str().unwrap_or_default();
-                eprintln!("qmtl: this DAG was already submitted as strategy {strategy_id}");
-                let (_, current) =
-                    crate::submit::get(&gateway, &format!("/strategies/{strategy_id}")).await?;
-                println!("{current}");
-                return Ok(());
-            }
-            println!("{answer}");
-            anyhow::ensure!(status < 400, "the Gateway answered {status}");
-            return Ok(());
+            submit(&gateway, &body).await
         }
-    };
-    let command = match service {
-        Service::Gateway => return serve_gateway(settings).await,
-        Service::Dagmanager { command } => command,
-    };
+        Command::Service {
+            service: Service::Gateway,
+        } => serve_gateway(settings).await,
+        Command::Service {
+            service: Service::Dagmanager { command },
+        } => dagmanager(command, settings).await,
+    }
+}
+
+/// `qmtl submit`: sends the body and prints the answer, or the strategy as the Gateway has it
+/// when this DAG was submitted before.
+async fn submit(gateway: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    let (status, answer) = crate::submit::post(gateway, "/strategies", body).await?;
+    if status == 409 {
+        // Already submitted: show the strategy as the Gateway has it.
+        let existing: serde_json::Value = serde_json::from_str(&answer)?;
+        let strategy_id = existing["strategy_id"].as_str().unwrap_or_default();
+        eprintln!("qmtl: this DAG was already submitted as strategy {strategy_id}");
+        let (_, current) =
+            crate::submit::get(gateway, &format!("/strategies/{strategy_id}")).await?;
+        println!("{current}");
+        return Ok(());
+    }
+    println!("{answer}");
+    anyhow::ensure!(status < 400, "the Gateway answered {status}");
+    Ok(())
+}
+
+/// `qmtl service dagmanager ...`: the server, its exporter, or one call to a running one.
+async fn dagmanager(command: DagManagerCommand, settings: Settings) -> anyhow::Result<()> {
     match command {
         DagManagerCommand::Server => serve_dagmanager(settings).await,
         DagManagerCommand::Metrics {
@@ -213,27 +224,16 @@ pub async fn run(
             scrape_timeout_ms,
             kafka,
         } => {
-            let _telemetry = kit::telemetry::init("dagmanager-metrics", &settings.telemetry)?;
             let target = target.unwrap_or_else(|| {
                 format!(
                     "{}:{}",
                     settings.dagmanager.host, settings.dagmanager.admin_port
                 )
             });
-            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-                .await
-                .with_context(|| format!("cannot listen on {host}:{port}"))?;
-            tracing::info!(
-                metrics = %format!("http://{}/metrics", listener.local_addr()?),
-                %target,
-                "DAG Manager metrics exporter listening."
-            );
-            let shutdown = Shutdown::new();
-            shutdown.trigger_on_os_signals();
             let kafka = kafka
                 .or_else(|| Some(settings.dagmanager.kafka_dsn.clone()))
                 .filter(|k| !k.trim().is_empty());
-            let settings = dagmanager::exporter::ExporterSettings {
+            let exporter = dagmanager::exporter::ExporterSettings {
                 target,
                 scrape_timeout: std::time::Duration::from_millis(scrape_timeout_ms),
                 kafka,
@@ -242,8 +242,7 @@ pub async fn run(
                 ),
                 lag_threshold_secs: settings.dagmanager.lag_threshold_secs,
             };
-            dagmanager::exporter::serve_exporter(settings, listener, shutdown).await?;
-            Ok(())
+            serve_exporter(&settings, &host, port, exporter).await
         }
         DagManagerCommand::Diff {
             file,
@@ -257,33 +256,16 @@ pub async fn run(
             let dag_json = read(&file)?;
             let strategy_id = strategy_id
                 .unwrap_or_else(|| format!("cli-{:08x}", wire::crc32_chain([dag_json.as_str()])));
-            let mut client = DiffServiceClient::new(connect(&settings, &target).await?);
-            let diff = collect_diff(
-                &mut client,
-                proto::DiffRequest {
-                    strategy_id,
-                    dag_json,
-                    world_id,
-                    execution_domain,
-                    as_of,
-                    partition,
-                    dataset_fingerprint: String::new(),
-                },
-            )
-            .await?;
-            let buffer: Vec<_> = diff
-                .buffer_nodes
-                .iter()
-                .map(|b| serde_json::json!({"node_id": b.node_id, "lag": b.lag, "schema_hash": b.schema_hash}))
-                .collect();
-            print_json(&serde_json::json!({
-                "sentinel_id": diff.sentinel_id,
-                "version": diff.version,
-                "crc32": diff.crc32,
-                "chunks": diff.chunks,
-                "queue_map": diff.queue_map,
-                "buffer_nodes": buffer,
-            }))
+            let request = proto::DiffRequest {
+                strategy_id,
+                dag_json,
+                world_id,
+                execution_domain,
+                as_of,
+                partition,
+                dataset_fingerprint: String::new(),
+            };
+            diff(&settings, &target, request).await
         }
         DagManagerCommand::QueueStats { filter, target } => {
             let mut client = AdminServiceClient::new(connect(&settings, &target).await?);
@@ -309,25 +291,76 @@ pub async fn run(
             sentinel_id,
             file,
             target,
-        } => {
-            let dag_json = read(&file)?;
-            let mut client = AdminServiceClient::new(connect(&settings, &target).await?);
-            let result = client
-                .redo_diff(proto::RedoDiffRequest {
-                    sentinel_id,
-                    dag_json,
-                })
-                .await?
-                .into_inner();
-            let queue_map: std::collections::BTreeMap<_, _> =
-                result.queue_map.into_iter().collect();
-            print_json(&serde_json::json!({
-                "sentinel_id": result.sentinel_id,
-                "version": result.version,
-                "queue_map": queue_map,
-            }))
-        }
+        } => redo_diff(&settings, &target, sentinel_id, read(&file)?).await,
     }
+}
+
+/// `qmtl service dagmanager metrics`: the standalone exporter, until SIGINT or SIGTERM.
+async fn serve_exporter(
+    settings: &Settings,
+    host: &str,
+    port: u16,
+    exporter: dagmanager::exporter::ExporterSettings,
+) -> anyhow::Result<()> {
+    let _telemetry = kit::telemetry::init("dagmanager-metrics", &settings.telemetry)?;
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    tracing::info!(
+        metrics = %format!("http://{}/metrics", listener.local_addr()?),
+        target = %exporter.target,
+        "DAG Manager metrics exporter listening."
+    );
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_os_signals();
+    dagmanager::exporter::serve_exporter(exporter, listener, shutdown).await?;
+    Ok(())
+}
+
+/// `qmtl service dagmanager diff`: one diff, its queue map printed.
+async fn diff(
+    settings: &Settings,
+    target: &Target,
+    request: proto::DiffRequest,
+) -> anyhow::Result<()> {
+    let mut client = DiffServiceClient::new(connect(settings, target).await?);
+    let diff = collect_diff(&mut client, request).await?;
+    let buffer: Vec<_> = diff
+        .buffer_nodes
+        .iter()
+        .map(|b| serde_json::json!({"node_id": b.node_id, "lag": b.lag, "schema_hash": b.schema_hash}))
+        .collect();
+    print_json(&serde_json::json!({
+        "sentinel_id": diff.sentinel_id,
+        "version": diff.version,
+        "crc32": diff.crc32,
+        "chunks": diff.chunks,
+        "queue_map": diff.queue_map,
+        "buffer_nodes": buffer,
+    }))
+}
+
+/// `qmtl service dagmanager redo-diff`: the diff of a strategy again, by its sentinel id.
+async fn redo_diff(
+    settings: &Settings,
+    target: &Target,
+    sentinel_id: String,
+    dag_json: String,
+) -> anyhow::Result<()> {
+    let mut client = AdminServiceClient::new(connect(settings, target).await?);
+    let result = client
+        .redo_diff(proto::RedoDiffRequest {
+            sentinel_id,
+            dag_json,
+        })
+        .await?
+        .into_inner();
+    let queue_map: std::collections::BTreeMap<_, _> = result.queue_map.into_iter().collect();
+    print_json(&serde_json::json!({
+        "sentinel_id": result.sentinel_id,
+        "version": result.version,
+        "queue_map": queue_map,
+    }))
 }
 
 async fn serve_dagmanager(settings: Settings) -> anyhow::Result<()> {

@@ -2,11 +2,13 @@
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use kit::http::{BaseUrl, Method};
 use serde_json::{Value, json};
+use std::time::Duration;
+
+/// How long one exchange with a service may take: well past the Gateway's diff budget, which
+/// bounds how long `POST /strategies` waits before it answers.
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The submission body for a DAG text: base64 of it, the CRC32 of its node ids in submission
 /// order, the worlds and the compute context.
@@ -27,40 +29,32 @@ pub fn body(
     }))
 }
 
-/// GETs a path from the Gateway; the status and the answer's text.
-pub async fn get(gateway: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    send(gateway, hyper::Method::GET, path, None).await
+/// GETs a path below a service's address (`host:port` or a URL); the status and the answer's
+/// text.
+pub async fn get(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    send(address, Method::GET, path, None).await
 }
 
-/// POSTs JSON to the Gateway; the status and the answer's text.
+/// POSTs JSON to a path below the Gateway's address; the status and the answer's text.
 pub async fn post(gateway: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
-    send(gateway, hyper::Method::POST, path, Some(body)).await
+    send(gateway, Method::POST, path, Some(body)).await
 }
 
 async fn send(
-    gateway: &str,
-    method: hyper::Method,
+    address: &str,
+    method: Method,
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, String)> {
-    let base = if gateway.contains("://") {
-        gateway.to_owned()
-    } else {
-        format!("http://{gateway}")
-    };
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
+    let base = BaseUrl::parse(address)?;
+    let response = kit::http::client(TIMEOUT)?
+        .request(method, base.join(path))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(Value::to_string).unwrap_or_default(),
-        )))?;
-    let response = client
-        .request(request)
+        .body(body.map(Value::to_string).unwrap_or_default())
+        .send()
         .await
         .with_context(|| format!("could not reach {base}"))?;
     let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await?.to_bytes();
+    let bytes = response.bytes().await?;
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }

@@ -3,8 +3,11 @@
 //! key counters. Ctrl-C drains the strategies and stops everything.
 
 use anyhow::Context as _;
-use kit::metrics::Readiness;
+use dagmanager::metrics as dm;
+use gateway::metrics as gw;
+use kit::metrics::{Readiness, SPANS_DROPPED_TOTAL};
 use kit::shutdown::Shutdown;
+use sdk_runtime::metrics as sdk;
 use sdk_runtime::{
     InProcessTransport, KafkaTransport, Mode, Plan, RunReport, Runner, SdkMetrics, SdkSettings,
     StrategyHandle, Transport,
@@ -97,6 +100,59 @@ impl Drop for Service {
 pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     let _telemetry = kit::telemetry::init("sdk", &settings.telemetry)?;
     let shutdown = Shutdown::new();
+    let addresses = Addresses::of(&settings);
+    let services = start_services(&settings, &options, &addresses, &shutdown).await?;
+    let metrics = SdkMetrics::new()?;
+    let sdk_server = serve_sdk_metrics(&settings, &metrics).await?;
+    print_stack(
+        &settings,
+        &options,
+        &addresses,
+        &services,
+        &sdk_server.address,
+    );
+    let (_runner, handles) = start_demo(&settings, &options, &addresses, &metrics).await?;
+    follow_progress(&handles, &metrics, &shutdown).await;
+    let reports = join_strategies(handles).await;
+    print_summary(&reports, &addresses, &sdk_server.address).await;
+
+    if options.keep_running && !shutdown.is_triggered() {
+        println!("\nThe services keep running; press Ctrl-C to stop them.");
+        shutdown.triggered().await;
+    }
+    sdk_server.stop.trigger();
+    let _ = sdk_server.task.await;
+    for mut service in services {
+        service.stop(Duration::from_secs(10));
+        println!("{} stopped.", service.name);
+    }
+    Ok(())
+}
+
+/// The services' HTTP base addresses, as `qmtl up` prints and reads them.
+struct Addresses {
+    dm_admin: String,
+    gateway: String,
+}
+
+impl Addresses {
+    fn of(settings: &Settings) -> Addresses {
+        let (dm, gw) = (&settings.dagmanager, &settings.gateway);
+        Addresses {
+            dm_admin: format!("http://{}:{}", dm.host, dm.admin_port),
+            gateway: format!("http://{}:{}", gw.host, gw.port),
+        }
+    }
+}
+
+/// Starts the DAG Manager and the Gateway as processes, each stopped when dropped and on
+/// Ctrl-C, and waits until both are ready.
+async fn start_services(
+    settings: &Settings,
+    options: &UpOptions,
+    addresses: &Addresses,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<Service>> {
     let children: Arc<std::sync::Mutex<Vec<u32>>> = Arc::default();
     let to_stop = children.clone();
     shutdown.trigger_on_os_signals_then(move || {
@@ -111,9 +167,6 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
 
     let dm = &settings.dagmanager;
-    let gw = &settings.gateway;
-    let dm_admin = format!("http://{}:{}", dm.host, dm.admin_port);
-    let gateway = format!("http://{}:{}", gw.host, gw.port);
     let config = options.config.as_deref();
     // The Gateway talks to the DAG Manager started here, whatever its own setting says.
     let dm_grpc = format!("{}:{}", dm.host, dm.grpc_port);
@@ -142,13 +195,29 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     }
     wait_ready(
         &mut services,
-        &[format!("{dm_admin}/readyz"), format!("{gateway}/health")],
-        &shutdown,
+        &[
+            (addresses.dm_admin.as_str(), "/readyz"),
+            (addresses.gateway.as_str(), "/health"),
+        ],
+        shutdown,
     )
     .await?;
+    Ok(services)
+}
 
-    let metrics = SdkMetrics::new()?;
-    let sdk = &settings.sdk;
+/// The SDK runtime's `/metrics`, served until the summary has read it, after the strategies
+/// stop.
+struct SdkMetricsServer {
+    address: String,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve_sdk_metrics(
+    settings: &Settings,
+    metrics: &Arc<SdkMetrics>,
+) -> anyhow::Result<SdkMetricsServer> {
+    let (dm, gw, sdk) = (&settings.dagmanager, &settings.gateway, &settings.sdk);
     // The SDK's default port (8000, as in the Python SDK) is the Gateway's too: on one machine
     // a taken port gives way to a free one.
     let taken = [gw.port, dm.admin_port, dm.grpc_port];
@@ -166,15 +235,33 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve the runtime's metrics on port {sdk_port}"))?;
     let readiness = Readiness::default();
     readiness.set(true);
-    // Served until the summary has read it, after the strategies stop.
-    let server_stop = Shutdown::new();
-    let server = tokio::spawn(sdk_runtime::metrics::serve_metrics(
+    let stop = Shutdown::new();
+    let task = tokio::spawn(sdk_runtime::metrics::serve_metrics(
         metrics.clone(),
         listener,
         readiness,
-        server_stop.clone(),
+        stop.clone(),
     ));
-    let sdk_metrics = format!("http://{sdk_addr}/metrics");
+    Ok(SdkMetricsServer {
+        address: format!("http://{sdk_addr}"),
+        stop,
+        task,
+    })
+}
+
+/// What runs where: the queues' home and each process's endpoints and log.
+fn print_stack(
+    settings: &Settings,
+    options: &UpOptions,
+    addresses: &Addresses,
+    services: &[Service],
+    sdk_address: &str,
+) {
+    let (dm, dm_admin, gateway) = (
+        &settings.dagmanager,
+        &addresses.dm_admin,
+        &addresses.gateway,
+    );
     match &options.kafka {
         Some(bootstrap) => println!(
             "qmtl up: the stack is running with its queues on the Kafka broker at {bootstrap}."
@@ -191,10 +278,20 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         "  Gateway      {gateway}   metrics {gateway}/metrics   log {}",
         services[1].log.display()
     );
-    println!("  SDK runtime  metrics {sdk_metrics}");
+    println!("  SDK runtime  metrics {sdk_address}/metrics");
+}
 
+/// Submits the two demo strategies through the Gateway and prints their plans. The runner is
+/// returned with them, to live as long as they run.
+async fn start_demo(
+    settings: &Settings,
+    options: &UpOptions,
+    addresses: &Addresses,
+    metrics: &Arc<SdkMetrics>,
+) -> anyhow::Result<(Runner, Vec<(&'static str, StrategyHandle)>)> {
+    let sdk = &settings.sdk;
     let runner_settings = SdkSettings {
-        gateway_url: gateway.clone(),
+        gateway_url: addresses.gateway.clone(),
         ..sdk.clone()
     };
     let transport: Arc<dyn Transport> = match &options.kafka {
@@ -202,7 +299,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             KafkaTransport::new(
                 bootstrap,
                 Duration::from_millis(settings.dagmanager.kafka_timeout_ms),
-                &metrics,
+                metrics,
             )
             .context("cannot use the Kafka broker")?,
         ),
@@ -224,14 +321,22 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         options.pace.as_millis()
     );
     let (first, second) = tokio::join!(runner.start(crossover), runner.start(trend));
-    let handles: Vec<(&str, StrategyHandle)> = vec![
+    let handles = vec![
         ("ma-crossover", first.context("ma-crossover")?),
         ("ma-trend", second.context("ma-trend")?),
     ];
     for (name, handle) in &handles {
         describe_plan(name, handle.plan());
     }
+    Ok((runner, handles))
+}
 
+/// A progress line a second until the strategies finish, go quiet, or Ctrl-C stops them.
+async fn follow_progress(
+    handles: &[(&str, StrategyHandle)],
+    metrics: &SdkMetrics,
+    shutdown: &Shutdown,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let started = Instant::now();
@@ -240,7 +345,7 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
         tokio::select! {
             () = shutdown.triggered() => {
                 println!("\nStopping: the strategies drain, then the services stop.");
-                for (_, handle) in &handles {
+                for (_, handle) in handles {
                     handle.stop();
                 }
                 break;
@@ -252,11 +357,11 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
                 let exposition = metrics.render();
                 // A broker's queue outlives its producer: once a strategy's feed has ended and
                 // the readers have taken nothing new for two seconds, the demo is over.
-                let read = sum_of(&exposition, "runtime_events_total", "source=\"queue\"");
+                let read = sum_of(&exposition, sdk::RUNTIME_EVENTS_TOTAL, "source=\"queue\"");
                 if handles.iter().any(|(_, h)| h.is_finished()) {
                     quiet = if read == last_read { quiet + 1 } else { 0 };
                     if quiet >= 2 {
-                        for (_, handle) in &handles {
+                        for (_, handle) in handles {
                             handle.stop();
                         }
                         break;
@@ -267,75 +372,74 @@ pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let mut reports: Vec<(&str, RunReport)> = Vec::new();
+}
+
+/// Each strategy's report once it has drained; a failed one is printed and left out.
+async fn join_strategies(
+    handles: Vec<(&'static str, StrategyHandle)>,
+) -> Vec<(&'static str, RunReport)> {
+    let mut reports = Vec::new();
     for (name, handle) in handles {
         match handle.join().await {
             Ok(report) => reports.push((name, report)),
-            Err(error) => println!("  {name}: {error}"),
+            Err(error) => println!("  {name}: {:#}", anyhow::Error::new(error)),
         }
     }
+    reports
+}
+
+/// The strategies' events, every service's key series and the queue one strategy reused.
+async fn print_summary(reports: &[(&str, RunReport)], addresses: &Addresses, sdk_address: &str) {
     println!("\nSummary");
-    for (name, report) in &reports {
+    for (name, report) in reports {
         println!("  {name}: {} live events taken", report.events);
     }
     summary(
         "DAG Manager",
-        &format!("{dm_admin}/metrics"),
+        &addresses.dm_admin,
         &[
-            "diff_requests_total",
-            "diff_failures_total",
-            "compute_nodes_total",
-            "queues_total",
-            "otel_spans_dropped_total",
+            dm::DIFF_REQUESTS_TOTAL,
+            dm::DIFF_FAILURES_TOTAL,
+            dm::COMPUTE_NODES_TOTAL,
+            dm::QUEUES_TOTAL,
+            SPANS_DROPPED_TOTAL,
         ],
     )
     .await;
     summary(
         "Gateway",
-        &format!("{gateway}/metrics"),
+        &addresses.gateway,
         &[
-            "gateway_submissions_total",
-            "lost_requests_total",
-            "dagclient_breaker_state",
-            "gateway_e2e_latency_p95",
-            "otel_spans_dropped_total",
+            gw::GATEWAY_SUBMISSIONS_TOTAL,
+            gw::LOST_REQUESTS_TOTAL,
+            gw::DAGCLIENT_BREAKER.state,
+            gw::GATEWAY_E2E_LATENCY_P95,
+            SPANS_DROPPED_TOTAL,
         ],
     )
     .await;
     summary(
         "SDK runtime",
-        &sdk_metrics,
+        sdk_address,
         &[
-            "node_processed_total",
-            "node_process_failure_total",
-            "backfill_completed_total",
-            "backfill_failure_total",
-            "runtime_events_total",
-            "runtime_published_total",
-            "otel_spans_dropped_total",
+            sdk::NODE_PROCESSED_TOTAL,
+            sdk::NODE_PROCESS_FAILURE_TOTAL,
+            sdk::BACKFILL_COMPLETED_TOTAL,
+            sdk::BACKFILL_FAILURE_TOTAL,
+            sdk::RUNTIME_EVENTS_TOTAL,
+            sdk::RUNTIME_PUBLISHED_TOTAL,
+            SPANS_DROPPED_TOTAL,
         ],
     )
     .await;
-    if let Some(reused) = reused_queue(&reports) {
+    if let Some(reused) = reused_queue(reports) {
         println!("  reused queue: {reused}");
     }
-
-    if options.keep_running && !shutdown.is_triggered() {
-        println!("\nThe services keep running; press Ctrl-C to stop them.");
-        shutdown.triggered().await;
-    }
-    server_stop.trigger();
-    let _ = server.await;
-    for mut service in services {
-        service.stop(Duration::from_secs(10));
-        println!("{} stopped.", service.name);
-    }
-    Ok(())
 }
 
 async fn wait_ready(
     services: &mut [Service],
-    urls: &[String],
+    endpoints: &[(&str, &str)],
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -353,8 +457,8 @@ async fn wait_ready(
             }
         }
         let mut ready = true;
-        for url in urls {
-            ready &= matches!(crate::submit::get(url, "").await, Ok((200, _)));
+        for (address, path) in endpoints {
+            ready &= matches!(crate::submit::get(address, path).await, Ok((200, _)));
         }
         if ready {
             return Ok(());
@@ -444,17 +548,18 @@ fn progress(exposition: &str) -> String {
     let sum = |family: &str, filter: &str| sum_of(exposition, family, filter);
     format!(
         "events: {:.0} from the feed, {:.0} from queues, {:.0} backfilled | node runs: {:.0} | published: {:.0}",
-        sum("runtime_events_total", "source=\"feed\""),
-        sum("runtime_events_total", "source=\"queue\""),
-        sum("runtime_events_total", "source=\"backfill\""),
-        sum("node_processed_total", ""),
-        sum("runtime_published_total", ""),
+        sum(sdk::RUNTIME_EVENTS_TOTAL, "source=\"feed\""),
+        sum(sdk::RUNTIME_EVENTS_TOTAL, "source=\"queue\""),
+        sum(sdk::RUNTIME_EVENTS_TOTAL, "source=\"backfill\""),
+        sum(sdk::NODE_PROCESSED_TOTAL, ""),
+        sum(sdk::RUNTIME_PUBLISHED_TOTAL, ""),
     )
 }
 
-/// Prints each family's series (summed over node ids) from a service's endpoint.
-async fn summary(service: &str, url: &str, families: &[&str]) {
-    let body = match crate::submit::get(url, "").await {
+/// Prints each family's series (summed over node ids) from a service's `/metrics`.
+async fn summary(service: &str, address: &str, families: &[&str]) {
+    let url = format!("{address}/metrics");
+    let body = match crate::submit::get(address, "/metrics").await {
         Ok((200, body)) => body,
         other => {
             println!("  {service}: {url} did not answer ({other:?})");

@@ -5,7 +5,8 @@ mod common;
 use common::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use test_support::assert_eventually;
 
 fn qmtl() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_qmtl"));
@@ -76,40 +77,79 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_stops_on_sigterm() {
+// Tokio tests only for `assert_eventually!`'s sleep: everything else here blocks, as a user's
+// shell would.
+#[tokio::test]
+async fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_stops_on_sigterm()
+ {
     let dir = tempfile::tempdir().unwrap();
+    let (mut server, grpc, admin) = start_server(dir.path()).await;
+    let target = format!("127.0.0.1:{grpc}");
+    let (_exporter, exporter_port) = start_exporter(admin).await;
+    assert_eq!(exported(exporter_port, "diff_requests_total"), Some(0.0));
+    the_cli_diffs_an_example_twice_with_one_answer(&target);
+    assert_eq!(
+        exported(exporter_port, "diff_requests_total"),
+        Some(2.0),
+        "the exporter shows the live figures"
+    );
+    test_support::assert_promtool_clean(&exposition(exporter_port).unwrap_or_default());
+    the_cli_reads_queue_stats_and_runs_gc(&target);
+    stops_on_sigterm(&mut server).await;
+    assert_eq!(
+        exported(exporter_port, "dagmanager_up"),
+        Some(0.0),
+        "the exporter keeps serving and says the DAG Manager is away"
+    );
+}
+
+/// `qmtl service dagmanager server` with its data under `dir`, once it logs that it listens;
+/// the server and its gRPC and admin ports.
+async fn start_server(dir: &std::path::Path) -> (Server, u16, u16) {
     let (grpc, admin) = (free_port(), free_port());
     let mut server = Server(
         qmtl()
             .args(["service", "dagmanager", "server"])
             .env("QMTL__DAGMANAGER__GRPC_PORT", grpc.to_string())
             .env("QMTL__DAGMANAGER__ADMIN_PORT", admin.to_string())
-            .env("QMTL__DAGMANAGER__DATA_DIR", dir.path().join("data"))
+            .env("QMTL__DAGMANAGER__DATA_DIR", dir.join("data"))
             .env("QMTL__TELEMETRY__LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    // Read on a thread of its own, so that a server that hangs without a word fails the
+    // deadline too; it reads to the end, so the log never fills the pipe nor finds it closed.
     let stdout = server.0.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = lines
-            .next()
-            .expect("the server logs until it listens")
-            .unwrap();
-        if line.contains("DAG Manager listening") {
-            assert!(line.contains(&grpc.to_string()), "{line}");
-            break;
+    let (log_lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = log_lines.send(line);
         }
-        assert!(Instant::now() < deadline, "the server did not start");
-    }
-    let target = format!("127.0.0.1:{grpc}");
-    // The standalone exporter, next to the running DAG Manager.
+    });
+    let mut listening = None;
+    assert_eventually!(
+        {
+            listening = listening.take().or_else(|| {
+                logged
+                    .try_iter()
+                    .find(|line| line.contains("DAG Manager listening"))
+            });
+            listening.is_some()
+        },
+        Duration::from_secs(20),
+        "the server did not start"
+    );
+    let listening = listening.unwrap_or_default();
+    assert!(listening.contains(&grpc.to_string()), "{listening}");
+    (server, grpc, admin)
+}
+
+/// The standalone exporter, next to the running DAG Manager, once it sees it; its port.
+async fn start_exporter(admin: u16) -> (Server, u16) {
     let exporter_port = free_port();
-    let _exporter = Server(
+    let exporter = Server(
         qmtl()
             .args(["service", "dagmanager", "metrics", "--port"])
             .arg(exporter_port.to_string())
@@ -119,15 +159,15 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while exported(exporter_port, "dagmanager_up") != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "the exporter did not see the DAG Manager"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(exported(exporter_port, "diff_requests_total"), Some(0.0));
+    assert_eventually!(
+        exported(exporter_port, "dagmanager_up") == Some(1.0),
+        Duration::from_secs(20),
+        "the exporter did not see the DAG Manager"
+    );
+    (exporter, exporter_port)
+}
+
+fn the_cli_diffs_an_example_twice_with_one_answer(target: &str) {
     let diff = |world: &str| {
         qmtl()
             .args([
@@ -137,7 +177,7 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
                 "--file",
                 "examples/ma-crossover.json",
             ])
-            .args(["--target", &target, "--world-id", world])
+            .args(["--target", target, "--world-id", world])
             .output()
             .unwrap()
     };
@@ -160,20 +200,16 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
         serde_json::from_slice::<serde_json::Value>(&again.stdout).unwrap()["queue_map"],
         printed["queue_map"]
     );
-    assert_eq!(
-        exported(exporter_port, "diff_requests_total"),
-        Some(2.0),
-        "the exporter shows the live figures"
-    );
-    test_support::assert_promtool_clean(&exposition(exporter_port).unwrap_or_default());
+}
 
+fn the_cli_reads_queue_stats_and_runs_gc(target: &str) {
     let stats = qmtl()
         .args([
             "service",
             "dagmanager",
             "queue-stats",
             "--target",
-            &target,
+            target,
             "--filter",
             "tag=btc;interval=60",
         ])
@@ -182,11 +218,13 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["sizes"].as_object().unwrap().len(), 4);
     let gc = qmtl()
-        .args(["service", "dagmanager", "gc", "--target", &target])
+        .args(["service", "dagmanager", "gc", "--target", target])
         .output()
         .unwrap();
     assert!(gc.status.success());
+}
 
+async fn stops_on_sigterm(server: &mut Server) {
     let pid = server.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -195,23 +233,14 @@ fn the_server_runs_from_the_command_line_and_the_cli_diffs_an_example_then_it_st
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            assert!(status.success(), "a drained shutdown exits 0: {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        exported(exporter_port, "dagmanager_up"),
-        Some(0.0),
-        "the exporter keeps serving and says the DAG Manager is away"
+    assert_eventually!(
+        server.0.try_wait().unwrap().is_some(),
+        Duration::from_secs(15),
+        "the server did not stop on SIGTERM"
     );
+    // The status try_wait reaped, kept by the child.
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "a drained shutdown exits 0: {status}");
 }
 
 #[test]

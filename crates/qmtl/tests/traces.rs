@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use test_support::assert_eventually;
 
 /// A span as the collector logged it.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +119,7 @@ fn qmtl_up(dir: &Path, endpoint: &str, bars: &str, extra: &[&str]) -> std::proce
 /// Runs `qmtl up` (5 bars, plus `extra`) exporting to a collector of its own, then reads the
 /// collector's spans until `found` picks something out of them; after 20 s it fails, saying
 /// `missing`.
-fn traced_run<T>(
+async fn traced_run<T>(
     extra: &[&str],
     found: impl Fn(&[Span]) -> Option<T>,
     missing: &str,
@@ -135,26 +136,28 @@ fn traced_run<T>(
         String::from_utf8_lossy(&output.stderr)
     );
     let log_path = dir.path().join("rotel/server.log");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let spans = parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
-        if let Some(hit) = found(&spans) {
-            return (spans, hit);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing}; spans: {:#?}",
-            spans
-                .iter()
-                .map(|s| (&s.service, &s.name, &s.parent))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut spans: Vec<Span>;
+    let mut hit: Option<T>;
+    assert_eventually!(
+        {
+            spans = parse(&std::fs::read_to_string(&log_path).unwrap_or_default());
+            hit = found(&spans);
+            hit.is_some()
+        },
+        Duration::from_secs(20),
+        "{missing}; spans: {:#?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name, &s.parent))
+            .collect::<Vec<_>>()
+    );
+    let hit = hit.expect("assert_eventually! saw it");
+    (spans, hit)
 }
 
-#[test]
-fn one_trace_runs_from_the_sdk_through_the_gateway_into_the_dag_manager() {
+// Tokio tests only for `assert_eventually!`'s sleep in `traced_run`; the rest blocks.
+#[tokio::test]
+async fn one_trace_runs_from_the_sdk_through_the_gateway_into_the_dag_manager() {
     let (spans, diff_chain) = traced_run(
         &[],
         |spans| {
@@ -171,7 +174,8 @@ fn one_trace_runs_from_the_sdk_through_the_gateway_into_the_dag_manager() {
                 .filter(|chain| chain.last().is_some_and(|root| root == "sdk:sdk.submit"))
         },
         "no topic creation traced back to the SDK",
-    );
+    )
+    .await;
     // One trace: the SDK's submission, the Gateway's request and submission, the carry, the
     // DAG Manager's diff and its topic creation, each the parent of the next.
     assert_eq!(
@@ -258,8 +262,9 @@ fn a_collector_that_is_down_drops_spans_counts_them_and_blocks_nothing() {
     assert!(dropped.iter().all(|d| *d > 0.0), "{stdout}");
 }
 
-#[test]
-fn through_a_kafka_broker_the_consumer_span_continues_the_producers_from_the_record_headers() {
+#[tokio::test]
+async fn through_a_kafka_broker_the_consumer_span_continues_the_producers_from_the_record_headers()
+{
     let broker = test_support::KafkaBroker::start();
     traced_run(
         &["--kafka", &broker.bootstrap],
@@ -276,5 +281,6 @@ fn through_a_kafka_broker_the_consumer_span_continues_the_producers_from_the_rec
                 .then_some(())
         },
         "no node.process span continued its producer's node.feed span",
-    );
+    )
+    .await;
 }

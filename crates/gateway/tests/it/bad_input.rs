@@ -17,6 +17,61 @@ async fn each_kind_of_bad_request_gets_its_code_and_status() {
     let url = |path: &str| format!("http://{}{path}", gateway.addr);
     let dag = synthetic_dag(3, "bad");
     let good = submission(&dag, &["w1"]);
+    for (what, body, status, code) in bad_requests(&dag) {
+        let (got, text) = http("POST", &url("/strategies"), &body).await.unwrap();
+        let answer: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    let (status, text) = http("GET", &url("/no/such/route"), "").await.unwrap();
+    assert_eq!(status, 404);
+    assert!(text.contains("E_NOT_FOUND"));
+    let (status, text) = http("DELETE", &url("/strategies"), "").await.unwrap();
+    assert_eq!(status, 405);
+    assert!(text.contains("E_METHOD_NOT_ALLOWED"));
+    let (status, text) = http("GET", &url("/strategies/unknown/status"), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{text}");
+
+    let exposition = metrics(gateway.addr).await;
+    assert_eq!(
+        exposition.value("nodeid_checksum_mismatch_total", &[("source", "gateway")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        exposition.value("nodeid_mismatch_total", &[("node_type", "Indicator")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        exposition.value("nodeid_missing_fields_total", &[("field", "node_type")]),
+        Some(1.0)
+    );
+    let (status, ack) = post(gateway.addr, "/strategies", &good).await;
+    assert_eq!(
+        (status, ack["status"].as_str()),
+        (202, Some("completed")),
+        "the Gateway keeps serving"
+    );
+
+    let (_, text) = test_support::http_get(&url("/metrics")).await.unwrap();
+    assert_the_catalogue_is_complete(&text);
+    gateway.stop().await;
+    dagmanager.stop().await;
+}
+
+/// Each kind of bad `POST /strategies` body, built from a good `dag`: what it is, the body, the
+/// status and the code it gets.
+fn bad_requests(dag: &Value) -> Vec<(&'static str, String, u16, &'static str)> {
+    let good = submission(dag, &["w1"]);
     let with = |key: &str, value: Value| {
         let mut body = good.clone();
         body[key] = value;
@@ -30,7 +85,7 @@ async fn each_kind_of_bad_request_gets_its_code_and_status() {
     legacy["world_id"] = json!("w1");
     legacy.as_object_mut().unwrap().remove("world_ids");
 
-    let cases: Vec<(&str, String, u16, &str)> = vec![
+    vec![
         ("not JSON", "{\"dag_json\": ".into(), 400, "E_INVALID_JSON"),
         (
             "bad base64",
@@ -98,56 +153,13 @@ async fn each_kind_of_bad_request_gets_its_code_and_status() {
             413,
             "E_PAYLOAD_TOO_LARGE",
         ),
-    ];
-    for (what, body, status, code) in cases {
-        let (got, text) = http("POST", &url("/strategies"), &body).await.unwrap();
-        let answer: Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
-        assert_eq!(
-            (got, answer["code"].as_str()),
-            (status, Some(code)),
-            "{what}: {answer}"
-        );
-        assert!(
-            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{what}"
-        );
-    }
-    let (status, text) = http("GET", &url("/no/such/route"), "").await.unwrap();
-    assert_eq!(status, 404);
-    assert!(text.contains("E_NOT_FOUND"));
-    let (status, text) = http("DELETE", &url("/strategies"), "").await.unwrap();
-    assert_eq!(status, 405);
-    assert!(text.contains("E_METHOD_NOT_ALLOWED"));
-    let (status, text) = http("GET", &url("/strategies/unknown/status"), "")
-        .await
-        .unwrap();
-    assert_eq!(status, 404, "{text}");
+    ]
+}
 
-    let exposition = metrics(gateway.addr).await;
-    assert_eq!(
-        exposition.value("nodeid_checksum_mismatch_total", &[("source", "gateway")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        exposition.value("nodeid_mismatch_total", &[("node_type", "Indicator")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        exposition.value("nodeid_missing_fields_total", &[("field", "node_type")]),
-        Some(1.0)
-    );
-    let (status, ack) = post(gateway.addr, "/strategies", &good).await;
-    assert_eq!(
-        (status, ack["status"].as_str()),
-        (202, Some("completed")),
-        "the Gateway keeps serving"
-    );
-
-    // Every family of the Gateway's catalogue, now that each has a series; the control-bus
-    // families belong to a world service this system does not have yet.
-    let (_, text) = test_support::http_get(&url("/metrics")).await.unwrap();
-    let exposition = test_support::Exposition::parse(&text).unwrap();
+/// Every family of the Gateway's catalogue, now that each has a series; the control-bus
+/// families belong to a world service this system does not have yet.
+fn assert_the_catalogue_is_complete(text: &str) {
+    let exposition = test_support::Exposition::parse(text).unwrap();
     test_support::assert_catalogue(
         &exposition,
         &[
@@ -172,7 +184,5 @@ async fn each_kind_of_bad_request_gets_its_code_and_status() {
             ("gateway_strategies", "gauge", &["state"]),
         ],
     );
-    test_support::assert_promtool_clean(&text);
-    gateway.stop().await;
-    dagmanager.stop().await;
+    test_support::assert_promtool_clean(text);
 }
