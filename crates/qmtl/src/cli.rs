@@ -13,7 +13,7 @@ use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
 #[command(name = "qmtl", version, about = "QMTL services and tools")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Settings file (default: ./qmtl.yml when present).
     #[arg(long, global = true, env = "QMTL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -22,7 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the whole stack on this machine (embedded stores, no Kafka or Neo4j): the DAG
     /// Manager and the Gateway as processes, then two demo strategies through them.
     Up {
@@ -64,7 +64,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Service {
+pub(crate) enum Service {
     /// The Gateway: strategy submissions over HTTP, carried to the DAG Manager.
     Gateway,
     /// The DAG Manager.
@@ -75,14 +75,14 @@ pub enum Service {
 }
 
 #[derive(Debug, Args)]
-pub struct Target {
+pub(crate) struct Target {
     /// DAG Manager gRPC address (default: dagmanager.host:grpc_port from the settings).
     #[arg(long)]
     pub target: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DagManagerCommand {
+pub(crate) enum DagManagerCommand {
     /// Run the DAG Manager (gRPC and admin HTTP) until SIGINT or SIGTERM.
     Server,
     /// A standalone metrics exporter: the running DAG Manager's live figures (read from its
@@ -149,7 +149,7 @@ pub enum DagManagerCommand {
     },
 }
 
-pub async fn run(
+pub(crate) async fn run(
     command: Command,
     settings: Settings,
     config: Option<PathBuf>,

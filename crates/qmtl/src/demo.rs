@@ -11,7 +11,7 @@ const SEED: u64 = 7;
 
 /// How fast and how long the demo's market runs.
 #[derive(Debug, Clone, Copy)]
-pub struct Pace {
+pub(crate) struct Pace {
     pub bars: u64,
     pub every: Duration,
 }
@@ -45,7 +45,7 @@ fn above(a: &Value, b: &Value) -> Option<f64> {
 }
 
 /// Long while the 10-bar average is above the 30-bar one.
-pub fn ma_crossover(pace: Pace) -> Result<(Strategy, NodeRef), DefineError> {
+pub(crate) fn ma_crossover(pace: Pace) -> Result<(Strategy, NodeRef), DefineError> {
     let mut s = Strategy::new("ma-crossover");
     let price = price(&mut s, pace)?;
     let fast = sma(&mut s, price, 10)?;
@@ -60,7 +60,7 @@ pub fn ma_crossover(pace: Pace) -> Result<(Strategy, NodeRef), DefineError> {
 }
 
 /// Long while the price is above its 50-bar average.
-pub fn ma_trend(pace: Pace) -> Result<(Strategy, NodeRef), DefineError> {
+pub(crate) fn ma_trend(pace: Pace) -> Result<(Strategy, NodeRef), DefineError> {
     let mut s = Strategy::new("ma-trend");
     let price = price(&mut s, pace)?;
     let trend = sma(&mut s, price, 50)?;

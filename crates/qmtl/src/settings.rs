@@ -11,7 +11,7 @@ use std::path::Path;
 /// Every setting of every service, as `qmtl.yml` lays it out.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub dagmanager: DagManagerSettings,
     pub gateway: GatewaySettings,
     pub sdk: SdkSettings,
@@ -20,7 +20,7 @@ pub struct Settings {
 
 /// The file given with `--config`, else `./qmtl.yml` when present, else built-in defaults;
 /// `QMTL__SECTION__KEY` variables override any of them.
-pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+pub(crate) fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
     let default_file = Path::new("qmtl.yml");
     let file = path.or_else(|| default_file.exists().then_some(default_file));
     kit::config::load(&ConfigSources::from_process(file))

@@ -12,7 +12,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The submission body for a DAG text: base64 of it, the CRC32 of its node ids in submission
 /// order, the worlds and the compute context.
-pub fn body(
+pub(crate) fn body(
     dag_json: &str,
     world_ids: &[String],
     execution_domain: &str,
@@ -31,12 +31,12 @@ pub fn body(
 
 /// GETs a path below a service's address (`host:port` or a URL); the status and the answer's
 /// text.
-pub async fn get(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
     send(address, Method::GET, path, None).await
 }
 
 /// POSTs JSON to a path below the Gateway's address; the status and the answer's text.
-pub async fn post(gateway: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn post(gateway: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
     send(gateway, Method::POST, path, Some(body)).await
 }
 

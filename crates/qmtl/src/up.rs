@@ -22,7 +22,7 @@ use crate::settings::Settings;
 
 /// What `qmtl up` was asked for.
 #[derive(Debug, Clone)]
-pub struct UpOptions {
+pub(crate) struct UpOptions {
     pub config: Option<PathBuf>,
     pub bars: u64,
     pub pace: Duration,
@@ -97,7 +97,7 @@ impl Drop for Service {
     }
 }
 
-pub async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
+pub(crate) async fn up(settings: Settings, options: UpOptions) -> anyhow::Result<()> {
     let _telemetry = kit::telemetry::init("sdk", &settings.telemetry)?;
     let shutdown = Shutdown::new();
     let addresses = Addresses::of(&settings);

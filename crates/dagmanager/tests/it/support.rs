@@ -127,7 +127,9 @@ pub(crate) fn temp_dir() -> (tempfile::TempDir, PathBuf) {
 
 /// Counts log events whose message is `message` while the guard lives. Only events of this
 /// thread are seen, which is every task of the app under `#[tokio::test]` (one thread).
-pub(crate) fn count_logs(message: &'static str) -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
+pub(crate) fn count_logs(
+    message: &'static str,
+) -> (Arc<AtomicUsize>, tracing::subscriber::DefaultGuard) {
     use tracing_subscriber::layer::SubscriberExt as _;
     let seen = Arc::new(AtomicUsize::new(0));
     let subscriber = tracing_subscriber::registry().with(LogCounter {

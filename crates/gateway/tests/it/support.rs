@@ -7,14 +7,14 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
 
-pub struct Running<E> {
+pub(crate) struct Running<E> {
     pub addr: SocketAddr,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<Result<(), E>>,
 }
 
 impl<E: std::fmt::Debug> Running<E> {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         self.task
             .await
@@ -24,7 +24,7 @@ impl<E: std::fmt::Debug> Running<E> {
 }
 
 /// A DAG Manager with its stores under `dir`, on `grpc_port` (0: any).
-pub async fn spawn_dagmanager(dir: &Path, grpc_port: u16) -> Running<dagmanager::RunError> {
+pub(crate) async fn spawn_dagmanager(dir: &Path, grpc_port: u16) -> Running<dagmanager::RunError> {
     let mut settings = dagmanager::DagManagerSettings {
         grpc_port,
         admin_port: 0,
@@ -46,7 +46,7 @@ pub async fn spawn_dagmanager(dir: &Path, grpc_port: u16) -> Running<dagmanager:
     }
 }
 
-pub fn gateway_settings(dir: &Path, dagmanager: SocketAddr) -> GatewaySettings {
+pub(crate) fn gateway_settings(dir: &Path, dagmanager: SocketAddr) -> GatewaySettings {
     GatewaySettings {
         port: 0,
         dagmanager_url: dagmanager.to_string(),
@@ -60,7 +60,7 @@ pub fn gateway_settings(dir: &Path, dagmanager: SocketAddr) -> GatewaySettings {
     }
 }
 
-pub async fn spawn_gateway(settings: GatewaySettings) -> Running<std::io::Error> {
+pub(crate) async fn spawn_gateway(settings: GatewaySettings) -> Running<std::io::Error> {
     let app = gateway::App::build(settings)
         .await
         .expect("the Gateway builds");
@@ -75,7 +75,7 @@ pub async fn spawn_gateway(settings: GatewaySettings) -> Running<std::io::Error>
 }
 
 /// The `POST /strategies` body for `dag` in `worlds`, with its correct CRC32.
-pub fn submission(dag: &Value, worlds: &[&str]) -> Value {
+pub(crate) fn submission(dag: &Value, worlds: &[&str]) -> Value {
     let text = dag.to_string();
     let ids: Vec<&str> = dag["nodes"]
         .as_array()
@@ -97,7 +97,7 @@ pub fn submission(dag: &Value, worlds: &[&str]) -> Value {
     })
 }
 
-pub async fn post(gateway: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn post(gateway: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
     let (status, text) = test_support::http(
         "POST",
         &format!("http://{gateway}{path}"),
@@ -111,7 +111,7 @@ pub async fn post(gateway: SocketAddr, path: &str, body: &Value) -> (u16, Value)
     )
 }
 
-pub async fn get(gateway: SocketAddr, path: &str) -> (u16, Value) {
+pub(crate) async fn get(gateway: SocketAddr, path: &str) -> (u16, Value) {
     let (status, text) = test_support::http_get(&format!("http://{gateway}{path}"))
         .await
         .expect("the Gateway answers");
@@ -121,7 +121,7 @@ pub async fn get(gateway: SocketAddr, path: &str) -> (u16, Value) {
     )
 }
 
-pub async fn metrics(gateway: SocketAddr) -> test_support::Exposition {
+pub(crate) async fn metrics(gateway: SocketAddr) -> test_support::Exposition {
     test_support::scrape(&format!("http://{gateway}/metrics"))
         .await
         .expect("metrics scrape")

@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-pub use test_support::free_port;
+pub(crate) use test_support::free_port;
 
 /// Runs `qmtl up` in `dir` on free ports, with `env` on top and these arguments. Ports are
 /// picked free, then bound by the services a moment later; another test can take one in
 /// between, so a run that lost a port is tried again on new ones. The last run's output.
-pub fn qmtl_up(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+pub(crate) fn qmtl_up(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut attempts = 0;
     loop {
         let output = Command::new(env!("CARGO_BIN_EXE_qmtl"))
