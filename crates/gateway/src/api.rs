@@ -4,9 +4,9 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-pub use wire::api::{QueueMap, QueueRef, StrategyAck};
+pub use wire::api::{ApiErrorBody, QueueMap, QueueRef, StrategyAck, StrategyState};
 
 /// A `TagQueryNode` of a submitted DAG: its queue map entry is the queues its tags match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +87,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"code": self.code, "message": self.message});
-        for (key, value) in self.extra {
-            body[key] = value;
-        }
+        let body = ApiErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+            extra: self
+                .extra
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect(),
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-use crate::api::{ApiError, QueueMap, StrategyAck};
+use crate::api::{ApiError, QueueMap, StrategyAck, StrategyState};
 use crate::carrier::{Carrier, DiffPlan, diff_in_worlds};
 use crate::link::{DagManagerLink, LinkError};
 use crate::metrics::GatewayMetrics;
@@ -231,22 +231,22 @@ pub async fn strategy_status(
 pub async fn strategy(
     State(state): State<ApiState>,
     Path(strategy_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StrategyState>, ApiError> {
     let record = state
         .submissions
         .get(&strategy_id)
         .ok_or_else(|| ApiError::not_found("strategy"))?;
-    Ok(Json(json!({
-        "strategy_id": record.strategy_id,
-        "status": record.status.as_str(),
-        "reason": record.reason,
-        "queue_map": record.queue_map,
-        "sentinel_id": record.sentinel_id,
-        "node_ids_crc32": record.node_ids_crc32,
-        "world_ids": record.world_ids,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-    })))
+    Ok(Json(StrategyState {
+        strategy_id: record.strategy_id,
+        status: record.status.as_str().to_owned(),
+        reason: record.reason,
+        queue_map: record.queue_map,
+        sentinel_id: record.sentinel_id,
+        node_ids_crc32: record.node_ids_crc32,
+        world_ids: record.world_ids,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

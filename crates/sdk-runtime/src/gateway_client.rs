@@ -7,12 +7,11 @@ use kit::clock::SystemClock;
 use kit::http::{BaseUrl, Client, Method};
 use kit::probe::{HealthProbe, ProbeWhen};
 use kit::shutdown::Shutdown;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wire::api::{QueueMap, StrategyAck};
+use wire::api::{ApiErrorBody, QueueMap, StrategyAck, StrategyState};
 
 use crate::metrics::{GATEWAYCLIENT_BREAKER, SdkMetrics};
 
@@ -72,30 +71,6 @@ pub enum SubmitError {
 enum CallError {
     Dependency(String),
     Answer { status: u16, body: String },
-}
-
-/// `GET /strategies/{id}`: the part of the answer the client reads (the Gateway writes it
-/// without a shared type; `wire::api` has none for it).
-#[derive(Debug, Deserialize)]
-struct StrategyState {
-    status: String,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    queue_map: Option<QueueMap>,
-}
-
-/// A refusal's body (the Gateway's `ApiError`; `wire::api` has no type for it). Any field may
-/// be missing: the client falls back on the status and the raw body.
-#[derive(Debug, Default, Deserialize)]
-struct Refusal {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-    /// The strategy the refusal names (a duplicate's original).
-    #[serde(default)]
-    strategy_id: Option<String>,
 }
 
 /// Where requests go and what sends them.
@@ -236,12 +211,9 @@ impl GatewayClient {
             match self.call::<StrategyState>(Method::GET, &path, "").await {
                 Ok(state) => match state.status.as_str() {
                     "completed" => {
-                        let queue_map = state.queue_map.ok_or_else(|| {
-                            SubmitError::Protocol("bad queue_map: there is none".into())
-                        })?;
                         return Ok(Submitted {
                             strategy_id: strategy_id.to_owned(),
-                            queue_map,
+                            queue_map: state.queue_map,
                             duplicate,
                             downgrade_reason: None,
                         });
@@ -318,9 +290,14 @@ impl GatewayClient {
                 Err(Retry::After(self.unavailable(reason)))
             }
             Err(BreakerError::Call(CallError::Answer { status, body })) => {
-                let refusal: Refusal = serde_json::from_str(&body).unwrap_or_default();
-                let code = refusal.code.unwrap_or_default();
-                let message = refusal.message.unwrap_or(body);
+                let refusal: ApiErrorBody = serde_json::from_str(&body).unwrap_or_default();
+                let strategy_id = refusal.strategy_id().map(str::to_owned);
+                let code = refusal.code;
+                let message = if refusal.message.is_empty() {
+                    body
+                } else {
+                    refusal.message
+                };
                 if status >= 500 {
                     Err(Retry::After(
                         self.unavailable(format!("{status} {code}: {message}")),
@@ -330,7 +307,7 @@ impl GatewayClient {
                         status,
                         code,
                         message,
-                        strategy_id: refusal.strategy_id,
+                        strategy_id,
                     }))
                 }
             }

@@ -26,3 +26,48 @@ pub struct StrategyAck {
     pub downgrade_reason: Option<String>,
     pub safe_mode: bool,
 }
+
+/// The answer to `GET /strategies/{id}`: a submission's state and, once it completed, its queue
+/// map and sentinel. Fields past `status` read as empty when a Gateway leaves them out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StrategyState {
+    #[serde(default)]
+    pub strategy_id: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub queue_map: QueueMap,
+    #[serde(default)]
+    pub sentinel_id: String,
+    #[serde(default)]
+    pub node_ids_crc32: u32,
+    #[serde(default)]
+    pub world_ids: Vec<String>,
+    #[serde(default)]
+    pub created_at: f64,
+    #[serde(default)]
+    pub updated_at: f64,
+}
+
+/// A refused request's body: a machine-readable code (`E_…`), a message, and what some refusals
+/// add (a duplicate names its original `strategy_id`). A body that is not this shape reads as
+/// empty, so a client falls back on the status and the raw text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ApiErrorBody {
+    /// The strategy a refusal names, if any.
+    pub fn strategy_id(&self) -> Option<&str> {
+        self.extra
+            .get("strategy_id")
+            .and_then(serde_json::Value::as_str)
+    }
+}
