@@ -84,11 +84,11 @@ impl Exporter {
             .get(self.url.clone())
             .send()
             .await
-            .map_err(|e| with_causes(&e))?;
+            .map_err(|e| kit::error::chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        let body = response.bytes().await.map_err(|e| with_causes(&e))?;
+        let body = response.bytes().await.map_err(|e| kit::error::chain(&e))?;
         String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
     }
 
@@ -121,19 +121,6 @@ impl Exporter {
             }
         }
     }
-}
-
-/// An error and its causes, `: `-separated (an HTTP client's error alone says little: "error
-/// sending request").
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The family names an exposition declares (its `# TYPE` lines).

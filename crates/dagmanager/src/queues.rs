@@ -196,7 +196,7 @@ impl EmbeddedQueueAdmin {
     pub fn open(dir: &Path) -> Result<EmbeddedQueueAdmin, QueueAdminError> {
         let db = EmbeddedDb::open(dir, "queues", &[QUEUES])?;
         db.on_unwaited_failure(|writes, error| {
-            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason = %embedded::error_chain(error), "The queue registry could not record new queues; start-up will re-create them from the graph.");
+            tracing::warn!(code = "E_QUEUE_REGISTRY", writes, reason = %kit::error::chain(error), "The queue registry could not record new queues; start-up will re-create them from the graph.");
         });
         let mut queues = ByName::default();
         for queue in db.read_all_with(QUEUES, crate::codec::decode_stored, |q: &BrokerQueue| {

@@ -204,7 +204,7 @@ async fn store_readiness(
                     Err(error) => tracing::warn!(
                         ready,
                         code = "E_STORE",
-                        error = %crate::link::error_chain(error),
+                        error = %kit::error::chain(error),
                         "The submission store cannot take submissions."
                     ),
                 }

@@ -194,7 +194,7 @@ impl Carrier {
                     return;
                 }
                 Err(error) => {
-                    tracing::error!(strategy_id, code = "E_STORE", error = %crate::link::error_chain(&error), "Could not record a submission's end; it stays queued.");
+                    tracing::error!(strategy_id, code = "E_STORE", error = %kit::error::chain(&error), "Could not record a submission's end; it stays queued.");
                     self.submissions.mark_queued(strategy_id);
                     if !self.wait_for_dagmanager(shutdown).await {
                         return;

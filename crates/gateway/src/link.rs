@@ -76,24 +76,12 @@ fn link_error(error: BreakerError<ClientError>) -> LinkError {
             reason: format!("circuit breaker for {dependency} is open"),
         },
         BreakerError::Call(error) if is_dependency_failure(&error) => LinkError::Unavailable {
-            reason: error_chain(&error),
+            reason: kit::error::chain(&error),
         },
         BreakerError::Call(error) => LinkError::Refused {
-            reason: error_chain(&error),
+            reason: kit::error::chain(&error),
         },
     }
-}
-
-/// An error and its causes, as one line: `top: cause: deeper cause`.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The DAG Manager as the Gateway sees it.

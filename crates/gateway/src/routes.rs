@@ -135,7 +135,7 @@ async fn submit_in(
         }
         Err(error) => {
             state.metrics.lost_requests_total.increment(1);
-            tracing::error!(code = "E_STORE_UNAVAILABLE", error = %crate::link::error_chain(&error), "A submission could not be persisted; refused with 503.");
+            tracing::error!(code = "E_STORE_UNAVAILABLE", error = %kit::error::chain(&error), "A submission could not be persisted; refused with 503.");
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "E_STORE_UNAVAILABLE",

@@ -144,7 +144,7 @@ impl Submissions {
             tracing::warn!(
                 code = "E_STORE",
                 writes,
-                reason = %recordstore::error_chain(error),
+                reason = %kit::error::chain(error),
                 "End states of submissions were not stored; a restart carries them again."
             );
         });

@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod probe;

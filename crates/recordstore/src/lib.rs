@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 mod legacy;
 mod log;
 mod writer;
-pub use log::{LogError, Poison, error_chain};
+pub use log::{LogError, Poison};
 use log::{LogFile, TableScan};
 use writer::{Progress, WriteRequest, writer_loop};
 

@@ -245,8 +245,9 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// An error and its sources, as one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, as one line, for this crate's own log lines (the services use
+/// `kit::error::chain`; this crate does not depend on the kit).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -354,8 +354,8 @@ enum Retry {
 /// The Gateway's base URL and the client to reach it; the client's timeout bounds one request,
 /// connection and answer included.
 fn endpoint(settings: &GatewayClientSettings) -> Result<Endpoint, String> {
-    let base = BaseUrl::parse(&settings.url).map_err(|e| error_chain(&e))?;
-    let http = kit::http::client(settings.request_timeout).map_err(|e| error_chain(&e))?;
+    let base = BaseUrl::parse(&settings.url).map_err(|e| kit::error::chain(&e))?;
+    let http = kit::http::client(settings.request_timeout).map_err(|e| kit::error::chain(&e))?;
     Ok(Endpoint { base, http })
 }
 
@@ -375,20 +375,8 @@ fn dependency(error: reqwest::Error) -> CallError {
     if error.is_timeout() {
         CallError::Dependency("the request timed out".into())
     } else {
-        CallError::Dependency(error_chain(&error))
+        CallError::Dependency(kit::error::chain(&error))
     }
-}
-
-/// An error and its causes, `: `-separated (a transport error's top alone says little).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
