@@ -46,7 +46,9 @@ def figure_lines(path):
         line = line.rstrip("\n")
         if line.startswith("machine:") or not number.search(line):
             continue
-        lines.append((number.sub("#", line), [float(n) for n in number.findall(line)]))
+        # Columns padded to a number's width would make two lines of one case differ.
+        template = re.sub(r"\s+", " ", number.sub("#", line)).strip()
+        lines.append((template, [float(n) for n in number.findall(line)]))
     return lines
 
 def fill(template, values):
