@@ -2,8 +2,8 @@
 # Compares bench binaries on a machine whose speed drifts: runs them in turn, RUNS times each,
 # and prints, for every line of figures a bench prints, the median of each figure per binary.
 # Works for every bench of the workspace: a "figure line" is any output line holding numbers
-# (the machine-facts line aside); lines are matched across runs by their text with the numbers
-# taken out.
+# (the machine-facts line aside); lines are matched across runs by their place in the output and
+# their text with the numbers taken out.
 #
 #   scripts/bench/ab.sh RUNS BINARY... [-- BENCH ARGS]
 #
@@ -40,7 +40,9 @@ folder, runs, binaries = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 number = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 def figure_lines(path):
-    """(template, [numbers]) per line that holds figures, in output order."""
+    """(key, [numbers]) per line that holds figures, in output order. A bench prints its lines
+    in a fixed order, so a line's place keeps two cases whose labels differ only in a number
+    (a 1000-node and a 5000-node diff) apart."""
     lines = []
     for line in open(path):
         line = line.rstrip("\n")
@@ -48,7 +50,7 @@ def figure_lines(path):
             continue
         # Columns padded to a number's width would make two lines of one case differ.
         template = re.sub(r"\s+", " ", number.sub("#", line)).strip()
-        lines.append((template, [float(n) for n in number.findall(line)]))
+        lines.append(((len(lines), template), [float(n) for n in number.findall(line)]))
     return lines
 
 def fill(template, values):
@@ -61,15 +63,16 @@ def fill(template, values):
 order, samples = [], {}
 for index, binary in enumerate(binaries):
     for run in range(runs):
-        for template, values in figure_lines(f"{folder}/{index}.{run}"):
-            if template not in order:
-                order.append(template)
-            samples.setdefault((template, binary), []).append(values)
+        for key, values in figure_lines(f"{folder}/{index}.{run}"):
+            if key not in order:
+                order.append(key)
+            samples.setdefault((key, binary), []).append(values)
 
-for template in order:
+for key in order:
+    template = key[1]
     print(f"== {template}")
     for binary in binaries:
-        runs_of_line = samples.get((template, binary), [])
+        runs_of_line = samples.get((key, binary), [])
         if not runs_of_line:
             print(f"  {binary}: (not printed)")
             continue
