@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::{
     DAGMANAGER_SCRAPE_DURATION_SECONDS, DAGMANAGER_SCRAPE_FAILURES_TOTAL, DAGMANAGER_UP,
-    QUEUE_LAG_PREFIX, describe_exporter,
+    EXPORTER_SERVICE, QUEUE_LAG_PREFIX, describe_exporter,
 };
 
 /// Where the DAG Manager is and how long a look at it may take.
@@ -61,7 +61,9 @@ impl Exporter {
     fn new(settings: &ExporterSettings) -> Result<Exporter, SetupError> {
         let url = BaseUrl::parse(&settings.target)?.join("metrics");
         let client = kit::http::client(settings.scrape_timeout)?;
-        let registry = MetricsRegistry::builder().build()?;
+        let registry = MetricsRegistry::builder()
+            .service(EXPORTER_SERVICE, env!("CARGO_PKG_VERSION"))
+            .build()?;
         describe_exporter(&registry);
         let exporter = Exporter {
             url,
@@ -104,6 +106,9 @@ impl Exporter {
                 } else {
                     text
                 };
+                // The DAG Manager's process and build figures describe another process: its
+                // own endpoint serves them. These are the exporter's.
+                body = without_families(&body, &self_described());
                 if !body.ends_with('\n') {
                     body.push('\n');
                 }
@@ -143,6 +148,15 @@ fn family_of(line: &str) -> &str {
         .iter()
         .find_map(|suffix| name.strip_suffix(suffix))
         .unwrap_or(name)
+}
+
+/// The families that describe the process serving them: the resource figures and the build.
+fn self_described() -> std::collections::HashSet<String> {
+    kit::metrics::PROCESS_FAMILIES
+        .iter()
+        .chain([&kit::metrics::BUILD_INFO])
+        .map(|name| (*name).to_owned())
+        .collect()
 }
 
 /// The exposition without the named families.

@@ -5,6 +5,10 @@ use kit::breaker::BreakerMetricNames;
 use kit::metrics::{BucketError, MetricsRegistry};
 use metrics::{Counter, Gauge, Histogram, Unit};
 
+/// `qmtl_build_info{service}` of the DAG Manager and of its standalone metrics exporter.
+pub const SERVICE: &str = "dagmanager";
+pub const EXPORTER_SERVICE: &str = "dagmanager-metrics";
+
 pub const DIFF_REQUESTS_TOTAL: &str = "diff_requests_total";
 pub const DIFF_FAILURES_TOTAL: &str = "diff_failures_total";
 pub const DIFF_DURATION_MS_P95: &str = "diff_duration_ms_p95";
@@ -92,6 +96,7 @@ impl DagManagerMetrics {
     /// label-less series at zero so dashboards see them before the first event.
     pub fn new() -> Result<DagManagerMetrics, BucketError> {
         let registry = MetricsRegistry::builder()
+            .service(SERVICE, env!("CARGO_PKG_VERSION"))
             .histogram_buckets(DIFF_DURATION_SECONDS, DIFF_DURATION_BUCKETS)
             .build()?;
         describe(&registry);

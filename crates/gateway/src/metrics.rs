@@ -6,6 +6,9 @@ use metrics::{Counter, Gauge, Unit};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+/// `qmtl_build_info{service}` of this service.
+pub const SERVICE: &str = "gateway";
+
 pub const GATEWAY_E2E_LATENCY_P95: &str = "gateway_e2e_latency_p95";
 pub const GATEWAY_REQUEST_DURATION_SECONDS: &str = "gateway_request_duration_seconds";
 pub const LOST_REQUESTS_TOTAL: &str = "lost_requests_total";
@@ -58,6 +61,7 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     pub fn new() -> Result<GatewayMetrics, BucketError> {
         let registry = MetricsRegistry::builder()
+            .service(SERVICE, env!("CARGO_PKG_VERSION"))
             .histogram_buckets(GATEWAY_REQUEST_DURATION_SECONDS, REQUEST_DURATION_BUCKETS)
             .build()?;
         describe(&registry);

@@ -1,5 +1,6 @@
-//! Each service's own Prometheus registry, the admin endpoints (`/metrics`, `/healthz`,
-//! `/readyz`) and a recent-window quantile for the `*_p95` gauges operators alert on.
+//! Each service's own Prometheus registry (with its process's resource figures and its build
+//! info), the admin endpoints (`/metrics`, `/healthz`, `/readyz`) and a recent-window quantile for
+//! the `*_p95` gauges operators alert on.
 
 use axum::Router;
 use axum::extract::State;
@@ -28,13 +29,44 @@ pub struct BucketError {
     source: metrics_exporter_prometheus::BuildError,
 }
 
+/// `qmtl_build_info{service, version}`, always 1: which build of which service a target runs.
+pub const BUILD_INFO: &str = "qmtl_build_info";
+
+/// The process's resource families every registry carries (metrics-process names them; the
+/// Prometheus client libraries' conventional names, which dashboards and alerts expect).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Whole seconds: the metrics crate's counters are integers (over a 5-minute `rate()` window that
+/// is exact to 1/300 of a core).
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+/// Every family the process collector writes, the five above among them.
+pub const PROCESS_FAMILIES: &[&str] = &[
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_START_TIME_SECONDS,
+    "process_threads",
+];
+
 /// Builds a [`MetricsRegistry`] with explicit histogram buckets per metric name.
 #[derive(Debug, Default)]
 pub struct MetricsRegistryBuilder {
     buckets: Vec<(String, Vec<f64>)>,
+    service: Option<(&'static str, &'static str)>,
 }
 
 impl MetricsRegistryBuilder {
+    /// The service the registry belongs to and its version: `qmtl_build_info{service, version}`.
+    pub fn service(mut self, name: &'static str, version: &'static str) -> Self {
+        self.service = Some((name, version));
+        self
+    }
+
     pub fn histogram_buckets(mut self, metric: &str, buckets: &[f64]) -> Self {
         self.buckets.push((metric.to_owned(), buckets.to_vec()));
         self
@@ -49,11 +81,24 @@ impl MetricsRegistryBuilder {
         }
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
         let registry = MetricsRegistry {
             recorder: Arc::new(recorder),
             handle,
             spans_dropped: Counter::noop(),
+            process,
         };
+        if let Some((service, version)) = self.service {
+            registry.describe_gauge(
+                BUILD_INFO,
+                None,
+                "Always 1: the service and version this target runs.",
+            );
+            registry
+                .gauge(BUILD_INFO, &[("service", service), ("version", version)])
+                .set(1.0);
+        }
         registry.describe_counter(
             SPANS_DROPPED_TOTAL,
             Some(Unit::Count),
@@ -75,6 +120,8 @@ pub struct MetricsRegistry {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     spans_dropped: Counter,
+    /// Reads the process's figures into this registry at each render.
+    process: metrics_process::Collector,
 }
 
 /// Every registry carries the process's dropped-span count, current at each render.
@@ -129,10 +176,12 @@ impl MetricsRegistry {
             .describe_histogram(name.into(), unit, help.into());
     }
 
-    /// The Prometheus text exposition of everything registered so far.
+    /// The Prometheus text exposition of everything registered so far, with the process's
+    /// resource figures read now.
     pub fn render(&self) -> String {
         self.spans_dropped
             .absolute(crate::telemetry::spans_dropped());
+        metrics::with_local_recorder(self.recorder.as_ref(), || self.process.collect());
         self.handle.run_upkeep();
         self.handle.render()
     }
@@ -287,5 +336,76 @@ mod tests {
         let text = registry.render();
         assert!(text.contains("h_seconds_bucket{le=\"1\"} 1"), "{text}");
         assert!(text.contains("h_seconds_bucket{le=\"0.1\"} 0"), "{text}");
+    }
+
+    /// A sample's value in an exposition: `name` alone or `name{labels}` exactly as written.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_registry_carries_its_process_figures_and_a_service_its_build_info() {
+        let registry = MetricsRegistry::builder()
+            .service("probe-service", "9.9.9")
+            .build()
+            .unwrap();
+        let text = registry.render();
+        for family in PROCESS_FAMILIES {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing:\n{text}"
+            );
+        }
+        let resident = sample(&text, PROCESS_RESIDENT_MEMORY_BYTES).expect("resident memory");
+        assert!(resident > 1_000_000.0, "resident memory {resident}");
+        let open = sample(&text, PROCESS_OPEN_FDS).expect("open fds");
+        let max = sample(&text, PROCESS_MAX_FDS).expect("max fds");
+        assert!(open >= 3.0 && max >= open, "fds {open} of {max}");
+        let started = sample(&text, PROCESS_START_TIME_SECONDS).expect("start time");
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            started > now - 86_400.0 && started <= now + 1.0,
+            "start {started}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "qmtl_build_info{service=\"probe-service\",version=\"9.9.9\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        // A registry without a service has no build info, but still its process.
+        let anonymous = MetricsRegistry::builder().build().unwrap().render();
+        assert!(!anonymous.contains(BUILD_INFO));
+        assert!(anonymous.contains(PROCESS_RESIDENT_MEMORY_BYTES));
+    }
+
+    #[test]
+    fn cpu_time_is_the_process_cpu_in_whole_seconds() {
+        // The metrics crate's counters are integers, so the figure counts whole seconds: over a
+        // 5-minute rate window that is exact to 1/300 of a core.
+        let registry = MetricsRegistry::builder().build().unwrap();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while test_support::bench::process_cpu() < Duration::from_millis(1100)
+            && spin.elapsed() < Duration::from_secs(10)
+        {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let reported = sample(&registry.render(), PROCESS_CPU_SECONDS_TOTAL).expect("cpu");
+        let measured = test_support::bench::process_cpu().as_secs_f64();
+        assert!(
+            reported >= 1.0 && reported <= measured && reported > measured - 1.0,
+            "reported {reported} s of {measured} s"
+        );
     }
 }

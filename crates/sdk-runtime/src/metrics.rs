@@ -10,6 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::cache::SlotMetrics;
 
+/// `qmtl_build_info{service}` of this service.
+pub const SERVICE: &str = "sdk-runtime";
+
 pub const CACHE_READ_TOTAL: &str = "cache_read_total";
 pub const CACHE_LAST_READ_TIMESTAMP: &str = "cache_last_read_timestamp";
 pub const NODECACHE_RESIDENT_BYTES: &str = "nodecache_resident_bytes";
@@ -135,6 +138,7 @@ pub struct SdkMetrics {
 impl SdkMetrics {
     pub fn new() -> Result<Arc<SdkMetrics>, BucketError> {
         let registry = MetricsRegistry::builder()
+            .service(SERVICE, env!("CARGO_PKG_VERSION"))
             .histogram_buckets(NODE_PROCESS_DURATION_MS, NODE_DURATION_BUCKETS_MS)
             .build()?;
         describe(&registry);

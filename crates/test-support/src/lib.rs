@@ -374,6 +374,49 @@ pub fn assert_catalogue(exposition: &Exposition, families: &[FamilySpec<'_>]) {
     }
 }
 
+/// Asserts an exposition carries its process's resource figures (the families every
+/// Prometheus client library exports, which dashboards and alerts expect) and exactly one
+/// `qmtl_build_info`, the given service's, at 1.
+pub fn assert_process_and_build_info(exposition: &Exposition, service: &str) {
+    let families: [FamilySpec<'_>; 5] = [
+        ("process_resident_memory_bytes", "gauge", &[]),
+        ("process_cpu_seconds_total", "counter", &[]),
+        ("process_open_fds", "gauge", &[]),
+        ("process_max_fds", "gauge", &[]),
+        ("process_start_time_seconds", "gauge", &[]),
+    ];
+    assert_catalogue(exposition, &families);
+    let value = |name: &str| exposition.value(name, &[]).unwrap_or(-1.0);
+    assert!(
+        value("process_resident_memory_bytes") > 1e6,
+        "resident memory"
+    );
+    assert!(value("process_open_fds") >= 1.0, "open fds");
+    assert!(
+        value("process_max_fds") >= value("process_open_fds"),
+        "max fds"
+    );
+    assert!(value("process_start_time_seconds") > 1.7e9, "start time");
+    let builds: Vec<&Sample> = exposition
+        .samples
+        .iter()
+        .filter(|s| s.name == "qmtl_build_info")
+        .collect();
+    assert_eq!(builds.len(), 1, "one qmtl_build_info: {builds:?}");
+    assert_eq!(builds[0].value, 1.0);
+    assert_eq!(
+        builds[0].labels.get("service").map(String::as_str),
+        Some(service)
+    );
+    assert!(
+        builds[0]
+            .labels
+            .get("version")
+            .is_some_and(|v| !v.is_empty()),
+        "a version: {builds:?}"
+    );
+}
+
 /// A port nothing listens on right now (another process may take it before it is bound).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -57,6 +57,7 @@ async fn every_catalogue_family_is_exposed_with_its_type_and_labels() {
     ] {
         assert_eq!(metrics.kind(absent), None, "{absent}");
     }
+    test_support::assert_process_and_build_info(&metrics, "dagmanager");
     test_support::assert_promtool_clean(&app.metrics_text().await);
     app.stop().await;
 }
@@ -91,6 +92,17 @@ async fn the_standalone_exporter_shows_a_running_dag_managers_figures() {
         metrics.value("dagmanager_scrape_failures_total", &[]),
         Some(0.0)
     );
+    // Process and build figures are the exporter's own: the DAG Manager's are left out, so
+    // each family appears once (promtool refuses a family declared twice).
+    test_support::assert_process_and_build_info(&metrics, "dagmanager-metrics");
+    let (_, text) = test_support::http_get(&url).await.expect("a scrape");
+    assert_eq!(
+        text.matches("# TYPE process_resident_memory_bytes ")
+            .count(),
+        1,
+        "{text}"
+    );
+    test_support::assert_promtool_clean(&text);
     shutdown.trigger();
     exporter.await.unwrap().expect("the exporter stops cleanly");
     app.stop().await;

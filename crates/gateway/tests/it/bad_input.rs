@@ -184,5 +184,6 @@ fn assert_the_catalogue_is_complete(text: &str) {
             ("gateway_strategies", "gauge", &["state"]),
         ],
     );
+    test_support::assert_process_and_build_info(&exposition, "gateway");
     test_support::assert_promtool_clean(text);
 }

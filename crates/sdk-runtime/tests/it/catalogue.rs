@@ -73,6 +73,7 @@ async fn every_catalogue_family_is_exposed_with_its_type_and_labels() -> anyhow:
             ("event_recorder_errors_total", "counter", &[]),
         ],
     );
+    test_support::assert_process_and_build_info(&exposition, "sdk-runtime");
     assert_promtool_clean(&text);
     drop(bars_in);
     handle.join().await?;
