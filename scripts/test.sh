@@ -27,6 +27,8 @@ fi
 # start a real broker, built once from the crate registry (about 5 min the first time).
 ./scripts/tools/promtool.sh >/dev/null
 ./scripts/tools/kafka.sh install >/dev/null
+# jsonnet renders the monitoring mixin, which the tidy crate's monitoring test checks.
+./scripts/tools/jsonnet.sh >/dev/null
 
 echo "test.sh: cargo fmt --check"
 cargo fmt --all -- --check

@@ -409,6 +409,111 @@ impl<'ast> Visit<'ast> for StringLiterals {
     }
 }
 
+/// PromQL words that are not metric names when they stand alone: operators, modifiers, and the
+/// aggregations, which may be followed by `by (...)` before their parenthesis.
+const PROMQL_KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "atan2",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
+
+/// Clauses whose parenthesised list holds label names, not metrics.
+const PROMQL_LABEL_CLAUSES: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// The metric names a PromQL expression reads: its identifiers other than functions, keywords,
+/// label names (in matchers and in `by (...)`-style clauses), strings and durations.
+pub fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_past(&chars, i + 1, c);
+        } else if c == '{' {
+            i = skip_past(&chars, i + 1, '}');
+        } else if c == '[' {
+            i = skip_past(&chars, i + 1, ']');
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // A number or a duration (`5m`, `1e3`).
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut next = i;
+            while next < chars.len() && chars[next].is_whitespace() {
+                next += 1;
+            }
+            let called = chars.get(next) == Some(&'(');
+            if PROMQL_LABEL_CLAUSES.contains(&word.as_str()) && called {
+                i = skip_past(&chars, next + 1, ')');
+            } else if !called && !PROMQL_KEYWORDS.contains(&word.as_str()) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The index just past the first `close` at or after `from` (a backslash escapes in strings).
+fn skip_past(chars: &[char], from: usize, close: char) -> usize {
+    let mut i = from;
+    while i < chars.len() {
+        if chars[i] == '\\' {
+            i += 2;
+            continue;
+        }
+        if chars[i] == close {
+            return i + 1;
+        }
+        i += 1;
+    }
+    chars.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,5 +609,28 @@ mod tests {
         let error = SourceFile::parse(PathBuf::from("crates/a/src/bad.rs"), "fn (".into())
             .expect_err("invalid Rust");
         assert!(error.to_string().contains("crates/a/src/bad.rs"), "{error}");
+    }
+
+    #[test]
+    fn promql_metric_names_are_the_identifiers_that_are_neither_calls_nor_labels() {
+        let names = |expr: &str| -> Vec<String> { promql_metric_names(expr).into_iter().collect() };
+        assert_eq!(
+            names(
+                "sum by (job, instance) (rate(diff_failures_total{job=\"dm\", le=~\"a|b\"}[5m])) / on (job) group_left(node_id) x:y:z > 0.05"
+            ),
+            vec!["diff_failures_total", "x:y:z"]
+        );
+        assert_eq!(
+            names("time() - max by (job) (gc_last_run_timestamp offset 3h) > 600 and up == 0"),
+            vec!["gc_last_run_timestamp", "up"]
+        );
+        assert_eq!(
+            names("histogram_quantile(0.95, sum by (le) (rate(h_bucket[5m]))) > bool 1e3"),
+            vec!["h_bucket"]
+        );
+        assert_eq!(
+            names("label_replace(a, \"dst\", \"$1\", \"src\", \"(.*)\")"),
+            vec!["a"]
+        );
     }
 }

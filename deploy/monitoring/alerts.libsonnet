@@ -1,0 +1,99 @@
+// Alerting rules, one group per service. Counters alert on increase()/rate(), so every alert
+// clears on its own once the cause is gone.
+{
+  local c = $._config,
+  local runbook(name) = '%s#%s' % [c.runbookUrlBase, std.asciiLower(name)],
+  local alert(name, expr, severity, summary, description, forDuration='') = {
+    alert: name,
+    expr: expr,
+    labels: { severity: severity },
+    annotations: {
+      summary: summary,
+      description: description,
+      runbook_url: runbook(name),
+    },
+  } + (if forDuration == '' then {} else { 'for': forDuration }),
+
+  prometheusAlerts+:: {
+    groups+: [
+      {
+        name: 'qmtl-dagmanager',
+        rules: [
+          alert(
+            'DiffDurationHigh',
+            'max by (job, instance) (diff_duration_ms_p95{%s}) > %d' % [c.dagmanagerSelector, c.diffDurationP95ThresholdMs],
+            'warning',
+            'DAG Manager diffs are slow on {{ $labels.instance }}',
+            'The p95 of diffs over the recent window is {{ $value | printf "%%.0f" }} ms (threshold %d ms).' % c.diffDurationP95ThresholdMs,
+            '5m',
+          ),
+          alert(
+            'DiffFailureRateHigh',
+            |||
+              sum by (job, instance) (rate(diff_failures_total{%(sel)s}[5m]))
+                /
+              sum by (job, instance) (rate(diff_requests_total{%(sel)s}[5m]))
+                > %(ratio)s
+            ||| % { sel: c.dagmanagerSelector, ratio: c.diffFailureRatioThreshold },
+            'warning',
+            'Many DAG Manager diffs fail on {{ $labels.instance }}',
+            '{{ $value | humanizePercentage }} of diffs failed over the last 5 minutes (threshold %s).' % c.diffFailureRatioThreshold,
+            '5m',
+          ),
+          alert(
+            'QueueCreateErrors',
+            'increase(queue_create_error_total{%s}[5m]) > 0' % c.dagmanagerSelector,
+            'warning',
+            'The DAG Manager could not create queues on {{ $labels.instance }}',
+            '{{ $value | printf "%.0f" }} queue creations failed in the last 5 minutes; the diffs that needed them failed.',
+          ),
+          alert(
+            'SentinelGap',
+            'increase(sentinel_gap_count{%s}[10m]) > 0' % c.dagmanagerSelector,
+            'warning',
+            'A strategy version created no new node on {{ $labels.instance }}',
+            '{{ $value | printf "%.0f" }} diffs in the last 10 minutes carried a version sentinel but created no new node.',
+          ),
+          alert(
+            'OrphanQueuesGrowing',
+            'delta(orphan_queue_total{%s}[%s]) > 0' % [c.dagmanagerSelector, c.orphanGrowthWindow],
+            'warning',
+            'Orphan queues keep growing on {{ $labels.instance }}',
+            'Orphan queues rose by {{ $value | printf "%%.0f" }} over %s: GC is not keeping up or its policies keep them.' % c.orphanGrowthWindow,
+            '15m',
+          ),
+          alert(
+            'GCSchedulerStall',
+            'time() - max by (job, instance) (gc_last_run_timestamp{%s}) > %d' % [c.dagmanagerSelector, c.gcStallSeconds],
+            'warning',
+            'Queue GC has not run on {{ $labels.instance }}',
+            'The last completed GC run was {{ $value | humanizeDuration }} ago (threshold %ds).' % c.gcStallSeconds,
+            '5m',
+          ),
+          alert(
+            'CrossContextCacheHit',
+            'increase(cross_context_cache_hit_total{%s}[5m]) > 0' % c.dagmanagerSelector,
+            'critical',
+            'A queue was offered to another compute context on {{ $labels.instance }}',
+            'Node {{ $labels.node_id }} was reused across contexts (world {{ $labels.world_id }}, domain {{ $labels.execution_domain }}); the SLO is zero. The diff was refused.',
+          ),
+          alert(
+            'KafkaBreakerOpen',
+            'max by (job, instance) (kafka_breaker_state{%(sel)s}) == 1 or max by (job, instance) (increase(kafka_breaker_open_total{%(sel)s}[10m])) > 0' % { sel: c.dagmanagerSelector },
+            'critical',
+            'The DAG Manager cannot reach Kafka from {{ $labels.instance }}',
+            'The Kafka circuit breaker of {{ $labels.instance }} opened in the last 10 minutes or is open now: diffs that create queues fail at once until the broker answers the health probe.',
+          ),
+          alert(
+            'QueueLagHigh',
+            'queue_lag_seconds > on (job, instance, topic) queue_lag_threshold_seconds',
+            'warning',
+            'Queue {{ $labels.topic }} lags',
+            'The oldest unconsumed record of {{ $labels.topic }} is {{ $value | humanizeDuration }} old, over its threshold.',
+            '5m',
+          ),
+        ],
+      },
+    ],
+  },
+}
