@@ -4,6 +4,10 @@
   _config+:: {
     // The scrape jobs of deploy/prometheus/prometheus.yml.
     dagmanagerSelector: 'job="dagmanager"',
+    gatewaySelector: 'job="gateway"',
+    sdkSelector: 'job="sdk"',
+    // Every QMTL job, for the stack-wide alerts.
+    qmtlSelector: 'job=~"dagmanager|gateway|sdk|dagmanager-metrics"',
     // Where `runbook_url` points: set it to where your operators read docs/runbooks.md.
     runbookUrlBase: 'docs/runbooks.md',
 
@@ -11,5 +15,10 @@
     diffFailureRatioThreshold: '0.05',
     gcStallSeconds: 600,
     orphanGrowthWindow: '3h',
+    gatewayLatencyP95ThresholdMs: 150,
+    gatewayErrorRatioThreshold: '0.05',
+    nodeP95ThresholdMs: 500,
+    nodeCacheBytesThreshold: 5e9,
+    processMemoryBytesThreshold: 2147483648,
   },
 }

@@ -13,6 +13,15 @@
           },
         ],
       },
+      {
+        name: 'qmtl-gateway.rules',
+        rules: [
+          {
+            record: 'job:gateway_request_duration_seconds:p95_5m',
+            expr: 'histogram_quantile(0.95, sum by (job, route, le) (rate(gateway_request_duration_seconds_bucket{%s}[5m])))' % c.gatewaySelector,
+          },
+        ],
+      },
     ],
   },
 }
