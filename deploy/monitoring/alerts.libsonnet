@@ -72,10 +72,10 @@
           ),
           alert(
             'CrossContextCacheHit',
-            'increase(cross_context_cache_hit_total{%s}[5m]) > 0' % c.dagmanagerSelector,
+            'increase(cross_context_cache_hit_total{%s}[5m]) > 0' % c.crossContextSelector,
             'critical',
             'A queue was offered to another compute context on {{ $labels.instance }}',
-            'Node {{ $labels.node_id }} was reused across contexts (world {{ $labels.world_id }}, domain {{ $labels.execution_domain }}); the SLO is zero. The diff was refused.',
+            'Node {{ $labels.node_id }} was reused across contexts (world {{ $labels.world_id }}, domain {{ $labels.execution_domain }}); the SLO is zero.',
           ),
           alert(
             'KafkaBreakerOpen',
@@ -158,6 +158,13 @@
             'warning',
             'Backfill of {{ $labels.node_id }} fails on {{ $labels.instance }}',
             'Backfill of node {{ $labels.node_id }} (interval {{ $labels.interval }}) failed {{ $value | printf "%.0f" }} times in the last 15 minutes.',
+          ),
+          alert(
+            'RecordsRefused',
+            'increase(runtime_bad_records_total{%s}[10m]) > 0' % c.sdkSelector,
+            'warning',
+            'The SDK runtime refused records as invalid on {{ $labels.instance }}',
+            '{{ $value | printf "%.0f" }} records read from queues in the last 10 minutes were not valid envelopes and were skipped.',
           ),
           alert(
             'NodeCacheMemoryHigh',

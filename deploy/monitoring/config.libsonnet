@@ -6,6 +6,8 @@
     dagmanagerSelector: 'job="dagmanager"',
     gatewaySelector: 'job="gateway"',
     sdkSelector: 'job="sdk"',
+    // Both sides count cross-context reuse: the DAG Manager's diff and the SDK runtime's cache.
+    crossContextSelector: 'job=~"dagmanager|sdk"',
     // Every QMTL job, for the stack-wide alerts.
     qmtlSelector: 'job=~"dagmanager|gateway|sdk|dagmanager-metrics"',
     // Where `runbook_url` points: set it to where your operators read docs/runbooks.md.
