@@ -201,3 +201,93 @@ fn every_metric_a_rule_reads_is_in_a_service_catalogue() {
         "rules read metrics no service exports: {unknown:?}"
     );
 }
+
+/// The scrape jobs and their targets of `deploy/prometheus/prometheus.yml`.
+fn scrape_jobs() -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml"))
+        .expect("prometheus.yml");
+    let config = &YamlLoader::load_from_str(&text).expect("YAML")[0];
+    config["scrape_configs"]
+        .as_vec()
+        .expect("scrape_configs")
+        .iter()
+        .map(|job| {
+            let targets = job["static_configs"]
+                .as_vec()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["targets"].as_vec().cloned().unwrap_or_default())
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            (
+                job["job_name"].as_str().expect("job_name").to_owned(),
+                targets,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_loads_its_configuration_and_scrapes_every_job_the_rules_select() {
+    run(
+        "promtool",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        PROMTOOL,
+    );
+    let jobs: BTreeSet<String> = scrape_jobs().into_iter().map(|(name, _)| name).collect();
+    let config = run(
+        "jsonnet",
+        &[
+            "-J",
+            "deploy/monitoring",
+            "-e",
+            "(import 'mixin.libsonnet')._config",
+        ],
+        JSONNET,
+    );
+    let config: Value = serde_json::from_str(&config).expect("JSON");
+    let mut selected = BTreeSet::new();
+    for value in config.as_object().expect("_config").values() {
+        let Some(selector) = value.as_str() else {
+            continue;
+        };
+        for prefix in ["job=\"", "job=~\""] {
+            if let Some(rest) = selector.strip_prefix(prefix) {
+                let names = rest.trim_end_matches('"');
+                selected.extend(names.split('|').map(str::to_owned));
+            }
+        }
+    }
+    assert!(selected.len() >= 4, "selectors found: {selected:?}");
+    let missing: Vec<_> = selected.difference(&jobs).collect();
+    assert!(
+        missing.is_empty(),
+        "rules select jobs prometheus.yml does not scrape: {missing:?}"
+    );
+}
+
+#[test]
+fn the_scrape_targets_are_the_ports_qmtl_yml_gives_the_services() {
+    let text = std::fs::read_to_string(root().join("qmtl.yml")).expect("qmtl.yml");
+    let settings = &YamlLoader::load_from_str(&text).expect("YAML")[0];
+    let port = |section: &str, key: &str| -> String {
+        let port = settings[section][key]
+            .as_i64()
+            .unwrap_or_else(|| panic!("qmtl.yml has no {section}.{key}"));
+        format!("127.0.0.1:{port}")
+    };
+    let expected = [
+        ("dagmanager", port("dagmanager", "admin_port")),
+        ("gateway", port("gateway", "port")),
+        ("sdk", port("sdk", "metrics_port")),
+    ];
+    let jobs = scrape_jobs();
+    for (job, target) in expected {
+        let targets = &jobs
+            .iter()
+            .find(|(name, _)| name == job)
+            .unwrap_or_else(|| panic!("no scrape job {job}"))
+            .1;
+        assert_eq!(targets, &vec![target], "job {job}");
+    }
+}
