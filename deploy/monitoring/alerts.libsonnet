@@ -195,6 +195,14 @@
             '1m',
           ),
           alert(
+            'ServiceUnhealthy',
+            'qmtl_ready{%s} == 0' % c.qmtlSelector,
+            'critical',
+            '{{ $labels.job }} on {{ $labels.instance }} is up but not ready',
+            '{{ $labels.job }} on {{ $labels.instance }} answers its scrapes but has said not ready (/readyz) for 2 minutes: a dependency it needs is away.',
+            '2m',
+          ),
+          alert(
             'ProcessMemoryHigh',
             'process_resident_memory_bytes{%s} > %d' % [c.qmtlSelector, c.processMemoryBytesThreshold],
             'warning',

@@ -150,11 +150,12 @@ fn family_of(line: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// The families that describe the process serving them: the resource figures and the build.
+/// The families that describe the process serving them: the resource figures, the build and
+/// the readiness.
 fn self_described() -> std::collections::HashSet<String> {
     kit::metrics::PROCESS_FAMILIES
         .iter()
-        .chain([&kit::metrics::BUILD_INFO])
+        .chain([&kit::metrics::BUILD_INFO, &kit::metrics::READY])
         .map(|name| (*name).to_owned())
         .collect()
 }

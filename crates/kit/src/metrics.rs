@@ -29,6 +29,10 @@ pub struct BucketError {
     source: metrics_exporter_prometheus::BuildError,
 }
 
+/// `qmtl_ready`: 1 while the service can do its work, 0 while not (what `/readyz` answers at the
+/// scrape), so an alert can tell a target that is up but not ready.
+pub const READY: &str = "qmtl_ready";
+
 /// `qmtl_build_info{service, version}`, always 1: which build of which service a target runs.
 pub const BUILD_INFO: &str = "qmtl_build_info";
 
@@ -208,6 +212,7 @@ pub type RefreshHook = Arc<dyn Fn() + Send + Sync>;
 struct AdminState {
     registry: MetricsRegistry,
     readiness: Readiness,
+    ready: Gauge,
     refresh: RefreshHook,
 }
 
@@ -217,6 +222,12 @@ pub fn admin_router(
     readiness: Readiness,
     refresh: RefreshHook,
 ) -> Router {
+    registry.describe_gauge(
+        READY,
+        None,
+        "1 while the service can do its work (what /readyz answers), 0 while not.",
+    );
+    let ready = registry.gauge(READY, &[]);
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
@@ -224,12 +235,16 @@ pub fn admin_router(
         .with_state(AdminState {
             registry,
             readiness,
+            ready,
             refresh,
         })
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
     (state.refresh)();
+    state
+        .ready
+        .set(if state.readiness.is_ready() { 1.0 } else { 0.0 });
     (
         [(
             header::CONTENT_TYPE,
@@ -407,5 +422,26 @@ mod tests {
             reported >= 1.0 && reported <= measured && reported > measured - 1.0,
             "reported {reported} s of {measured} s"
         );
+    }
+
+    #[tokio::test]
+    async fn the_ready_gauge_follows_readiness_at_each_scrape() {
+        let registry = MetricsRegistry::builder().build().unwrap();
+        let readiness = Readiness::default();
+        let router = admin_router(registry, readiness.clone(), Arc::new(|| {}));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let scrape = || async {
+            let (_, text) = test_support::http_get(&format!("http://{address}/metrics"))
+                .await
+                .expect("a scrape");
+            sample(&text, READY)
+        };
+        assert_eq!(scrape().await, Some(0.0));
+        readiness.set(true);
+        assert_eq!(scrape().await, Some(1.0));
+        readiness.set(false);
+        assert_eq!(scrape().await, Some(0.0));
     }
 }

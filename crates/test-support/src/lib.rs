@@ -403,6 +403,21 @@ pub fn assert_process_and_build_info(exposition: &Exposition, service: &str) {
         .filter(|s| s.name == "qmtl_build_info")
         .collect();
     assert_eq!(builds.len(), 1, "one qmtl_build_info: {builds:?}");
+    if service != "dagmanager-metrics" {
+        // The services' admin routers export their readiness; the exporter has none.
+        assert_eq!(exposition.kind("qmtl_ready"), Some("gauge"), "qmtl_ready");
+        let ready = exposition.value("qmtl_ready", &[]);
+        assert!(
+            matches!(ready, Some(v) if v == 0.0 || v == 1.0),
+            "qmtl_ready {ready:?}"
+        );
+    } else {
+        assert_eq!(
+            exposition.kind("qmtl_ready"),
+            None,
+            "the DAG Manager's readiness is not the exporter's"
+        );
+    }
     assert_eq!(builds[0].value, 1.0);
     assert_eq!(
         builds[0].labels.get("service").map(String::as_str),
