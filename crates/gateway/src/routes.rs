@@ -240,7 +240,7 @@ pub async fn strategy(
         strategy_id: record.strategy_id,
         status: record.status.as_str().to_owned(),
         reason: record.reason,
-        queue_map: record.queue_map,
+        queue_map: Some(record.queue_map),
         sentinel_id: record.sentinel_id,
         node_ids_crc32: record.node_ids_crc32,
         world_ids: record.world_ids,

@@ -211,9 +211,14 @@ impl GatewayClient {
             match self.call::<StrategyState>(Method::GET, &path, "").await {
                 Ok(state) => match state.status.as_str() {
                     "completed" => {
+                        let queue_map = state.queue_map.ok_or_else(|| {
+                            SubmitError::Protocol(format!(
+                                "bad queue_map: strategy {strategy_id} completed without one"
+                            ))
+                        })?;
                         return Ok(Submitted {
                             strategy_id: strategy_id.to_owned(),
-                            queue_map: state.queue_map,
+                            queue_map,
                             duplicate,
                             downgrade_reason: None,
                         });
@@ -424,6 +429,39 @@ mod tests {
         assert!(
             checks.load(Ordering::SeqCst) >= 1,
             "closed by a health check"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_completed_strategy_without_a_queue_map_is_a_protocol_error_not_an_empty_map() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = axum::Router::new().route(
+            "/strategies/{id}",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!({"strategy_id": "s1", "status": "completed"}))
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let metrics = SdkMetrics::new().unwrap();
+        let client = GatewayClient::new(
+            GatewayClientSettings {
+                url: format!("http://{address}"),
+                submit_timeout: Duration::from_secs(5),
+                poll_interval: Duration::from_millis(10),
+                probe_interval: Duration::from_millis(10),
+                request_timeout: Duration::from_secs(5),
+            },
+            &metrics,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let error = client
+            .wait_completed("s1", false, deadline)
+            .await
+            .expect_err("no queue map to apply");
+        assert!(
+            matches!(&error, SubmitError::Protocol(reason) if reason.contains("queue_map")),
+            "{error:?}"
         );
     }
 }

@@ -36,8 +36,10 @@ pub struct StrategyState {
     pub status: String,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Always written by our Gateway; a reader that needs it (a completed strategy) treats its
+    /// absence as a protocol error rather than as an empty map.
     #[serde(default)]
-    pub queue_map: QueueMap,
+    pub queue_map: Option<QueueMap>,
     #[serde(default)]
     pub sentinel_id: String,
     #[serde(default)]
